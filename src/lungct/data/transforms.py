@@ -1,0 +1,90 @@
+"""Preprocessing and augmentation as short, readable torchvision v2 pipelines.
+
+`Preprocess` is the single source of truth for input size and normalisation (resolved from the
+backbone's pretrained config and the weights' own metadata, then saved with the run), so training,
+evaluation, prediction and serving can never disagree about it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from PIL import Image
+from torchvision.transforms import InterpolationMode, v2
+
+from lungct.config import AugmentConfig
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bilinear"
+    crop_pct: float = 1.0
+    color: str = "grey"
+
+    @property
+    def resize_to(self) -> int:
+        return round(self.input_size / self.crop_pct)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Preprocess:
+        return cls(
+            int(d["input_size"]),
+            tuple(d["mean"]),
+            tuple(d["std"]),
+            d.get("interpolation", "bilinear"),
+            float(d.get("crop_pct", 1.0)),
+            d.get("color", "grey"),
+        )
+
+
+def _interp(name: str) -> InterpolationMode:
+    return InterpolationMode(name) if name in {m.value for m in InterpolationMode} else InterpolationMode.BILINEAR
+
+
+def resize_transform(pre: Preprocess) -> v2.Transform:
+    """The deterministic first step, done once per image and cached by the dataset."""
+    return v2.Resize(pre.resize_to, interpolation=_interp(pre.interpolation), antialias=True)
+
+
+def _finish(pre: Preprocess) -> list[v2.Transform]:
+    return [
+        v2.CenterCrop(pre.input_size),
+        v2.RGB(),  # greyscale CT becomes three identical channels for ImageNet backbones
+        v2.ToImage(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(mean=list(pre.mean), std=list(pre.std)),
+    ]
+
+
+def eval_transform(pre: Preprocess) -> v2.Compose:
+    """Applied to images already passed through `resize_transform`."""
+    return v2.Compose(_finish(pre))
+
+
+def train_transform(pre: Preprocess, aug: AugmentConfig) -> v2.Compose:
+    steps: list[v2.Transform] = []
+    if aug.rotation or aug.shift or aug.shear or aug.zoom:
+        steps.append(
+            v2.RandomAffine(
+                degrees=aug.rotation,
+                translate=(aug.shift, aug.shift) if aug.shift else None,
+                scale=(1 - aug.zoom, 1 + aug.zoom) if aug.zoom else None,
+                shear=aug.shear or None,
+                interpolation=InterpolationMode.BILINEAR,
+            )
+        )
+    if aug.hflip:
+        steps.append(v2.RandomHorizontalFlip())
+    return v2.Compose(steps + _finish(pre))
+
+
+def prepare_image(img: Image.Image, pre: Preprocess) -> torch.Tensor:
+    """A decoded image to the model's input tensor (C, H, W), as at evaluation time."""
+    return eval_transform(pre)(resize_transform(pre)(img))

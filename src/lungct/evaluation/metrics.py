@@ -1,0 +1,88 @@
+"""Classification metrics for metrics.json, computed with scikit-learn from labels and probabilities."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    classification_report,
+    confusion_matrix,
+    f1_score,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
+
+
+def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, bins: int = 15) -> float:
+    """Top-label ECE with equal-width confidence bins.
+
+    Written here because scikit-learn has only the binary calibration_curve, not multi-class ECE.
+    """
+    conf = probs.max(1)
+    correct = probs.argmax(1) == y_true
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    ece = 0.0
+    for lo, hi in itertools.pairwise(edges):
+        in_bin = (conf > lo) & (conf <= hi)
+        if in_bin.any():
+            ece += in_bin.mean() * abs(correct[in_bin].mean() - conf[in_bin].mean())
+    return float(ece)
+
+
+def _auc(y_bin: np.ndarray, score: np.ndarray) -> float | None:
+    return float(roc_auc_score(y_bin, score)) if 0 < y_bin.sum() < len(y_bin) else None
+
+
+def compute_metrics(
+    y_true: np.ndarray, probs: np.ndarray, classes: list[str], positive_class: str | None = None
+) -> dict:
+    """All headline and per-class metrics. AUC is None for a class absent from (or filling) y_true."""
+    y_true = np.asarray(y_true)
+    probs = np.asarray(probs, dtype=np.float64)
+    y_pred = probs.argmax(1)
+    labels = list(range(len(classes)))
+    cm = confusion_matrix(y_true, y_pred, labels=labels)
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    per_class = {}
+    for k, name in enumerate(classes):
+        tn = cm.sum() - cm[k, :].sum() - cm[:, k].sum() + cm[k, k]
+        fp = cm[:, k].sum() - cm[k, k]
+        per_class[name] = {
+            "precision": float(precision[k]),
+            "recall": float(recall[k]),
+            "specificity": float(tn / (tn + fp)) if tn + fp else None,
+            "f1": float(f1[k]),
+            "auc": _auc(y_true == k, probs[:, k]),
+            "support": int(support[k]),
+        }
+    aucs = [c["auc"] for c in per_class.values() if c["auc"] is not None]
+    result = {
+        "n": len(y_true),
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        "macro_auc": float(np.mean(aucs)) if aucs else None,
+        "ece": expected_calibration_error(y_true, probs),
+        "classes": per_class,
+        "confusion_matrix": {"labels": list(classes), "matrix": cm.tolist()},
+    }
+    if len(classes) == 2:
+        positive = positive_class if positive_class in classes else classes[1]
+        result["positive_class"] = positive
+        result["sensitivity"] = per_class[positive]["recall"]
+        result["specificity"] = per_class[positive]["specificity"]
+    return result
+
+
+def text_report(y_true: np.ndarray, probs: np.ndarray, classes: list[str]) -> str:
+    return classification_report(
+        y_true,
+        np.asarray(probs).argmax(1),
+        labels=list(range(len(classes))),
+        target_names=classes,
+        digits=3,
+        zero_division=0,
+    )

@@ -1,0 +1,127 @@
+"""A run is a directory: config, split, weights, history, plots and metrics, readable by every command.
+
+config.yaml        resolved experiment config
+model.json         what rebuilds the model: arch, classes, preprocessing, head, weights origin
+model.safetensors  best weights (by the early-stopping monitor)
+checkpoint_last.pt last epoch's full state, for resuming an interrupted run
+split.csv          path,label,group,part
+history.csv        one row per epoch; curves.png plots it
+summary.json       counts, skipped files, timings, status
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from lungct.config import HeadConfig
+from lungct.data.transforms import Preprocess
+from lungct.errors import LungCTError
+
+
+@dataclass
+class ModelCard:
+    arch: str
+    timm_name: str
+    classes: list[str]
+    preprocess: Preprocess
+    head: HeadConfig = field(default_factory=HeadConfig)
+    pretrained: bool = False
+    weights_source: str = ""
+    positive_class: str | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "arch": self.arch,
+            "timm_name": self.timm_name,
+            "classes": self.classes,
+            "preprocess": self.preprocess.to_dict(),
+            "head": self.head.model_dump(),
+            "pretrained": self.pretrained,
+            "weights_source": self.weights_source,
+            "positive_class": self.positive_class,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelCard:
+        return cls(
+            d["arch"],
+            d["timm_name"],
+            list(d["classes"]),
+            Preprocess.from_dict(d["preprocess"]),
+            HeadConfig(**d.get("head", {})),
+            bool(d.get("pretrained")),
+            d.get("weights_source", ""),
+            d.get("positive_class"),
+        )
+
+
+class RunDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    config = property(lambda self: self.path / "config.yaml")
+    model_json = property(lambda self: self.path / "model.json")
+    weights = property(lambda self: self.path / "model.safetensors")
+    checkpoint = property(lambda self: self.path / "checkpoint_last.pt")
+    split = property(lambda self: self.path / "split.csv")
+    history = property(lambda self: self.path / "history.csv")
+    curves = property(lambda self: self.path / "curves.png")
+    summary = property(lambda self: self.path / "summary.json")
+
+    def require_model(self) -> None:
+        if not self.path.is_dir():
+            raise LungCTError(f"run directory not found: {self.path}")
+        for f in (self.model_json, self.weights):
+            if not f.is_file():
+                raise LungCTError(f"{self.path} is not a finished run: {f.name} is missing")
+
+    def card(self) -> ModelCard:
+        self.require_model()
+        try:
+            return ModelCard.from_dict(json.loads(self.model_json.read_text()))
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise LungCTError(f"{self.model_json} is damaged: {exc}") from exc
+
+    def read_summary(self) -> dict:
+        return json.loads(self.summary.read_text()) if self.summary.is_file() else {}
+
+
+def write_json(path: Path, data: dict) -> None:
+    atomic_write(path, json.dumps(data, indent=2).encode())
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write then rename, so an interruption never leaves a half-written file behind."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def save_weights(model: torch.nn.Module, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> None:
+    model.load_state_dict(load_file(str(path)))
+
+
+def load_model(run: RunDir) -> tuple[torch.nn.Module, ModelCard]:
+    """Rebuild the trained classifier from model.json (no pretrained download) and load its weights."""
+    from lungct.models.classifier import CTClassifier, create_backbone
+
+    card = run.card()
+    backbone = create_backbone(card.arch, None, 0, card.preprocess.color, card.preprocess.input_size)
+    model = CTClassifier(backbone.module, len(card.classes), card.head)
+    try:
+        load_weights(model, run.weights)
+    except (RuntimeError, OSError) as exc:
+        raise LungCTError(f"{run.weights} does not match {run.model_json}: {str(exc)[:200]}") from exc
+    return model.eval(), card

@@ -1,0 +1,308 @@
+"""Two-phase transfer learning with early stopping, best checkpoint and resume.
+
+Phase "head": the backbone is frozen and only the head trains. Phase "finetune": the top layers of the
+backbone are unfrozen at a lower learning rate, starting from the best weights of phase one.
+Backbones without pretrained weights train whole in one phase ("all").
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.utils.class_weight import compute_class_weight
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from lungct.config import ExperimentConfig, save_config
+from lungct.data.dataset import CTImageDataset
+from lungct.data.prepare import prepare_data, split_items
+from lungct.data.splits import SplitItem, load_split, part_counts, save_split
+from lungct.data.transforms import eval_transform, train_transform
+from lungct.errors import LungCTError
+from lungct.models.classifier import build_classifier
+from lungct.run import ModelCard, RunDir, load_weights, save_weights, write_json
+from lungct.training.freezing import count_trainable, freeze_batchnorm_stats, set_trainable, unfreeze_top
+from lungct.training.optim import build_optimizer, build_scheduler
+
+log = logging.getLogger("lungct")
+
+
+@dataclass
+class Phase:
+    name: str
+    epochs: int
+    lr: float
+    unfreeze: float | None  # None: whole backbone frozen; "all" phase uses -1
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def plan_phases(cfg: ExperimentConfig, pretrained: bool) -> list[Phase]:
+    t = cfg.train
+    if not pretrained:
+        return [Phase("all", t.phase1.epochs + t.phase2.epochs, t.phase1.lr, -1)]
+    return [
+        p
+        for p in (
+            Phase("head", t.phase1.epochs, t.phase1.lr, None),
+            Phase("finetune", t.phase2.epochs, t.phase2.lr, t.phase2.unfreeze),
+        )
+        if p.epochs > 0
+    ]
+
+
+def _score(row: dict, monitor: str) -> float:
+    """Higher is better, whatever the monitor."""
+    return -row[monitor] if monitor.endswith("loss") else row[monitor]
+
+
+class Trainer:
+    def __init__(self, cfg: ExperimentConfig, out: str | Path, progress: bool = True, overwrite: bool = False):
+        self.cfg = cfg
+        self.run = RunDir(out)
+        self.progress = progress
+        summary = self.run.read_summary() if self.run.path.is_dir() else {}
+        if summary.get("status") == "complete":
+            if not overwrite:
+                raise LungCTError(f"{self.run.path} already holds a finished run; use --overwrite or another --out")
+            shutil.rmtree(self.run.path)
+        self.run.path.mkdir(parents=True, exist_ok=True)
+
+    # -- data ---------------------------------------------------------------------------------------
+    def _items(self) -> tuple[list[SplitItem], list[dict]]:
+        if self.run.checkpoint.is_file() and self.run.split.is_file():
+            log.info("resuming: reusing the split in %s", self.run.split)
+            return load_split(self.run.split), self.run.read_summary().get("skipped", [])
+        data = prepare_data(self.cfg, self.progress)
+        items = split_items(data, self.cfg)
+        save_split(items, self.run.split)
+        return items, [{"path": s.path, "reason": s.reason} for s in data.skipped]
+
+    def _loader(self, items: list[SplitItem], transform, shuffle: bool) -> DataLoader:
+        ds = CTImageDataset(
+            [i.path for i in items], [self.class_index[i.label] for i in items], self.card.preprocess, transform
+        )
+        gen = torch.Generator().manual_seed(self.cfg.seed)
+        return DataLoader(
+            ds,
+            batch_size=self.cfg.train.batch_size,
+            shuffle=shuffle,
+            generator=gen,
+            num_workers=self.cfg.train.num_workers,
+            persistent_workers=self.cfg.train.num_workers > 0,
+        )
+
+    # -- one epoch ----------------------------------------------------------------------------------
+    def _run_epoch(self, loader: DataLoader, optimizer=None, desc: str = "") -> tuple[float, np.ndarray, np.ndarray]:
+        training = optimizer is not None
+        self.model.train(training)
+        if training and self.cfg.train.freeze_batchnorm and self.card.pretrained:
+            freeze_batchnorm_stats(self.model.backbone)
+        total, preds, targets = 0.0, [], []
+        with torch.set_grad_enabled(training):
+            for x, y in tqdm(loader, desc=desc, disable=not self.progress, leave=False):
+                logits = self.model(x)
+                loss = self.criterion(logits, y)
+                if training:
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                total += loss.item() * len(y)
+                preds.append(logits.argmax(1).numpy())
+                targets.append(y.numpy())
+        return total / len(loader.dataset), np.concatenate(preds), np.concatenate(targets)
+
+    def _set_phase(self, phase: Phase) -> None:
+        if phase.unfreeze == -1:
+            set_trainable(self.model, True)
+        else:
+            set_trainable(self.model.head, True)
+            if phase.unfreeze is None:
+                set_trainable(self.model.backbone, False)
+            else:
+                n = unfreeze_top(self.model.backbone, phase.unfreeze)
+                log.info("phase %s: unfroze the top %d backbone layers", phase.name, n)
+        log.info("phase %s: %d trainable parameters, lr %g", phase.name, count_trainable(self.model), phase.lr)
+
+    # -- the whole run ------------------------------------------------------------------------------
+    def fit(self) -> RunDir:
+        cfg = self.cfg
+        seed_everything(cfg.seed)
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        started = time.time()
+        items, skipped = self._items()
+        classes = sorted({i.label for i in items})
+        self.class_index = {c: k for k, c in enumerate(classes)}
+        by_part = {p: [i for i in items if i.part == p] for p in ("train", "val", "test")}
+        if not by_part["train"] or not by_part["val"]:
+            raise LungCTError("the split left the training or validation part empty; add data or change fractions")
+
+        self.model, backbone = build_classifier(cfg.model, len(classes), cfg.data.color)
+        self.card = ModelCard(
+            cfg.model.arch,
+            backbone.timm_name,
+            classes,
+            backbone.preprocess,
+            cfg.model.head,
+            backbone.pretrained,
+            backbone.weights_source,
+            cfg.data.positive_class,
+        )
+        if not backbone.pretrained:
+            log.warning(
+                "%s starts from random weights: it is trained from scratch, not transfer-learned", cfg.model.arch
+            )
+        train_labels = [self.class_index[i.label] for i in by_part["train"]]
+        weights = None
+        if cfg.train.class_weights:
+            present = np.unique(train_labels)
+            w = np.ones(len(classes), dtype=np.float32)
+            w[present] = compute_class_weight("balanced", classes=present, y=np.asarray(train_labels))
+            weights = torch.tensor(w, dtype=torch.float32)
+        self.criterion = nn.CrossEntropyLoss(weight=weights)
+        save_config(cfg, self.run.config)
+        write_json(self.run.model_json, self.card.to_dict())
+        counts = part_counts(items)
+        self._write_summary("running", counts, skipped, started)
+        log.info(
+            "classes %s; train %d, val %d, test %d images; %d skipped",
+            classes,
+            len(by_part["train"]),
+            len(by_part["val"]),
+            len(by_part["test"]),
+            len(skipped),
+        )
+
+        train_loader = self._loader(by_part["train"], train_transform(self.card.preprocess, cfg.train.augment), True)
+        val_loader = self._loader(by_part["val"], eval_transform(self.card.preprocess), False)
+        self._fit_phases(plan_phases(cfg, backbone.pretrained), train_loader, val_loader)
+        self._write_summary("complete", counts, skipped, started)
+        self.run.checkpoint.unlink(missing_ok=True)
+        from lungct.evaluation.plots import plot_history
+
+        plot_history(self.run.history, self.run.curves)
+        return self.run
+
+    def _fit_phases(self, phases: list[Phase], train_loader: DataLoader, val_loader: DataLoader) -> None:
+        monitor = self.cfg.train.early_stopping.monitor
+        patience = self.cfg.train.early_stopping.patience
+        state = {"phase": 0, "epoch": 0, "best": -float("inf"), "bad": 0, "history": []}
+        resume = torch.load(self.run.checkpoint, weights_only=False) if self.run.checkpoint.is_file() else None
+        if resume:
+            state = resume["state"]
+            log.info("resuming from phase %d, epoch %d", state["phase"] + 1, state["epoch"])
+        for index, phase in enumerate(phases):
+            if index < state["phase"]:
+                continue
+            if index > 0 and self.run.weights.is_file():
+                load_weights(self.model, self.run.weights)  # fine-tune from the best head
+            self._set_phase(phase)
+            optimizer = build_optimizer(self.model, phase.lr, self.cfg.train)
+            scheduler = build_scheduler(optimizer, self.cfg.train)
+            if resume and index == state["phase"]:
+                self.model.load_state_dict(resume["model"])
+                optimizer.load_state_dict(resume["optimizer"])
+                if scheduler and resume.get("scheduler"):
+                    scheduler.load_state_dict(resume["scheduler"])
+                torch.set_rng_state(resume["torch_rng"])
+                train_loader.generator.set_state(resume["loader_rng"])
+            else:
+                state.update(phase=index, epoch=0, bad=0)
+            while state["epoch"] < phase.epochs and state["bad"] < patience:
+                row = self._epoch(phase, state["epoch"], train_loader, val_loader, optimizer)
+                if scheduler:
+                    scheduler.step()
+                state["history"].append(row)
+                state["epoch"] += 1
+                if _score(row, monitor) > state["best"]:
+                    state["best"], state["bad"] = _score(row, monitor), 0
+                    save_weights(self.model, self.run.weights)
+                else:
+                    state["bad"] += 1
+                self._write_history(state["history"])
+                torch.save(
+                    {
+                        "state": state,
+                        "model": self.model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict() if scheduler else None,
+                        "torch_rng": torch.get_rng_state(),
+                        "loader_rng": train_loader.generator.get_state(),
+                    },
+                    self.run.checkpoint,
+                )
+            if state["bad"] >= patience:
+                log.info("phase %s: early stop after %d epochs without improvement", phase.name, patience)
+            resume = None
+            state.update(phase=index + 1, epoch=0, bad=0)
+
+    def _epoch(self, phase: Phase, epoch: int, train_loader, val_loader, optimizer) -> dict:
+        from sklearn.metrics import balanced_accuracy_score
+
+        t0 = time.time()
+        desc = f"{phase.name} {epoch + 1}/{phase.epochs}"
+        train_loss, tp, tt = self._run_epoch(train_loader, optimizer, desc)
+        val_loss, vp, vt = self._run_epoch(val_loader, None, "validating")
+        row = {
+            "phase": phase.name,
+            "epoch": epoch + 1,
+            "lr": optimizer.param_groups[0]["lr"],
+            "train_loss": train_loss,
+            "train_accuracy": float((tp == tt).mean()),
+            "val_loss": val_loss,
+            "val_accuracy": float((vp == vt).mean()),
+            "val_balanced_accuracy": float(balanced_accuracy_score(vt, vp)),
+            "seconds": time.time() - t0,
+        }
+        log.info(
+            "%s: loss %.4f acc %.3f | val loss %.4f acc %.3f bal-acc %.3f (%.0fs)",
+            desc,
+            train_loss,
+            row["train_accuracy"],
+            val_loss,
+            row["val_accuracy"],
+            row["val_balanced_accuracy"],
+            row["seconds"],
+        )
+        return row
+
+    def _write_history(self, history: list[dict]) -> None:
+        with self.run.history.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(history[0]))
+            writer.writeheader()
+            writer.writerows(history)
+
+    def _write_summary(self, status: str, counts: dict, skipped: list[dict], started: float) -> None:
+        write_json(
+            self.run.summary,
+            {
+                "status": status,
+                "name": self.cfg.name,
+                "arch": self.cfg.model.arch,
+                "pretrained": self.card.pretrained,
+                "weights": self.card.weights_source,
+                "split_mode": self.cfg.split.mode,
+                "counts": counts,
+                "skipped": skipped,
+                "train_seconds": round(time.time() - started, 1) if status == "complete" else None,
+            },
+        )
+
+
+def train(cfg: ExperimentConfig, out: str | Path, progress: bool = True, overwrite: bool = False) -> RunDir:
+    return Trainer(cfg, out, progress, overwrite).fit()

@@ -1,0 +1,89 @@
+import pytest
+import torch
+
+from lungct.config import HeadConfig, ModelConfig
+from lungct.data.images import load_image
+from lungct.data.transforms import prepare_image
+from lungct.errors import LungCTError
+from lungct.models import BACKBONES, CTClassifier, build_classifier, create_backbone, get_spec
+from tests.conftest import MOBILENET_WEIGHTS, SHARED
+
+REQUIRED = {
+    "mobilenetv2_100",
+    "densenet121",
+    "resnet50",
+    "resnet101",
+    "inception_v3",
+    "inception_resnet_v2",
+    "vgg16",
+    "vgg19",
+    "xception",
+    "mnasnet_100",
+    "mobilenetv3_large_100",
+    "small_cnn",
+}
+
+
+def test_registry_holds_every_required_backbone():
+    assert set(BACKBONES) >= REQUIRED
+    for name, spec in BACKBONES.items():
+        if spec.builder is None:
+            spec.resolve_timm_name()  # exists in the installed timm
+        assert spec.cam_layer, name
+
+
+def test_unknown_backbone_lists_choices():
+    with pytest.raises(LungCTError, match="choose one of"):
+        get_spec("resnet5000")
+
+
+@pytest.mark.parametrize("arch", ["small_cnn", "mnasnet_100", "resnet50", "inception_v3"])
+def test_backbone_plus_head_gives_class_logits(arch):
+    model, backbone = build_classifier(ModelConfig(arch=arch, head=HeadConfig(hidden=[16])), num_classes=3)
+    size = 64 if arch != "inception_v3" else 96
+    assert backbone.pretrained is False
+    out = model.eval()(torch.zeros(2, 3, size, size))
+    assert out.shape == (2, 3)
+    assert backbone.preprocess.input_size == (299 if arch == "inception_v3" else 224)
+
+
+def test_timm_preprocessing_used_without_weights_metadata():
+    b = create_backbone("resnet50", None)
+    assert b.preprocess.mean == pytest.approx((0.485, 0.456, 0.406))
+
+
+@pytest.mark.skipif(not MOBILENET_WEIGHTS.is_file(), reason="shared weights not present")
+def test_shared_mobilenet_weights_say_egyptian_cat():
+    b = create_backbone("mobilenetv2_100", str(MOBILENET_WEIGHTS), num_classes=1000, color="rgb")
+    assert b.pretrained
+    assert b.preprocess.mean == (0.5, 0.5, 0.5) and b.preprocess.std == (0.5, 0.5, 0.5)  # from the file
+    x = prepare_image(load_image(SHARED / "weights" / "cat.jpg", "rgb"), b.preprocess)
+    with torch.inference_mode():
+        probs = b.module.eval()(x[None]).softmax(1)[0]
+    names = (SHARED / "weights" / "imagenet_labels.txt").read_text().splitlines()
+    top = probs.topk(2)
+    assert names[int(top.indices[0])] == "Egyptian cat"
+    assert 0.6 < float(top.values[0]) < 0.9
+    assert names[int(top.indices[1])] == "tabby, tabby cat"
+
+
+@pytest.mark.skipif(not MOBILENET_WEIGHTS.is_file(), reason="shared weights not present")
+def test_weights_for_another_arch_are_refused():
+    with pytest.raises(LungCTError, match="is for 'mobilenetv2_100'"):
+        create_backbone("resnet50", str(MOBILENET_WEIGHTS))
+
+
+def test_missing_or_corrupt_weights_file(tmp_path):
+    with pytest.raises(LungCTError, match="not found"):
+        create_backbone("mobilenetv2_100", str(tmp_path / "nope.safetensors"))
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00" * 64)
+    with pytest.raises(LungCTError):
+        create_backbone("mobilenetv2_100", str(bad))
+
+
+def test_head_is_replaceable():
+    backbone = create_backbone("small_cnn", None).module
+    model = CTClassifier(backbone, 4, HeadConfig(dropout=0.5, hidden=[32, 16]))
+    linears = [m for m in model.head if isinstance(m, torch.nn.Linear)]
+    assert [m.out_features for m in linears] == [32, 16, 4]

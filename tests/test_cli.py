@@ -1,0 +1,83 @@
+"""The command-line contract: train/evaluate/predict, and one-line errors for bad arguments."""
+
+import json
+
+import pytest
+import yaml
+
+from lungct.cli import main
+from tests.conftest import tiny_config
+
+
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["train", "--bogus"], "No such option: --bogus"),
+        (["train", "--out", "x", "--config", "missing.yaml"], "does not exist"),
+        (["train", "--out", "x", "--split", "sideways"], "'sideways' is not one of"),
+        (["train", "--out", "x", "--seed", "abc"], "--seed"),
+        (["evaluate", "--run", "no/such/run", "--out", "o"], "does not exist"),
+        (["predict", "--run", "."], "Missing argument"),
+        (["train", "--out", "x", "--arch", "resnet5000"], "unknown backbone 'resnet5000'"),
+        (["frobnicate"], "No such command"),
+    ],
+)
+def test_bad_arguments_fail_with_one_line(capsys, tmp_path, monkeypatch, argv, needle):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _run(capsys, *argv)
+    assert code != 0
+    assert needle in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err
+
+
+def test_bad_config_content_is_one_line(capsys, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train:\n  batch_size: lots\n")
+    code, _, err = _run(capsys, "train", "--config", cfg, "--out", tmp_path / "r")
+    assert code == 1 and "train.batch_size" in err and len(err.strip().splitlines()) == 1
+
+
+def test_evaluate_on_a_folder_that_is_not_a_run(capsys, tmp_path):
+    code, _, err = _run(capsys, "evaluate", "--run", tmp_path, "--out", tmp_path / "o")
+    assert code == 1 and "not a finished run" in err
+
+
+def test_train_evaluate_predict_through_the_cli(capsys, tiny_dataset, fake_pretrained, tmp_path):
+    cfg = tiny_config(tiny_dataset, fake_pretrained).model_dump(mode="json")
+    cfg["train"]["phase1"]["epochs"] = 1
+    cfg["train"]["phase2"]["epochs"] = 1
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    run = tmp_path / "run"
+    code, out, err = _run(
+        capsys, "train", "--config", tmp_path / "c.yaml", "--out", run, "--split", "group", "--seed", "3", "-q"
+    )
+    assert code == 0, err
+    assert yaml.safe_load((run / "config.yaml").read_text())["seed"] == 3
+
+    code, out, err = _run(capsys, "evaluate", "--run", run, "--out", tmp_path / "eval", "-q")
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    for key in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "ece", "n", "classes", "confusion_matrix"):
+        assert key in metrics
+    assert set(metrics["classes"]["benign"]) >= {"precision", "recall", "specificity", "f1", "auc", "support"}
+    assert set(metrics["confusion_matrix"]) == {"labels", "matrix"}
+
+    # evaluate on other labelled data given with --data
+    code, out, err = _run(capsys, "evaluate", "--run", run, "--data", tiny_dataset, "--out", tmp_path / "e2", "-q")
+    assert code == 0, err
+    assert json.loads((tmp_path / "e2" / "metrics.json").read_text())["n"] == 36
+
+    (tmp_path / "empty.png").write_bytes(b"")
+    code, out, err = _run(capsys, "predict", "--run", run, tiny_dataset / "Normal cases", tmp_path / "empty.png")
+    assert code == 0, err
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert len(lines) == 13
+    assert set(lines[0]) == {"path", "label", "probabilities"}
+    assert lines[-1] == {"path": str(tmp_path / "empty.png"), "error": "empty file"}

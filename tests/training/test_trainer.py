@@ -1,0 +1,133 @@
+import csv
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lungct.evaluation.evaluate import evaluate
+from lungct.inference import Predictor
+from lungct.run import RunDir
+from lungct.training import Trainer, train
+from lungct.training.freezing import parameter_layers, unfreeze_top
+from tests.conftest import tiny_config
+
+
+def _history(run: RunDir) -> list[dict]:
+    with run.history.open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_tiny_dataset_trains_both_phases_evaluates_and_predicts(tiny_dataset, fake_pretrained, tmp_path):
+    run = train(tiny_config(tiny_dataset, fake_pretrained), tmp_path / "run", progress=False)
+    for f in ("config.yaml", "model.json", "model.safetensors", "split.csv", "history.csv", "curves.png"):
+        assert (run.path / f).is_file(), f
+    assert not run.checkpoint.exists()  # removed once the run is complete
+    phases = [r["phase"] for r in _history(run)]
+    assert "head" in phases and "finetune" in phases
+    card = json.loads(run.model_json.read_text())
+    assert card["classes"] == ["benign", "malignant", "normal"]
+    assert card["preprocess"]["input_size"] == 32
+    summary = json.loads(run.summary.read_text())
+    assert summary["status"] == "complete" and summary["pretrained"] is True
+
+    metrics = evaluate(run.path, tmp_path / "eval", progress=False)
+    assert metrics["n"] == sum(summary["counts"]["test"].values())
+    for f in ("metrics.json", "confusion_matrix.png", "roc.png", "classification_report.txt"):
+        assert (tmp_path / "eval" / f).is_file()
+
+    (tmp_path / "bad.png").write_bytes(b"garbage")
+    img = next((tiny_dataset / "Normal cases").iterdir())
+    results = list(Predictor(run.path).predict([img, tmp_path / "bad.png", tiny_dataset / "Bengin cases"]))
+    assert results[0]["label"] in card["classes"]
+    assert sum(results[0]["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    assert results[1] == {"path": str(tmp_path / "bad.png"), "error": results[1]["error"]}
+    assert "not a readable image" in results[1]["error"]
+    assert len(results) == 2 + 12
+
+
+def test_phase_one_freezes_backbone_and_phase_two_unfreezes_top(tiny_dataset, fake_pretrained, tmp_path):
+    cfg = tiny_config(tiny_dataset, fake_pretrained, phase2={"epochs": 1, "lr": 1e-4, "unfreeze": 5})
+    cfg.train.phase1.epochs = 1
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    seen, bn_training = {}, []
+    original = trainer._run_epoch
+
+    def record_bn_mode(module, inputs):
+        if trainer.model.training:
+            bn_training.append(
+                any(m.training for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
+            )
+
+    def spy(loader, optimizer=None, desc=""):
+        if optimizer is not None:
+            backbone = trainer.model.backbone
+            if not bn_training:
+                backbone.register_forward_pre_hook(record_bn_mode)
+            seen[desc.split()[0]] = [
+                any(p.requires_grad for p in m.parameters(recurse=False)) for m in parameter_layers(backbone)
+            ]
+        return original(loader, optimizer, desc)
+
+    trainer._run_epoch = spy
+    trainer.fit()
+    assert not any(seen["head"])
+    assert sum(seen["finetune"]) == 5 and all(seen["finetune"][-5:])
+    assert bn_training and not any(bn_training)  # BatchNorm statistics stay frozen while training
+
+
+def test_unfreeze_fraction_and_count():
+    from lungct.models import create_backbone
+
+    backbone = create_backbone("small_cnn", None).module
+    n_layers = len(parameter_layers(backbone))
+    assert unfreeze_top(backbone, 0.5) == n_layers // 2
+    assert unfreeze_top(backbone, 3) == 3
+    assert unfreeze_top(backbone, 10_000) == n_layers
+
+
+def test_interrupted_run_resumes_to_the_same_result(tiny_dataset, fake_pretrained, tmp_path):
+    cfg = tiny_config(tiny_dataset, fake_pretrained)
+    cfg.train.early_stopping.patience = 10
+    reference = train(cfg, tmp_path / "ref", progress=False)
+
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    original, calls = trainer._epoch, []
+
+    def crash_on_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    trainer._epoch = crash_on_third
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    assert trainer.run.checkpoint.is_file()
+    assert len(_history(trainer.run)) == 2
+
+    resumed = train(cfg, tmp_path / "run", progress=False)
+    rows, ref_rows = _history(resumed), _history(reference)
+    assert [(r["phase"], r["epoch"]) for r in rows] == [(r["phase"], r["epoch"]) for r in ref_rows]
+    assert [float(r["val_loss"]) for r in rows] == pytest.approx([float(r["val_loss"]) for r in ref_rows], rel=1e-4)
+    a, b = load_file(str(resumed.weights)), load_file(str(reference.weights))
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_finished_run_is_not_overwritten_by_accident(tiny_dataset, fake_pretrained, tmp_path):
+    from lungct.errors import LungCTError
+
+    cfg = tiny_config(tiny_dataset, fake_pretrained)
+    cfg.train.phase1.epochs, cfg.train.phase2.epochs = 1, 0
+    train(cfg, tmp_path / "run", progress=False)
+    with pytest.raises(LungCTError, match="already holds a finished run"):
+        train(cfg, tmp_path / "run", progress=False)
+    train(cfg, tmp_path / "run", progress=False, overwrite=True)
+
+
+def test_from_scratch_backbone_trains_in_one_phase(tiny_dataset, tmp_path):
+    cfg = tiny_config(tiny_dataset)
+    cfg.model.arch = "small_cnn"
+    cfg.train.phase1.epochs, cfg.train.phase2.epochs = 1, 1
+    run = train(cfg, tmp_path / "run", progress=False)
+    assert {r["phase"] for r in _history(run)} == {"all"}

@@ -1,0 +1,88 @@
+"""Train and evaluate the default config under a group split and under a random split of the same images.
+
+Writes benchmarks/results/train_iqothnccd.json: per split mode, wall time and peak resident memory of the
+train+evaluate process, and the test metrics. The gap between the two is the leakage that a random
+image-level split hides (slices of one patient on both sides).
+
+    .venv/bin/python benchmarks/train_iqothnccd.py [--config configs/iqothnccd.yaml] [--modes group,random]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "ece", "n")
+
+
+def worker(config: str, mode: str, out: Path) -> None:
+    """Runs in a child process so that its peak memory is its own."""
+    from lungct.config import load_config
+    from lungct.evaluation.evaluate import evaluate
+    from lungct.training import train
+
+    cfg = load_config(config)
+    cfg.split.mode = mode
+    t0 = time.perf_counter()
+    run = train(cfg, out, progress=False, overwrite=True)
+    t1 = time.perf_counter()
+    metrics = evaluate(run.path, run.path / "eval", progress=False)
+    t2 = time.perf_counter()
+    result = {
+        "split": mode,
+        "train_seconds": round(t1 - t0, 1),
+        "evaluate_seconds": round(t2 - t1, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "counts": json.loads(run.summary.read_text())["counts"],
+        "test_metrics": {k: metrics[k] for k in HEADLINE},
+        "per_class": metrics["classes"],
+        "epochs_run": sum(1 for _ in run.history.open()) - 1,
+    }
+    (out / "benchmark.json").write_text(json.dumps(result, indent=2))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(ROOT / "configs" / "iqothnccd.yaml"))
+    parser.add_argument("--modes", default="group,random")
+    parser.add_argument("--runs", default=str(ROOT / "runs" / "bench"))
+    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "train_iqothnccd.json"))
+    parser.add_argument("--worker", nargs=2, metavar=("MODE", "OUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.config, args.worker[0], Path(args.worker[1]))
+        return
+    results = []
+    for mode in args.modes.split(","):
+        out = Path(args.runs) / mode
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, __file__, "--config", args.config, "--worker", mode, str(out)], check=True)
+        result = json.loads((out / "benchmark.json").read_text())
+        result["wall_seconds"] = round(time.perf_counter() - t0, 1)
+        results.append(result)
+        print(
+            f"{mode:6s} wall {result['wall_seconds']:.0f}s  peak {result['peak_rss_mb']:.0f} MB  "
+            f"test {json.dumps(result['test_metrics'])}",
+            flush=True,
+        )
+    report = {
+        "config": os.path.relpath(args.config, ROOT),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "results": results,
+    }
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(report, indent=2))
+    print(f"written to {args.output}")
+
+
+if __name__ == "__main__":
+    main()

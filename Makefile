@@ -20,7 +20,8 @@ setup: $(STAMP)
 demo: setup
 	$(VENV)/bin/lungct train --config $(CONFIG) --out $(RUN) --overwrite
 	$(VENV)/bin/lungct evaluate --run $(RUN) --out $(RUN)/eval
-	@echo "report: $(RUN)/eval/metrics.json (plots and classification_report.txt beside it)"
+	$(VENV)/bin/lungct explain --run $(RUN) --out $(RUN)/explain --from-split test --per-class 2
+	@echo "report: $(RUN)/eval/metrics.json (plots and classification_report.txt beside it); Grad-CAM overlays: $(RUN)/explain"
 
 test: setup
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -160,3 +160,24 @@ def main(argv: list[str] | None = None) -> int:
 def run() -> None:
     """Console-script entry point."""
     sys.exit(main())
+
+
+# Commands of other concerns register below, one import and one app.command line each.
+from lungct.evaluation.commands import cv_command  # noqa: E402
+
+app.command("cv")(cv_command)
+from lungct.audit.command import audit_command  # noqa: E402
+
+app.command("audit")(audit_command)
+from lungct.dicom.cli import predict_series_command  # noqa: E402
+
+app.command("predict-series")(predict_series_command)
+from lungct.explain.commands import explain_command  # noqa: E402
+
+app.command("explain")(explain_command)
+from lungct.evaluation.commands import calibrate_command  # noqa: E402
+
+app.command("calibrate")(calibrate_command)
+from lungct.evaluation.commands import threshold_command  # noqa: E402
+
+app.command("threshold")(threshold_command)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lungct.errors import LungCTError
 
@@ -40,8 +40,16 @@ class DataConfig(_Strict):
     sources: list[SourceConfig] = Field(default_factory=list)
     label_map: dict[str, str] = Field(default_factory=dict)  # applied after normalisation (e.g. binary tasks)
     color: Literal["grey", "rgb"] = "grey"  # grey: every image becomes one channel replicated to three
+    # Hounsfield window for DICOM input (see lungct.dicom); stack3 = lung/mediastinal/bone as 3 channels
+    dicom_window: Literal["lung", "mediastinal", "file", "stack3"] = "lung"
     positive_class: str | None = None  # for binary metrics and operating points
     max_images_per_class: int | None = None  # small subsets for tests and quick looks
+
+    @model_validator(mode="after")
+    def _stack3_is_rgb(self) -> DataConfig:
+        if self.dicom_window == "stack3":  # three windows are three channels, so the model takes RGB input
+            self.color = "rgb"
+        return self
 
 
 class SplitConfig(_Strict):

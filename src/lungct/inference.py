@@ -17,6 +17,7 @@ from lungct.data.dataset import CTImageDataset
 from lungct.data.images import ImageReadError, is_image_file, load_image
 from lungct.data.sources import natural_key
 from lungct.data.transforms import eval_transform, prepare_image
+from lungct.evaluation.calibration import load_calibration
 from lungct.run import RunDir, load_model
 
 
@@ -39,10 +40,13 @@ class Predictor:
         self.model, self.card = load_model(self.run)
         self.classes = self.card.classes
         self.batch_size = batch_size
+        # The run's calibration (lungct calibrate), or None: applied to every probability we hand out.
+        self.calibration = load_calibration(self.run.path)
 
     @torch.inference_mode()
     def probabilities(self, batch: torch.Tensor) -> np.ndarray:
-        return torch.softmax(self.model(batch), dim=1).numpy()
+        probs = torch.softmax(self.model(batch), dim=1).numpy()
+        return probs if self.calibration is None else self.calibration.apply(probs).astype(probs.dtype)
 
     def predict_paths_array(self, paths: list[str], progress: bool = False) -> np.ndarray:
         """Probabilities for readable files (already checked), in order; used by evaluation."""
@@ -65,7 +69,10 @@ class Predictor:
         batch: list[tuple[str, torch.Tensor]] = []
         for path in expand_paths(paths):
             try:
-                tensor = prepare_image(load_image(path, self.card.preprocess.color), self.card.preprocess)
+                tensor = prepare_image(
+                    load_image(path, self.card.preprocess.color, self.card.preprocess.dicom_window),
+                    self.card.preprocess,
+                )
             except ImageReadError as exc:
                 yield from self._flush(batch)
                 batch = []

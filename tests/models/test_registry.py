@@ -87,3 +87,9 @@ def test_head_is_replaceable():
     model = CTClassifier(backbone, 4, HeadConfig(dropout=0.5, hidden=[32, 16]))
     linears = [m for m in model.head if isinstance(m, torch.nn.Linear)]
     assert [m.out_features for m in linears] == [32, 16, 4]
+
+
+@pytest.mark.parametrize("arch", ["vgg16", "mobilenetv3_large_100"])
+def test_backbones_with_a_pre_logits_stage_size_the_head_right(arch):
+    model, _ = build_classifier(ModelConfig(arch=arch), num_classes=2)
+    assert model.eval()(torch.zeros(1, 3, 64, 64)).shape == (1, 2)

@@ -38,7 +38,7 @@ class CTImageDataset(Dataset):
     def _image(self, index: int) -> Image.Image:
         if self._cache is not None and index in self._cache:
             return self._cache[index]
-        img = self._resize(load_image(self.paths[index], self.pre.color))
+        img = self._resize(load_image(self.paths[index], self.pre.color, self.pre.dicom_window))
         if self._cache is not None:
             self._cache[index] = img
         return img

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".dcm"})
 MAX_PIXELS = 64_000_000  # far above any CT slice; larger files are treated as decompression bombs
 
 
@@ -24,11 +24,14 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
-def open_image(source, name: str | Path, color: str = "grey") -> Image.Image:
+def open_image(source, name: str | Path, color: str = "grey", dicom_window: str | None = None) -> Image.Image:
     """Decode an image from a path or file object into mode "L" (grey) or "RGB".
 
     Pillow does the decoding; this wrapper only turns its many failure modes into one clear error.
+    DICOM (a .dcm name or the DICM header) goes to lungct.dicom: HU, then `dicom_window` (see there).
     """
+    if _is_dicom(source, name):
+        return _open_dicom(source, name, color, dicom_window)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -50,7 +53,7 @@ def open_image(source, name: str | Path, color: str = "grey") -> Image.Image:
         raise ImageReadError(name, f"corrupt or truncated image ({exc})") from None
 
 
-def load_image(path: str | Path, color: str = "grey") -> Image.Image:
+def load_image(path: str | Path, color: str = "grey", dicom_window: str | None = None) -> Image.Image:
     path = Path(path)
     if not path.exists():
         raise ImageReadError(path, "file not found")
@@ -58,7 +61,36 @@ def load_image(path: str | Path, color: str = "grey") -> Image.Image:
         raise ImageReadError(path, "not a file")
     if path.stat().st_size == 0:
         raise ImageReadError(path, "empty file")
-    return open_image(path, path, color)
+    return open_image(path, path, color, dicom_window)
+
+
+def _is_dicom(source, name: str | Path) -> bool:
+    """A .dcm/.dicom name, or a DICOM Part 10 header ("DICM" at byte 128) for extensionless files."""
+    from lungct.dicom.read import DICOM_SUFFIXES, has_dicom_preamble
+
+    if Path(str(name)).suffix.lower() in DICOM_SUFFIXES:
+        return True
+    if isinstance(source, (str, Path)):
+        try:
+            with open(source, "rb") as fh:
+                return has_dicom_preamble(fh.read(132))
+        except OSError:
+            return False
+    if hasattr(source, "seek") and hasattr(source, "read"):
+        pos = source.tell()
+        head = source.read(132)
+        source.seek(pos)
+        return has_dicom_preamble(head)
+    return False
+
+
+def _open_dicom(source, name: str | Path, color: str, dicom_window: str | None) -> Image.Image:
+    from lungct.dicom import DicomError, load_dicom_image
+
+    try:
+        return load_dicom_image(source, name, color, dicom_window)
+    except DicomError as exc:
+        raise ImageReadError(name, exc.reason) from None
 
 
 def _rescale_to_8bit(img: Image.Image) -> Image.Image:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from lungct.data.images import ImageReadError, load_image
@@ -44,8 +44,11 @@ class ScanResult:
 def describe_image(path: str | Path) -> ImageInfo:
     grey = load_image(path, "grey")  # first, so unreadable files fail with a clear reason
     data = Path(path).read_bytes()
-    with Image.open(path) as raw:
-        mode, fmt = raw.mode, raw.format or Path(path).suffix.lstrip(".").upper()
+    try:
+        with Image.open(path) as raw:
+            mode, fmt = raw.mode, raw.format or Path(path).suffix.lstrip(".").upper()
+    except UnidentifiedImageError:  # DICOM: decoded by lungct.dicom (through load_image), not by Pillow
+        mode, fmt = grey.mode, "DICOM"
     arr = np.asarray(grey, dtype=np.float32)
     thumb = np.asarray(grey.resize((THUMB_SIZE, THUMB_SIZE), Image.BILINEAR), dtype=np.float32).ravel()
     thumb -= thumb.mean()

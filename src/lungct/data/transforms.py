@@ -24,6 +24,7 @@ class Preprocess:
     interpolation: str = "bilinear"
     crop_pct: float = 1.0
     color: str = "grey"
+    dicom_window: str | None = None  # lungct.dicom window; None (older runs): lung, or stack3 for rgb
 
     @property
     def resize_to(self) -> int:
@@ -41,6 +42,7 @@ class Preprocess:
             d.get("interpolation", "bilinear"),
             float(d.get("crop_pct", 1.0)),
             d.get("color", "grey"),
+            d.get("dicom_window"),
         )
 
 

@@ -13,6 +13,7 @@ from lungct.data.scan import scan_samples
 from lungct.data.sources import collect_samples
 from lungct.data.splits import load_split
 from lungct.errors import LungCTError
+from lungct.evaluation.bootstrap import N_RESAMPLES, bootstrap_ci
 from lungct.evaluation.metrics import compute_metrics, text_report
 from lungct.evaluation.plots import plot_confusion, plot_roc
 from lungct.inference import Predictor
@@ -50,7 +51,13 @@ def evaluation_items(predictor: Predictor, data: list[str] | None, progress: boo
     return [s.path for s in scan.samples], [s.label for s in scan.samples], scan.skipped
 
 
-def evaluate(run_dir: str | Path, out_dir: str | Path, data: list[str] | None = None, progress: bool = True) -> dict:
+def evaluate(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    data: list[str] | None = None,
+    progress: bool = True,
+    n_bootstrap: int = N_RESAMPLES,
+) -> dict:
     predictor = Predictor(run_dir)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -59,6 +66,12 @@ def evaluate(run_dir: str | Path, out_dir: str | Path, data: list[str] | None = 
     y = np.array([classes.index(label) for label in labels])
     probs = predictor.predict_paths_array(paths, progress)
     metrics = compute_metrics(y, probs, classes, predictor.card.positive_class)
+    # Resample whole groups when the run's split names them (patients / look-alike slices).
+    group_of = {i.path: i.group for i in load_split(predictor.run.split)} if not data else {}
+    groups = [group_of[p] for p in paths] if group_of and all(p in group_of for p in paths) else None
+    metrics["ci95"] = bootstrap_ci(y, probs, classes, predictor.card.positive_class, groups, n_bootstrap)
+    unit = f"groups ({len(set(groups))} groups)" if groups else "images"
+    metrics["ci95_method"] = f"percentile bootstrap, {n_bootstrap} resamples of {unit}"
     metrics["data"] = "test part of the run's split" if not data else [str(d) for d in data]
     metrics["skipped"] = [{"path": s.path, "reason": s.reason} for s in skipped]
     write_json(out / "metrics.json", metrics)

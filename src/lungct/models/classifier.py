@@ -22,7 +22,8 @@ class CTClassifier(nn.Module):
         super().__init__()
         self.backbone = backbone
         layers: list[nn.Module] = []
-        width = backbone.num_features
+        # timm's pooled output is head_hidden_size wide where a pre-logits stage exists (VGG, MobileNetV3)
+        width = getattr(backbone, "head_hidden_size", None) or backbone.num_features
         for hidden in head.hidden:
             layers += [nn.Dropout(head.dropout), nn.Linear(width, hidden), nn.ReLU(inplace=True)]
             width = hidden

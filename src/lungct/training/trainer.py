@@ -12,7 +12,7 @@ import logging
 import random
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -157,7 +157,7 @@ class Trainer:
             cfg.model.arch,
             backbone.timm_name,
             classes,
-            backbone.preprocess,
+            replace(backbone.preprocess, dicom_window=cfg.data.dicom_window),
             cfg.model.head,
             backbone.pretrained,
             backbone.weights_source,

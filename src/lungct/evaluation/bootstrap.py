@@ -1,0 +1,74 @@
+"""95% bootstrap confidence intervals for every scalar metric of metrics.json.
+
+When groups (patients, look-alike slices) are known, whole groups are resampled: slices of one patient
+are not independent, and resampling them one by one would give intervals that are too narrow.
+Written here because scipy.stats.bootstrap resamples observations, not clusters, and would recompute the
+metrics once per statistic instead of once per resample.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+
+from lungct.evaluation.metrics import compute_metrics
+
+N_RESAMPLES = 1000
+
+
+def flat_metrics(metrics: dict) -> dict[str, float | None]:
+    """The scalar metrics of a compute_metrics dict, per-class ones as "<class>.<metric>"."""
+    flat: dict[str, float | None] = {
+        k: v for k, v in metrics.items() if k != "n" and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+    for name, per_class in metrics["classes"].items():
+        for key, value in per_class.items():
+            if key != "support":
+                flat[f"{name}.{key}"] = value
+    return flat
+
+
+def _resample_indices(rng: np.random.Generator, clusters: list[np.ndarray]) -> np.ndarray:
+    picked = rng.integers(0, len(clusters), len(clusters))
+    return np.concatenate([clusters[i] for i in picked])
+
+
+def bootstrap_ci(
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    classes: list[str],
+    positive_class: str | None = None,
+    groups: Sequence[str] | None = None,
+    n_resamples: int = N_RESAMPLES,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, list[float] | None]:
+    """metric -> [low, high] percentile interval; None where the metric was undefined in most resamples."""
+    y_true = np.asarray(y_true)
+    probs = np.asarray(probs, dtype=np.float64)
+    if groups is None:
+        clusters = [np.array([i]) for i in range(len(y_true))]
+    else:
+        keys = np.asarray(groups)
+        clusters = [np.flatnonzero(keys == g) for g in dict.fromkeys(keys.tolist())]
+    rng = np.random.default_rng(seed)
+    samples: dict[str, list[float]] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # resamples that miss a class are expected; their metric is undefined
+        for _ in range(n_resamples):
+            idx = _resample_indices(rng, clusters)
+            metrics = compute_metrics(y_true[idx], probs[idx], classes, positive_class)
+            for key, value in flat_metrics(metrics).items():
+                samples.setdefault(key, []).append(np.nan if value is None else float(value))
+    alpha = (1.0 - level) / 2.0
+    out: dict[str, list[float] | None] = {}
+    for key, values in samples.items():
+        v = np.asarray(values)
+        v = v[~np.isnan(v)]
+        if len(v) < n_resamples / 2:
+            out[key] = None
+            continue
+        out[key] = [float(np.quantile(v, alpha)), float(np.quantile(v, 1.0 - alpha))]
+    return out

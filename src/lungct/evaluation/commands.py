@@ -1,0 +1,101 @@
+"""CLI commands of the honest-evaluation concern (cv, calibrate, threshold): parse, call the API, print."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars or info messages")]
+
+
+def _setup_logging(quiet: bool) -> None:
+    from lungct.cli import _setup_logging as setup
+
+    setup(quiet)
+
+
+def cv_command(
+    folds: Annotated[int, typer.Option("--folds", help="number of folds K")],
+    out: Annotated[Path, typer.Option("--out", help="folder for fold runs, cv.json, cv.csv and cv.md")],
+    config: Annotated[
+        Path | None, typer.Option("--config", exists=True, dir_okay=False, help="experiment YAML")
+    ] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Stratified group k-fold cross-validation: mean and spread of every metric over K folds."""
+    from lungct.config import load_config
+    from lungct.evaluation.cv import cross_validate
+
+    _setup_logging(quiet)
+    result = cross_validate(load_config(config), folds, out, progress=not quiet)
+    s = result["summary"]
+    for row in result["per_fold"]:
+        typer.echo(
+            f"fold {row['fold']}: n={row['n_test']} accuracy={row['accuracy']:.3f} "
+            f"balanced_accuracy={row['balanced_accuracy']:.3f} macro_auc={row['macro_auc'] or float('nan'):.3f}"
+        )
+    typer.echo(
+        f"mean ± sd: accuracy={s['accuracy']['mean']:.3f} ± {s['accuracy']['std']:.3f} "
+        f"balanced_accuracy={s['balanced_accuracy']['mean']:.3f} ± {s['balanced_accuracy']['std']:.3f}"
+    )
+    typer.echo(f"report written to {out}/cv.md ({result['seconds']:.0f} s)")
+
+
+def calibrate_command(
+    run: Annotated[Path, typer.Option("--run", exists=True, file_okay=False, help="run directory")],
+    method: Annotated[str, typer.Option("--method", help="temperature or isotonic")] = "temperature",
+    quiet: Quiet = False,
+) -> None:
+    """Fit calibration on the run's validation part and save it in the run (predict then uses it)."""
+    from lungct.evaluation.calibrate import calibrate_run
+
+    _setup_logging(quiet)
+    report = calibrate_run(run, method, progress=not quiet)
+    if method == "temperature":
+        typer.echo(f"temperature {report['temperature']:.3f} (fitted on {report['n_val']} validation images)")
+    for part, r in report["parts"].items():
+        b, a = r["before"], r["after"]
+        typer.echo(
+            f"{part}: ECE {b['ece']:.3f} -> {a['ece']:.3f}, MCE {b['mce']:.3f} -> {a['mce']:.3f}, "
+            f"Brier {b['brier']:.3f} -> {a['brier']:.3f}, NLL {b['nll']:.3f} -> {a['nll']:.3f}"
+        )
+    for part, png in report["diagrams"].items():
+        typer.echo(f"reliability diagram ({part}): {png}")
+    typer.echo(f"calibration saved to {Path(run) / 'calibration.json'}")
+
+
+def threshold_command(
+    run: Annotated[Path, typer.Option("--run", exists=True, file_okay=False, help="run directory")],
+    out: Annotated[Path, typer.Option("--out", help="folder for operating_points.json and the coverage plot")],
+    positive: Annotated[str | None, typer.Option("--positive", help="positive class (default: malignant)")] = None,
+    sensitivity: Annotated[float, typer.Option("--sensitivity", help="target sensitivity on validation")] = 0.99,
+    refer_below: Annotated[
+        float | None, typer.Option("--refer-below", help="refer images whose top confidence is below this")
+    ] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Pick the threshold reaching a target sensitivity on validation; report it on test, with a refer band."""
+    from lungct.evaluation.operating_points import operating_points
+
+    _setup_logging(quiet)
+    r = operating_points(run, out, positive, sensitivity, refer_below, progress=not quiet)
+
+    def f(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
+    t = r["test"]
+    val_sens = f(r["val"]["sensitivity"])
+    typer.echo(f"{r['positive_class']}: threshold {r['threshold']:.4f} (validation sensitivity {val_sens})")
+    typer.echo(
+        f"test: sensitivity {f(t['sensitivity'])} specificity {f(t['specificity'])} ppv {f(t['ppv'])} "
+        f"npv {f(t['npv'])} (tp {t['tp']} fp {t['fp']} tn {t['tn']} fn {t['fn']})"
+    )
+    if "refer_band_test" in r:
+        b = r["refer_band_test"]
+        typer.echo(
+            f"refer below {b['refer_below']}: {b['referred']} referred, coverage {f(b['coverage'])}, "
+            f"accuracy on the rest {f(b['accuracy_on_decided'])}"
+        )
+    typer.echo(f"report written to {out}/operating_points.json")

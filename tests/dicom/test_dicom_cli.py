@@ -1,0 +1,139 @@
+"""End to end: train on DICOM, `lungct predict` on .dcm files, `lungct predict-series` on a folder and a zip.
+
+The files carry patient tags; no output may contain any of them.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from lungct.cli import main
+from lungct.config import parse_config
+from lungct.run import RunDir
+from lungct.training import train
+from tests.conftest import CLASS_FOLDERS, IQ_OTH, needs_shared, synthetic_slice, tiny_config
+from tests.dicom.dicom_factory import PRIVATE_VALUES, write_study
+
+N_SLICES = 6
+
+
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _assert_private(text: str) -> None:
+    for value in PRIVATE_VALUES:
+        assert value.lower() not in text.lower(), f"patient data {value!r} leaked"
+
+
+def _dicom_dataset(root: Path, per_class: int = 10) -> Path:
+    """The tiny synthetic dataset, every slice stored as a DICOM CT file with patient tags."""
+    for k, folder in enumerate(CLASS_FOLDERS):
+        write_study(root / folder, [synthetic_slice(k, 7000 + k * 100 + i) for i in range(per_class)])
+    return root
+
+
+@pytest.fixture(scope="module")
+def dicom_run(tmp_path_factory, fake_pretrained) -> Path:
+    base = tmp_path_factory.mktemp("dicomrun")
+    cfg = tiny_config(_dicom_dataset(base / "data"), fake_pretrained)
+    cfg.train.phase1.epochs = cfg.train.phase2.epochs = 1
+    return train(cfg, base / "run", progress=False).path
+
+
+@pytest.fixture
+def study(tmp_path) -> Path:
+    images = [synthetic_slice(1 if i in (2, 3) else 2, 9000 + i) for i in range(N_SLICES)]
+    write_study(tmp_path / "Doe_Janet" / "series", images, order=[5, 0, 3, 1, 4, 2])
+    return tmp_path / "Doe_Janet" / "series"
+
+
+def test_training_on_dicom_records_the_window(dicom_run):
+    card = RunDir(dicom_run).card()
+    assert card.preprocess.dicom_window == "lung"
+    assert json.loads(RunDir(dicom_run).summary.read_text())["status"] == "complete"
+
+
+def test_predict_on_dcm_files(capsys, dicom_run, study):
+    assert str(pydicom.dcmread(study / "IM0000.dcm").PatientName) == "Doe^Janet^Q"  # the tags are there to leak
+    code, out, err = _run(capsys, "predict", "--run", dicom_run, *sorted(study.glob("*.dcm")))
+    assert code == 0, err
+    lines = [json.loads(x) for x in out.splitlines()]
+    assert len(lines) == N_SLICES and all("error" not in r for r in lines)
+    assert all(abs(sum(r["probabilities"].values()) - 1) < 1e-4 for r in lines)
+    _assert_private(out.replace(str(study.parent), "") + err)
+
+
+@pytest.mark.parametrize("as_zip", [False, True])
+def test_predict_series(capsys, dicom_run, study, tmp_path, as_zip):
+    source = study
+    if as_zip:
+        source = tmp_path / "series.zip"
+        with zipfile.ZipFile(source, "w") as zf:
+            for f in study.iterdir():
+                zf.write(f, f.name)
+    code, out, err = _run(capsys, "predict-series", "--run", dicom_run, "--aggregate", "topk", "--top-k", "2", source)
+    assert code == 0, err
+    *slices, study_line = [json.loads(x) for x in out.splitlines()]
+    assert [s["slice"] for s in slices] == list(range(N_SLICES))
+    assert all(s["id"].startswith("sop-") for s in slices)
+    assert study_line["study"] and study_line["order"] == "position" and study_line["n_slices"] == N_SLICES
+    scores = np.array([s["probabilities"]["malignant"] for s in slices])
+    assert study_line["score"] == pytest.approx(np.sort(scores)[-2:].mean(), abs=1e-5)
+    assert [d["slice"] for d in study_line["driving_slices"]] == list(np.argsort(-scores, kind="stable")[:2])
+    assert study_line["window"] == "lung" and study_line["positive_class"] == "malignant"
+    _assert_private(out + err)
+
+
+def test_predict_series_errors_are_one_line(capsys, dicom_run, study):
+    from tests.dicom.dicom_factory import ct_dataset, write
+
+    write(ct_dataset(np.zeros((48, 48)), modality="MR", series_uid="9.9"), study / "mr.dcm")
+    code, _, err = _run(capsys, "predict-series", "--run", dicom_run, study)
+    assert code == 1 and "modality is MR, not CT" in err and len(err.strip().splitlines()) == 1
+    code, _, err = _run(capsys, "predict-series", "--run", dicom_run, "--force", study)
+    assert code == 1 and "inconsistent series" in err
+    _assert_private(err.replace(str(study.parent), ""))
+
+
+def test_stack3_trains_and_predicts_with_three_windows(capsys, tmp_path, fake_pretrained, study):
+    raw = tiny_config(_dicom_dataset(tmp_path / "data", per_class=6), fake_pretrained).model_dump()
+    raw["data"]["dicom_window"] = "stack3"
+    raw["train"]["phase1"]["epochs"] = raw["train"]["phase2"]["epochs"] = 1
+    cfg = parse_config(raw)
+    assert cfg.data.color == "rgb"
+    run = train(cfg, tmp_path / "run", progress=False).path
+    assert RunDir(run).card().preprocess.dicom_window == "stack3"
+    code, out, err = _run(capsys, "predict-series", "--run", run, study)
+    assert code == 0, err
+    assert json.loads(out.splitlines()[-1])["window"] == "stack3"
+
+
+@needs_shared
+@pytest.mark.realdata
+def test_iqothnccd_study_end_to_end(capsys, tmp_path, fake_pretrained):
+    """Real IQ-OTH/NCCD slices wrapped as one DICOM study predict through both commands, privately."""
+    from PIL import Image
+
+    cfg = tiny_config(IQ_OTH, fake_pretrained)
+    cfg.data.max_images_per_class = 8
+    cfg.train.phase1.epochs = cfg.train.phase2.epochs = 1
+    run = train(cfg, tmp_path / "run", progress=False).path
+    files = sorted((IQ_OTH / "Malignant cases").glob("*.jpg"))[:5]
+    study = tmp_path / "study"
+    write_study(study, [Image.open(f).convert("L") for f in files], order=[4, 2, 0, 3, 1])
+    code, out, err = _run(capsys, "predict", "--run", run, study)
+    assert code == 0, err
+    assert len(out.splitlines()) == 5 and all("label" in json.loads(x) for x in out.splitlines())
+    code, out2, err2 = _run(capsys, "predict-series", "--run", run, study)
+    assert code == 0, err2
+    assert len(out2.splitlines()) == 6
+    _assert_private(out + err + out2 + err2)

@@ -1,0 +1,147 @@
+"""Slices to Hounsfield units and windows, on pydicom's own CT_small.dcm and on files built here."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.encaps import encapsulate
+from pydicom.pixels import get_decoder
+from pydicom.uid import JPEGLSLossless
+
+from lungct.data.images import ImageReadError, is_image_file, load_image, open_image
+from lungct.dicom import LUNG, MEDIASTINAL, DicomError, load_dicom_image, read_dataset, read_hu, slice_id
+from tests.dicom.dicom_factory import ct_dataset, write
+
+CT_SMALL = get_testdata_file("CT_small.dcm", download=False)
+HU = np.array([[-2000, -1350, -600, 150], [1000, -125, 50, 225]], dtype=np.float64)
+
+
+def test_ct_small_is_shipped_and_converts_to_hu():
+    assert CT_SMALL is not None, "pydicom's test data should include CT_small.dcm"
+    ds = pydicom.dcmread(CT_SMALL)
+    hu = read_hu(CT_SMALL, "CT_small.dcm")
+    # CT_small has RescaleSlope 1 and RescaleIntercept -1024.
+    np.testing.assert_array_equal(hu, ds.pixel_array.astype(np.float32) - 1024)
+    assert (hu.min(), hu.max()) == (-896.0, 1167.0)
+
+
+def test_ct_small_loads_as_lung_windowed_grey_image():
+    img = load_image(CT_SMALL, "grey")
+    assert img.mode == "L" and img.size == (128, 128)
+    hu = read_hu(CT_SMALL, "x")
+    expected = np.floor(np.clip((hu + 1350) / 1500, 0, 1) * 255 + 0.5)
+    np.testing.assert_array_equal(np.asarray(img), expected.astype(np.uint8))
+
+
+def test_slope_and_intercept_give_hu(tmp_path):
+    even = np.array([[-2000, -1350, -600, 150], [1000, -124, 50, 224]], dtype=np.float64)  # slope 2 steps
+    path = write(ct_dataset(even, slope=2.0, intercept=-1000.0), tmp_path / "a.dcm")
+    np.testing.assert_array_equal(read_hu(path, "a.dcm"), even.astype(np.float32))
+    assert pydicom.dcmread(path).pixel_array[0, 0] == -500  # stored value, before the modality LUT
+
+
+def test_window_values(tmp_path):
+    path = write(ct_dataset(HU, window=(400, 40)), tmp_path / "a.dcm")
+    lung = np.asarray(load_dicom_image(path, "a", "grey", "lung"))
+    assert lung.tolist() == [[0, 0, 128, 255], [255, 208, 238, 255]]
+    med = np.asarray(load_dicom_image(path, "a", "grey", "mediastinal"))
+    assert med.tolist() == [[0, 0, 0, 200], [255, 0, 128, 255]]
+    # The file's own window: W400/L40 maps -160..240 to 0..255.
+    own = np.asarray(load_dicom_image(path, "a", "grey", "file"))
+    assert own.tolist() == [[0, 0, 0, 198], [255, 22, 134, 245]]
+    stack = load_dicom_image(path, "a", "grey", "stack3")
+    assert stack.mode == "RGB"
+    arr = np.asarray(stack)
+    np.testing.assert_array_equal(arr[..., 0], lung)
+    np.testing.assert_array_equal(arr[..., 1], med)
+    assert LUNG.apply(np.array([-600.0]))[0] == 128 and MEDIASTINAL.apply(np.array([50.0]))[0] == 128
+
+
+def test_rgb_without_a_window_means_three_windows(tmp_path):
+    path = write(ct_dataset(HU), tmp_path / "a.dcm")
+    rgb = np.asarray(load_image(path, "rgb"))
+    assert rgb.shape == (2, 4, 3)
+    assert rgb[0, 2].tolist() == [128, 0, 0]  # -600 HU: mid lung, below mediastinal and bone
+    grey_rgb = np.asarray(load_image(path, "rgb", "lung"))
+    assert (grey_rgb[..., 0] == grey_rgb[..., 2]).all()
+
+
+def test_file_window_missing_is_a_clear_error(tmp_path):
+    path = write(ct_dataset(HU), tmp_path / "a.dcm")
+    with pytest.raises(DicomError, match="no WindowCenter/WindowWidth"):
+        load_dicom_image(path, "a.dcm", "grey", "file")
+
+
+def test_extensionless_and_uploaded_dicom_are_recognised(tmp_path):
+    path = write(ct_dataset(HU), tmp_path / "IM0001")
+    assert load_image(path).mode == "L"
+    assert open_image(io.BytesIO(path.read_bytes()), "upload").size == (4, 2)
+    assert is_image_file(tmp_path / "x.dcm")
+
+
+def test_slice_id_is_a_uid_hash_or_file_name(tmp_path):
+    ds = ct_dataset(HU)
+    sid = slice_id(ds, "/secret/Doe_Janet/IM1.dcm")
+    assert sid.startswith("sop-") and ds.SOPInstanceUID not in sid
+    del ds.SOPInstanceUID
+    assert slice_id(ds, "/secret/Doe_Janet/IM1.dcm") == "IM1.dcm"
+
+
+def test_identifying_tags_are_dropped_on_reading(tmp_path):
+    ds = ct_dataset(HU)
+    ds.add_new(0x00091001, "LO", "Doe private note")
+    path = write(ds, tmp_path / "a.dcm")
+    assert pydicom.dcmread(path).PatientName == "Doe^Janet^Q"
+    kept = read_dataset(path, "a.dcm")
+    tags = list(kept.keys())  # tags only: iterating a Dataset would decode every element
+    assert not any(t.group == 0x0010 or t.is_private for t in tags)
+    assert "InstitutionName" not in kept and "AccessionNumber" not in kept and "Modality" in kept
+
+
+def test_not_dicom(tmp_path):
+    path = tmp_path / "notes.dcm"
+    path.write_text("this is not a DICOM file " * 20)
+    with pytest.raises(DicomError, match="not a DICOM file"):
+        read_dataset(path, path.name)
+    with pytest.raises(ImageReadError, match="not a DICOM file"):
+        load_image(path)
+
+
+def test_no_pixel_data(tmp_path):
+    path = write(ct_dataset(HU, pixels=False), tmp_path / "a.dcm")
+    with pytest.raises(DicomError, match="has no pixel data"):
+        read_dataset(path, "a.dcm")
+
+
+def test_modality_other_than_ct_unless_forced(tmp_path):
+    path = write(ct_dataset(HU, modality="MR"), tmp_path / "a.dcm")
+    with pytest.raises(DicomError, match="modality is MR, not CT"):
+        read_dataset(path, "a.dcm")
+    with pytest.raises(ImageReadError, match="modality is MR"):
+        load_image(path)
+    assert read_dataset(path, "a.dcm", force=True).Modality == "MR"
+
+
+@pytest.mark.skipif(get_decoder(JPEGLSLossless).is_available, reason="a JPEG-LS decoder is installed here")
+def test_compressed_without_decoder_names_the_package(tmp_path):
+    ds = ct_dataset(HU)
+    ds.file_meta.TransferSyntaxUID = JPEGLSLossless
+    ds.PixelData = encapsulate([b"\xff\xd8\xff\xf7not-really-jpeg-ls\xff\xd9"])
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    path = write(ds, tmp_path / "a.dcm")
+    with pytest.raises(DicomError, match=r"JPEG-LS Lossless.*needs a decoder: install") as info:
+        read_dataset(path, "a.dcm")
+    assert "python-gdcm" in info.value.reason and "pylibjpeg" in info.value.reason
+
+
+def test_corrupt_pixel_data(tmp_path):
+    ds = ct_dataset(HU)
+    ds.PixelData = ds.PixelData[:5]
+    path = write(ds, tmp_path / "a.dcm")
+    with pytest.raises(ImageReadError, match="pixel data cannot be decoded"):
+        load_image(path)

@@ -1,0 +1,113 @@
+"""Calibration: temperature scaling must repair a deliberately over-confident model; runs use what was fitted."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lungct.cli import main
+from lungct.errors import LungCTError
+from lungct.evaluation.calibrate import calibrate_run
+from lungct.evaluation.calibration import (
+    calibration_metrics,
+    fit_calibrator,
+    fit_temperature,
+    load_calibration,
+)
+from lungct.inference import Predictor
+from lungct.training import train
+from tests.conftest import tiny_config
+
+
+def overconfident(n: int, sharpen: float = 3.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Labels drawn from softmax(z) (so z is calibrated), predictions softmax(sharpen * z): over-confident."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0, 1.0, (n, 3))
+    p_true = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    y = np.array([rng.choice(3, p=p) for p in p_true])
+    sharp = np.exp(sharpen * z)
+    return y, sharp / sharp.sum(1, keepdims=True)
+
+
+def test_temperature_scaling_lowers_nll_and_ece_of_an_overconfident_model():
+    y_fit, p_fit = overconfident(2000, seed=1)
+    y_test, p_test = overconfident(2000, seed=2)
+    scaler = fit_temperature(y_fit, p_fit)
+    assert 2.4 < scaler.temperature < 3.6  # recovers the sharpening factor
+    before, after = calibration_metrics(y_test, p_test), calibration_metrics(y_test, scaler.apply(p_test))
+    assert after["nll"] < before["nll"] - 0.1
+    assert after["ece"] < before["ece"] / 2
+    assert after["brier"] < before["brier"]
+    assert (scaler.apply(p_test).argmax(1) == p_test.argmax(1)).all()  # ranking and decisions unchanged
+
+
+def test_a_calibrated_model_keeps_temperature_near_one():
+    y, p = overconfident(3000, sharpen=1.0, seed=3)
+    assert 0.85 < fit_temperature(y, p).temperature < 1.15
+
+
+def test_isotonic_lowers_ece_on_held_out_data():
+    y_fit, p_fit = overconfident(3000, seed=4)
+    y_test, p_test = overconfident(3000, seed=5)
+    iso = fit_calibrator(y_fit, p_fit, "isotonic")
+    calibrated = iso.apply(p_test)
+    np.testing.assert_allclose(calibrated.sum(1), 1.0)
+    assert calibration_metrics(y_test, calibrated)["ece"] < calibration_metrics(y_test, p_test)["ece"] / 2
+
+
+def test_mce_is_at_least_ece_and_unknown_method_is_refused():
+    y, p = overconfident(500)
+    m = calibration_metrics(y, p)
+    assert m["mce"] >= m["ece"] > 0
+    with pytest.raises(LungCTError, match="unknown calibration method"):
+        fit_calibrator(y, p, "platt-ish")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, fake_pretrained):
+    from tests.conftest import write_dataset
+
+    root = tmp_path_factory.mktemp("cal")
+    data = write_dataset(root / "data")
+    return train(tiny_config(data, fake_pretrained), root / "run", progress=False).path
+
+
+def test_predictor_applies_the_saved_temperature(tiny_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    batch = torch.rand(4, 3, 32, 32)
+    raw = Predictor(run).probabilities(batch)
+    (run / "calibration.json").write_text(json.dumps({"method": "temperature", "temperature": 2.0}))
+    calibrated = Predictor(run).probabilities(batch)
+    expected = np.exp(np.log(raw) / 2.0)
+    np.testing.assert_allclose(calibrated, expected / expected.sum(1, keepdims=True), rtol=1e-4)
+
+    (run / "calibration.json").write_text("{broken")
+    with pytest.raises(LungCTError, match="damaged"):
+        Predictor(run)
+
+
+def test_calibrate_run_writes_the_calibration_and_diagrams(tiny_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    assert main(["calibrate", "--run", str(run), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "temperature" in out and "test: ECE" in out
+    saved = load_calibration(run)
+    assert saved is not None and saved.temperature > 0
+    report = json.loads((run / "calibration" / "report.json").read_text())
+    assert set(report["parts"]) == {"val", "test"}
+    # On the data it was fitted on, temperature scaling cannot raise the NLL (T = 1 is a candidate).
+    assert report["parts"]["val"]["after"]["nll"] <= report["parts"]["val"]["before"]["nll"] + 1e-6
+    for png in report["diagrams"].values():
+        assert (run / "calibration" / png.split("/")[-1]).is_file()
+    report = calibrate_run(run, "isotonic", progress=False)
+    assert json.loads((run / "calibration.json").read_text())["method"] == "isotonic"
+    assert main(["calibrate", "--run", str(run), "--method", "nope", "-q"]) == 1

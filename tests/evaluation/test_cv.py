@@ -1,0 +1,65 @@
+"""Cross-validation: folds partition the data by group, and every fold is trained, tested and summarised."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+
+import pytest
+
+from lungct.cli import main
+from lungct.data.prepare import prepare_data
+from lungct.errors import LungCTError
+from lungct.evaluation.cv import cross_validate, fold_splits, summarise
+from tests.conftest import tiny_config
+
+
+def test_fold_test_parts_partition_the_data_and_keep_groups_whole(tiny_dataset):
+    cfg = tiny_config(tiny_dataset)
+    cfg.split.mode = "group"
+    data = prepare_data(cfg, progress=False)
+    splits = fold_splits(data, 3, cfg)
+    tested = [i.path for split in splits for i in split if i.part == "test"]
+    assert sorted(tested) == sorted(s.path for s in data.samples)  # each image tested exactly once
+    for split in splits:
+        parts_of_group = defaultdict(set)
+        for item in split:
+            parts_of_group[item.group].add(item.part)
+        assert all(len(p) == 1 for p in parts_of_group.values())
+        assert {i.part for i in split} == {"train", "val", "test"}
+    with pytest.raises(LungCTError, match="at least 2"):
+        fold_splits(data, 1, cfg)
+
+
+def test_summarise_gives_mean_and_spread():
+    s = summarise([{"accuracy": 0.8, "macro_auc": None}, {"accuracy": 0.6, "macro_auc": 0.9}])
+    assert s["accuracy"]["mean"] == pytest.approx(0.7)
+    assert s["accuracy"]["std"] == pytest.approx(0.1414, abs=1e-3)
+    assert s["macro_auc"] == {"mean": 0.9, "std": 0.0, "min": 0.9, "max": 0.9}
+
+
+def test_cross_validate_writes_per_fold_table(tiny_dataset, tmp_path):
+    cfg = tiny_config(tiny_dataset)
+    result = cross_validate(cfg, 3, tmp_path / "cv", progress=False, n_bootstrap=20)
+    assert [r["fold"] for r in result["per_fold"]] == [1, 2, 3]
+    assert sum(r["n_test"] for r in result["per_fold"]) == 36
+    acc = result["summary"]["accuracy"]
+    assert acc["min"] <= acc["mean"] <= acc["max"]
+    assert "benign.recall" in result["summary"]
+    for f in ("cv.json", "cv.csv", "cv.md", "fold_1/model.safetensors", "fold_3/eval/metrics.json"):
+        assert (tmp_path / "cv" / f).is_file(), f
+    assert json.loads((tmp_path / "cv" / "cv.json").read_text())["folds"] == 3
+    # Run again: finished folds are reused, not retrained.
+    mtime = (tmp_path / "cv" / "fold_1" / "model.safetensors").stat().st_mtime
+    cross_validate(cfg, 3, tmp_path / "cv", progress=False, n_bootstrap=20)
+    assert (tmp_path / "cv" / "fold_1" / "model.safetensors").stat().st_mtime == mtime
+
+
+def test_cv_cli_rejects_too_many_folds(tiny_dataset, tmp_path, capsys):
+    import yaml
+
+    cfg = tiny_config(tiny_dataset)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    code = main(["cv", "--config", str(tmp_path / "c.yaml"), "--folds", "99", "--out", str(tmp_path / "o"), "-q"])
+    err = capsys.readouterr().err
+    assert code == 1 and "too few for 99 folds" in err

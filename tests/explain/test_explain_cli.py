@@ -1,0 +1,115 @@
+"""The explain command and API on a tiny fine-tuned run: files written, layer groups, one-line errors."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lungct.cli import main
+from lungct.explain import Explainer, explain
+from lungct.training import train
+from lungct.training.freezing import parameter_layers
+from tests.conftest import tiny_config, write_dataset
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, fake_pretrained):
+    root = tmp_path_factory.mktemp("explain")
+    data = write_dataset(root / "data", per_class=8)
+    cfg = tiny_config(data, fake_pretrained, phase1={"epochs": 1, "lr": 1e-3})
+    cfg.train.phase2.epochs = 1
+    cfg.model.input_size = 64  # MobileNetV2's last block is 2x2 here (1x1 at 32 px has nothing to localise)
+    return train(cfg, root / "run", progress=False).path, data
+
+
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_writes_heatmap_and_overlay_per_image(capsys, tiny_run, tmp_path):
+    run, data = tiny_run
+    out = tmp_path / "out"
+    code, stdout, err = _run(capsys, "explain", "--run", run, "--out", out, "--target", "malignant", "-q", data)
+    assert code == 0, err
+    assert "24 heatmaps" in stdout
+    heat = np.load(out / "Malignant_case_(3).npy")
+    assert heat.shape == (48, 48) and heat.dtype == np.float32  # the slice's own size, not the model's 64 px
+    assert np.isfinite(heat).all() and heat.min() >= 0 and heat.max() <= 1
+    with Image.open(out / "Malignant_case_(3).png") as png:
+        assert png.format == "PNG" and png.width > 100
+    rows = list(csv.DictReader((out / "explanations.csv").open()))
+    assert len(rows) == 24 and {r["label"] for r in rows} == {"malignant"}
+    assert set(json.loads(rows[0]["probabilities"])) == {"benign", "malignant", "normal"}
+
+
+def test_held_out_picks_from_the_split(capsys, tiny_run, tmp_path):
+    run, _ = tiny_run
+    code, _, err = _run(
+        capsys, "explain", "--run", run, "--out", tmp_path / "o", "--from-split", "test", "--per-class", "1", "-q"
+    )
+    assert code == 0, err
+    rows = list(csv.DictReader((tmp_path / "o" / "explanations.csv").open()))
+    assert len(rows) == 3 and len({r["path"].split("/")[-2] for r in rows}) == 3  # one per class folder
+
+
+def test_layer_groups_follow_the_fine_tuning(tiny_run):
+    run, data = tiny_run
+    explainer = Explainer(run)
+    top10 = parameter_layers(explainer.model.backbone)[-10:]
+    names = {id(m): f"backbone.{n}" for n, m in explainer.model.backbone.named_modules()}
+    finetuned, _ = explainer.resolve_layers(group="finetuned")
+    frozen, _ = explainer.resolve_layers(group="frozen")
+    everything, _ = explainer.resolve_layers(group="all")
+    assert set(finetuned) <= {names[id(m)] for m in top10} and finetuned
+    assert not set(finetuned) & set(frozen)
+    assert set(everything) == set(finetuned) | set(frozen)
+    image = data / "Normal cases" / "Normal case (1).png"
+    for group in ("finetuned", "frozen"):
+        e = explain(run, image, method="gradcam++", group=group)
+        assert e.heatmap.shape == (48, 48) and np.isfinite(e.heatmap).all()
+        assert e.layers == (finetuned if group == "finetuned" else frozen)
+    named = explain(run, image, method="eigencam", layers=["blocks.5", "conv_head"])
+    assert named.layers == ["backbone.blocks.5", "backbone.conv_head"]
+    assert abs(sum(named.probabilities.values()) - 1) < 1e-4
+    assert named.probability == named.probabilities[named.label]
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--layer", "conv_hed"], "unknown layer 'conv_hed'; did you mean"),
+        (["--layer", "head.1"], "not a spatial feature map"),
+        (["--target", "pneumonia"], "class 'pneumonia' is not in the model"),
+        (["--layer", "conv_head", "--layers", "all"], "either layer names or a layer group"),
+        (["--method", "lime"], "'lime' is not one of"),
+        (["--layers", "some"], "'some' is not one of"),
+    ],
+)
+def test_bad_requests_fail_with_one_line(capsys, tiny_run, tmp_path, extra, needle):
+    run, data = tiny_run
+    code, _, err = _run(capsys, "explain", "--run", run, "--out", tmp_path / "o", "-q", *extra, data / "Normal cases")
+    assert code != 0
+    assert needle in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err
+
+
+def test_unreadable_image_is_one_line_and_others_still_written(capsys, tiny_run, tmp_path):
+    run, data = tiny_run
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not an image at all")
+    good = data / "Normal cases" / "Normal case (2).png"
+    code, _, err = _run(capsys, "explain", "--run", run, "--out", tmp_path / "o", "-q", bad, good)
+    assert code == 1
+    assert "broken.png" in err and "not a readable image" in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert (tmp_path / "o" / "Normal_case_(2).png").is_file()
+
+
+def test_nothing_to_explain(capsys, tiny_run, tmp_path):
+    code, _, err = _run(capsys, "explain", "--run", tiny_run[0], "--out", tmp_path / "o")
+    assert code == 1 and "nothing to explain" in err

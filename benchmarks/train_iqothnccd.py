@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -31,6 +32,7 @@ def worker(config: str, mode: str, out: Path) -> None:
 
     cfg = load_config(config)
     cfg.split.mode = mode
+    shutil.rmtree(out, ignore_errors=True)  # a fresh run: never resume an earlier, interrupted one
     t0 = time.perf_counter()
     run = train(cfg, out, progress=False, overwrite=True)
     t1 = time.perf_counter()

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from lungct.data.dataset import CTImageDataset
-from lungct.data.images import ImageReadError, is_image_file, load_image
+from lungct.data.images import ImageReadError, is_image_file
 from lungct.data.sources import natural_key
 from lungct.data.transforms import eval_transform, prepare_image
 from lungct.evaluation.calibration import load_calibration
@@ -69,10 +69,7 @@ class Predictor:
         batch: list[tuple[str, torch.Tensor]] = []
         for path in expand_paths(paths):
             try:
-                tensor = prepare_image(
-                    load_image(path, self.card.preprocess.color, self.card.preprocess.dicom_window),
-                    self.card.preprocess,
-                )
+                tensor = prepare_image(self.card.preprocess.load(path), self.card.preprocess)
             except ImageReadError as exc:
                 yield from self._flush(batch)
                 batch = []

@@ -12,7 +12,6 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from lungct.data.images import load_image
 from lungct.data.transforms import Preprocess, resize_transform
 
 
@@ -38,7 +37,7 @@ class CTImageDataset(Dataset):
     def _image(self, index: int) -> Image.Image:
         if self._cache is not None and index in self._cache:
             return self._cache[index]
-        img = self._resize(load_image(self.paths[index], self.pre.color, self.pre.dicom_window))
+        img = self._resize(self.pre.load(self.paths[index]))
         if self._cache is not None:
             self._cache[index] = img
         return img

@@ -8,12 +8,14 @@ evaluation, prediction and serving can never disagree about it.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from PIL import Image
 from torchvision.transforms import InterpolationMode, v2
 
 from lungct.config import AugmentConfig
+from lungct.data.images import load_image
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,10 @@ class Preprocess:
     @property
     def resize_to(self) -> int:
         return round(self.input_size / self.crop_pct)
+
+    def load(self, path: str | Path) -> Image.Image:
+        """Decode a file as this model sees it (grey/RGB, DICOM window): the one place callers get that from."""
+        return load_image(path, self.color, self.dicom_window)
 
     def to_dict(self) -> dict:
         return asdict(self)

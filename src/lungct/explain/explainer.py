@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from lungct.config import ExperimentConfig, load_config
-from lungct.data.images import ImageReadError, load_image
+from lungct.data.images import ImageReadError
 from lungct.data.transforms import prepare_image
 from lungct.errors import LungCTError
 from lungct.explain.cam import METHODS, compute_cams, to_image_size
@@ -152,7 +152,7 @@ class Explainer:
         batch: list[tuple[str, Image.Image]] = []
         for path in paths:
             try:
-                batch.append((str(path), load_image(path, self.card.preprocess.color)))
+                batch.append((str(path), self.card.preprocess.load(path)))
             except ImageReadError as exc:
                 yield exc
                 continue
@@ -176,7 +176,7 @@ def explain(
     if not isinstance(image, Image.Image):
         path = str(image)
         try:
-            image = load_image(image, explainer.card.preprocess.color)
+            image = explainer.card.preprocess.load(image)
         except ImageReadError as exc:
             raise LungCTError(str(exc)) from None
         return explainer.explain_images([image], method, layers, group, target, [path])[0]

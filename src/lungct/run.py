@@ -11,6 +11,7 @@ summary.json       counts, skipped files, timings, status
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -90,6 +91,19 @@ class RunDir:
 
     def read_summary(self) -> dict:
         return json.loads(self.summary.read_text()) if self.summary.is_file() else {}
+
+
+def model_version(run: RunDir) -> str:
+    """Names exactly what answers a request: run name, backbone, and a hash of weights plus calibration.
+
+    Two servers with the same version give the same probabilities; retraining or recalibrating changes it.
+    """
+    card = run.card()
+    digest = hashlib.sha256(run.weights.read_bytes())
+    calibration = run.path / "calibration.json"
+    if calibration.is_file():
+        digest.update(calibration.read_bytes())
+    return f"{run.path.resolve().name}-{card.arch}-{digest.hexdigest()[:12]}"
 
 
 def write_json(path: Path, data: dict) -> None:

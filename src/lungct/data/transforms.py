@@ -7,6 +7,7 @@ evaluation, prediction and serving can never disagree about it.
 
 from __future__ import annotations
 
+import io
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode, v2
 
 from lungct.config import AugmentConfig
-from lungct.data.images import load_image
+from lungct.data.images import ImageReadError, load_image, open_image
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,12 @@ class Preprocess:
     def load(self, path: str | Path) -> Image.Image:
         """Decode a file as this model sees it (grey/RGB, DICOM window): the one place callers get that from."""
         return load_image(path, self.color, self.dicom_window)
+
+    def load_bytes(self, data: bytes, name: str = "upload") -> Image.Image:
+        """Decode uploaded bytes (API, app) exactly as `load` decodes a file; `name` only labels errors."""
+        if not data:
+            raise ImageReadError(name, "empty file")
+        return open_image(io.BytesIO(data), name, self.color, self.dicom_window)
 
     def to_dict(self) -> dict:
         return asdict(self)

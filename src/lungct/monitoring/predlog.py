@@ -1,0 +1,160 @@
+"""The prediction log: one SQLite row per served prediction, the input of drift reports.
+
+What a row holds is chosen so that it can never carry a patient: a timestamp, the image's content hash,
+the result, the model version, the latency, a few intensity statistics and the model's pooled embedding
+(float16). Never the image, its file name or path, or any DICOM tag. SQLite from the standard library is
+enough for one server process; WAL mode lets a drift report read while the server writes.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from lungct.errors import LungCTError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS predictions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts TEXT NOT NULL,               -- ISO 8601, UTC
+    sha256 TEXT NOT NULL,           -- of the uploaded bytes
+    model_version TEXT NOT NULL,
+    label TEXT NOT NULL,
+    confidence REAL NOT NULL,       -- calibrated probability of `label`
+    probabilities TEXT NOT NULL,    -- JSON {class: probability}
+    latency_ms REAL NOT NULL,
+    source TEXT NOT NULL,           -- api | app | cli
+    stats TEXT NOT NULL,            -- JSON, see image_stats()
+    embedding BLOB                  -- float16 pooled backbone features, or NULL
+);
+CREATE INDEX IF NOT EXISTS predictions_ts ON predictions (ts);
+"""
+
+
+def image_stats(img: Image.Image) -> dict[str, float]:
+    """Intensity statistics of the decoded slice (grey levels 0-255) that drift reports compare."""
+    a = np.asarray(img.convert("L"), dtype=np.float32)
+    p5, p50, p95 = np.percentile(a, [5, 50, 95])
+    return {
+        "mean": float(a.mean()),
+        "std": float(a.std()),
+        "p5": float(p5),
+        "p50": float(p50),
+        "p95": float(p95),
+        "width": float(img.width),
+        "height": float(img.height),
+    }
+
+
+@dataclass
+class PredictionRecord:
+    sha256: str
+    model_version: str
+    label: str
+    probabilities: dict[str, float]
+    latency_ms: float
+    stats: dict[str, float]
+    source: str = "api"
+    embedding: np.ndarray | None = field(default=None, repr=False)
+    ts: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="milliseconds"))
+
+    @property
+    def confidence(self) -> float:
+        return float(self.probabilities[self.label])
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["embedding"] = None if self.embedding is None else np.asarray(self.embedding, dtype=np.float32).tolist()
+        d["confidence"] = self.confidence
+        return d
+
+
+class PredictionLog:
+    """Append-only log; thread-safe, so API worker threads can share one instance."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.executescript(SCHEMA)
+        except (sqlite3.Error, OSError) as exc:
+            raise LungCTError(f"cannot open the prediction log {self.path}: {exc}") from exc
+
+    def append(self, rec: PredictionRecord) -> None:
+        emb = None if rec.embedding is None else np.asarray(rec.embedding, dtype="<f2").tobytes()
+        row = (
+            rec.ts,
+            rec.sha256,
+            rec.model_version,
+            rec.label,
+            rec.confidence,
+            json.dumps(rec.probabilities),
+            float(rec.latency_ms),
+            rec.source,
+            json.dumps(rec.stats),
+            emb,
+        )
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO predictions (ts, sha256, model_version, label, confidence, probabilities, latency_ms,"
+                " source, stats, embedding) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                row,
+            )
+
+    def read(self, since: str | None = None, model_version: str | None = None, limit: int | None = None) -> list[dict]:
+        """Rows as dicts (newest last), optionally from ISO time `since` on and for one model version."""
+        query, args = "SELECT * FROM predictions WHERE 1=1", []
+        if since:
+            query += " AND ts >= ?"
+            args.append(since)
+        if model_version:
+            query += " AND model_version = ?"
+            args.append(model_version)
+        if limit:  # the newest `limit` rows, still returned oldest first
+            query = f"SELECT * FROM ({query} ORDER BY id DESC LIMIT ?)"
+            args.append(int(limit))
+        query += " ORDER BY id"
+        with self._lock:
+            cur = self._db.execute(query, args)
+            names = [c[0] for c in cur.description]
+            rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+        for r in rows:
+            r["probabilities"] = json.loads(r["probabilities"])
+            r["stats"] = json.loads(r["stats"])
+            r["embedding"] = (
+                None if r["embedding"] is None else np.frombuffer(r["embedding"], dtype="<f2").astype(np.float32)
+            )
+        return rows
+
+    def __len__(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM predictions").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def open_existing_log(path: str | Path) -> PredictionLog:
+    """For readers (drift): a clear error rather than silently creating an empty log at a mistyped path."""
+    p = Path(path)
+    if not p.is_file():
+        raise LungCTError(f"prediction log not found: {p}")
+    try:
+        with p.open("rb") as f:
+            header = f.read(16)
+    except OSError as exc:
+        raise LungCTError(f"cannot read the prediction log {p}: {exc}") from exc
+    if header != b"SQLite format 3\x00":
+        raise LungCTError(f"{p} is not a lungct prediction log (not an SQLite database)")
+    return PredictionLog(p)

@@ -35,8 +35,15 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
 
 
 class Predictor:
-    def __init__(self, run_dir: str | Path, batch_size: int = 32):
+    """Calibrated probabilities from a run. `tta=True` averages each slice with its mirror image.
+
+    Test-time augmentation uses only the horizontal flip: it is the one training augmentation that leaves a
+    CT slice anatomically plausible at full strength (left/right lungs swap), and it doubles the cost.
+    """
+
+    def __init__(self, run_dir: str | Path, batch_size: int = 32, tta: bool = False):
         self.run = RunDir(run_dir)
+        self.tta = tta
         self.model, self.card = load_model(self.run)
         self.classes = self.card.classes
         self.batch_size = batch_size
@@ -45,7 +52,10 @@ class Predictor:
 
     @torch.inference_mode()
     def probabilities(self, batch: torch.Tensor) -> np.ndarray:
-        probs = torch.softmax(self.model(batch), dim=1).numpy()
+        probs = torch.softmax(self.model(batch), dim=1)
+        if self.tta:
+            probs = (probs + torch.softmax(self.model(torch.flip(batch, dims=[3])), dim=1)) / 2
+        probs = probs.numpy()
         return probs if self.calibration is None else self.calibration.apply(probs).astype(probs.dtype)
 
     def predict_paths_array(self, paths: list[str], progress: bool = False) -> np.ndarray:

@@ -12,6 +12,7 @@ import logging
 import random
 import shutil
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -70,9 +71,20 @@ def _score(row: dict, monitor: str) -> float:
     return -row[monitor] if monitor.endswith("loss") else row[monitor]
 
 
+EpochCallback = Callable[[dict], None]
+
+
 class Trainer:
-    def __init__(self, cfg: ExperimentConfig, out: str | Path, progress: bool = True, overwrite: bool = False):
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        out: str | Path,
+        progress: bool = True,
+        overwrite: bool = False,
+        callbacks: Sequence[EpochCallback] = (),
+    ):
         self.cfg = cfg
+        self.callbacks = list(callbacks)
         self.run = RunDir(out)
         self.progress = progress
         summary = self.run.read_summary() if self.run.path.is_dir() else {}
@@ -235,6 +247,8 @@ class Trainer:
                 else:
                     state["bad"] += 1
                 self._write_history(state["history"])
+                for callback in self.callbacks:  # tracking, pruning; may raise to stop the run (e.g. a pruned trial)
+                    callback({**row, "step": len(state["history"])})
                 torch.save(
                     {
                         "state": state,
@@ -304,5 +318,12 @@ class Trainer:
         )
 
 
-def train(cfg: ExperimentConfig, out: str | Path, progress: bool = True, overwrite: bool = False) -> RunDir:
-    return Trainer(cfg, out, progress, overwrite).fit()
+def train(
+    cfg: ExperimentConfig,
+    out: str | Path,
+    progress: bool = True,
+    overwrite: bool = False,
+    callbacks: Sequence[EpochCallback] = (),
+) -> RunDir:
+    """Train and return the run. `callbacks` get each epoch's history row (plus a global `step`) as it ends."""
+    return Trainer(cfg, out, progress, overwrite, callbacks).fit()

@@ -56,6 +56,8 @@ class SplitConfig(_Strict):
     mode: Literal["group", "random"] = "group"
     val_fraction: float = 0.15
     test_fraction: float = 0.15
+    # Whole groups kept out of training and model selection, for `lungct calibrate` and `lungct threshold`.
+    calib_fraction: float = 0.0
     # Look-alike grouping when no group column exists (see lungct.data.grouping).
     neighbour_similarity: float = 0.5
     duplicate_similarity: float = 0.92
@@ -65,6 +67,13 @@ class SplitConfig(_Strict):
     def _fraction(cls, v: float) -> float:
         if not 0.0 < v < 0.5:
             raise ValueError("must be between 0 and 0.5")
+        return v
+
+    @field_validator("calib_fraction")
+    @classmethod
+    def _calib_fraction(cls, v: float) -> float:
+        if not 0.0 <= v < 0.5:
+            raise ValueError("must be at least 0 and below 0.5")
         return v
 
 

@@ -106,3 +106,33 @@ def test_too_few_groups_is_a_clear_error():
 
     with pytest.raises(LungCTError, match="too few"):
         make_split(["a", "b", "a"], ["g1", "g2", "g1"], 0.15, 0.15, seed=0)
+
+
+def test_calibration_part_is_carved_from_training_by_whole_groups():
+    from lungct.data.splits import SplitItem, tuning_part
+
+    labels, groups = [], []
+    for g in range(80):
+        labels += [["a", "b"][g % 2]] * 5
+        groups += [f"p{g}"] * 5
+    without = make_split(labels, groups, 0.15, 0.15, seed=3)
+    parts = make_split(labels, groups, 0.15, 0.15, seed=3, calib_fraction=0.15)
+    assert without.count("calib") == 0
+    # test and val are the same with or without a calibration part: it only takes training groups
+    assert [p for p in parts if p in ("val", "test")] == [p for p in without if p in ("val", "test")]
+    assert all(w == "train" for w, p in zip(without, parts, strict=True) if p == "calib")
+    assert 0.08 < parts.count("calib") / len(parts) < 0.25
+    by_group = defaultdict(set)
+    for g, p in zip(groups, parts, strict=True):
+        by_group[g].add(p)
+    assert all(len(p) == 1 for p in by_group.values())
+    items = [SplitItem(str(i), lab, g, p) for i, (lab, g, p) in enumerate(zip(labels, groups, parts, strict=True))]
+    assert tuning_part(items) == "calib"
+    assert tuning_part([i for i in items if i.part != "calib"]) == "val"
+
+
+def test_calib_fraction_is_validated():
+    from lungct.errors import LungCTError
+
+    with pytest.raises(LungCTError, match="split.calib_fraction: .*below 0.5"):
+        parse_config({"data": {"sources": [{"path": "x"}]}, "split": {"calib_fraction": 0.7}})

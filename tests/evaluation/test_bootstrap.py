@@ -54,3 +54,17 @@ def test_undefined_metric_gives_none():
     probs = np.tile([0.8, 0.1, 0.1], (20, 1))
     ci = bootstrap_ci(y, probs, CLASSES, n_resamples=50)
     assert ci["benign.auc"] is None and ci["accuracy"] == [1.0, 1.0]
+
+
+def test_paired_delta_interval_sees_a_real_improvement_and_not_a_null_one():
+    from lungct.evaluation.bootstrap import paired_delta_ci
+
+    rng = np.random.default_rng(0)
+    before = rng.normal(1.0, 0.3, 200)
+    improved = before - 0.2 + rng.normal(0, 0.05, 200)
+    same = before + rng.normal(0, 0.05, 200)
+    groups = [f"g{i // 4}" for i in range(200)]
+    real = paired_delta_ci(lambda i: float(improved[i].mean() - before[i].mean()), 200, groups, n_resamples=300)
+    null = paired_delta_ci(lambda i: float(same[i].mean() - before[i].mean()), 200, groups, n_resamples=300)
+    assert real["ci95"][0] <= real["delta"] <= real["ci95"][1] < 0 and real["share_below_zero"] == 1.0
+    assert null["ci95"][0] < 0 < null["ci95"][1]

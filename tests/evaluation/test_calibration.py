@@ -103,7 +103,10 @@ def test_calibrate_run_writes_the_calibration_and_diagrams(tiny_run, tmp_path, c
     saved = load_calibration(run)
     assert saved is not None and saved.temperature > 0
     report = json.loads((run / "calibration" / "report.json").read_text())
-    assert set(report["parts"]) == {"val", "test"}
+    assert set(report["parts"]) == {"val", "test"} and report["fitted_on"] == "val"
+    change = report["test_change"]["ece"]
+    assert change["ci95"][0] <= change["delta"] <= change["ci95"][1]
+    assert "paired group-bootstrap interval" in out
     # On the data it was fitted on, temperature scaling cannot raise the NLL (T = 1 is a candidate).
     assert report["parts"]["val"]["after"]["nll"] <= report["parts"]["val"]["before"]["nll"] + 1e-6
     for png in report["diagrams"].values():
@@ -111,3 +114,21 @@ def test_calibrate_run_writes_the_calibration_and_diagrams(tiny_run, tmp_path, c
     report = calibrate_run(run, "isotonic", progress=False)
     assert json.loads((run / "calibration.json").read_text())["method"] == "isotonic"
     assert main(["calibrate", "--run", str(run), "--method", "nope", "-q"]) == 1
+
+
+def test_calibration_and_thresholds_use_the_calibration_part_when_the_split_has_one(tmp_path, fake_pretrained):
+    from lungct.data.splits import load_split
+    from lungct.evaluation.operating_points import operating_points
+    from tests.conftest import write_dataset
+
+    data = write_dataset(tmp_path / "data", per_class=16)
+    cfg = tiny_config(data, fake_pretrained)
+    cfg.split.calib_fraction = 0.2
+    run = train(cfg, tmp_path / "run", progress=False).path
+    items = load_split(run / "split.csv")
+    assert {i.part for i in items} == {"train", "val", "calib", "test"}
+    report = calibrate_run(run, "temperature", progress=False)
+    assert report["fitted_on"] == "calib" and set(report["parts"]) == {"calib", "val", "test"}
+    assert report["n_fit"] == sum(i.part == "calib" for i in items)
+    points = operating_points(run, tmp_path / "op", "malignant", 0.9, None, progress=False)
+    assert points["chosen_on"] == "calib" and points["calib"]["n"] == report["n_fit"]

@@ -131,3 +131,31 @@ def test_from_scratch_backbone_trains_in_one_phase(tiny_dataset, tmp_path):
     cfg.train.phase1.epochs, cfg.train.phase2.epochs = 1, 1
     run = train(cfg, tmp_path / "run", progress=False)
     assert {r["phase"] for r in _history(run)} == {"all"}
+
+
+def test_epoch_callbacks_see_every_epoch_and_can_stop_the_run(tiny_dataset, fake_pretrained, tmp_path):
+    rows: list[dict] = []
+    run = train(tiny_config(tiny_dataset, fake_pretrained), tmp_path / "a", progress=False, callbacks=[rows.append])
+    with (run.history).open() as fh:
+        history = list(csv.DictReader(fh))
+    assert [r["step"] for r in rows] == list(range(1, len(history) + 1))
+    assert [r["phase"] for r in rows] == [h["phase"] for h in history]
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(row: dict) -> None:
+        raise Stop(row["step"])
+
+    with pytest.raises(Stop):
+        train(tiny_config(tiny_dataset, fake_pretrained), tmp_path / "b", progress=False, callbacks=[stop_after_first])
+    assert json.loads((tmp_path / "b" / "summary.json").read_text())["status"] == "running"
+
+
+def test_test_time_augmentation_averages_the_slice_and_its_mirror(tiny_dataset, fake_pretrained, tmp_path):
+    run = train(tiny_config(tiny_dataset, fake_pretrained), tmp_path / "run", progress=False)
+    plain, tta = Predictor(run.path), Predictor(run.path, tta=True)
+    batch = torch.rand(3, 3, 32, 32)
+    expected = (plain.probabilities(batch) + plain.probabilities(torch.flip(batch, dims=[3]))) / 2
+    torch.testing.assert_close(torch.from_numpy(tta.probabilities(batch)), torch.from_numpy(expected))
+    assert not torch.allclose(torch.from_numpy(tta.probabilities(batch)), torch.from_numpy(plain.probabilities(batch)))

@@ -58,5 +58,6 @@ def split_items(data: PreparedData, cfg: ExperimentConfig) -> list[SplitItem]:
         cfg.split.test_fraction,
         cfg.seed,
         [s.preset_part for s in data.samples],
+        cfg.split.calib_fraction,
     )
     return [SplitItem(s.path, s.label, g, p) for s, g, p in zip(data.samples, data.groups, parts, strict=True)]

@@ -16,7 +16,10 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from lungct.errors import LungCTError
 
-PARTS = ("train", "val", "test")
+# "calib" is optional: whole groups held out for calibration and operating points only. Validation also picks
+# the early-stopping epoch, so probabilities on it are optimistically fitted; a part no choice has touched
+# gives an honest temperature and threshold.
+PARTS = ("train", "val", "calib", "test")
 
 
 @dataclass(frozen=True)
@@ -47,8 +50,12 @@ def make_split(
     test_fraction: float,
     seed: int,
     preset_parts: list[str | None] | None = None,
+    calib_fraction: float = 0.0,
 ) -> list[str]:
-    """Part name per item. `preset_parts` (from pre-split folders) are kept; a missing val is carved."""
+    """Part name per item. `preset_parts` (from pre-split folders) are kept; a missing val is carved.
+
+    With `calib_fraction` > 0 a calibration part of about that fraction of all items is carved from training.
+    """
     y = np.asarray(labels)
     g = np.asarray(groups)
     parts = np.array(["train"] * len(y), dtype=object)
@@ -58,13 +65,29 @@ def make_split(
             train = np.flatnonzero(parts == "train")
             held = _hold_out(y[train], g[train], val_fraction, seed)
             parts[train[held]] = "val"
-        return list(parts)
+        return _carve_calib(parts, y, g, calib_fraction, seed)
     test = _hold_out(y, g, test_fraction, seed)
     parts[test] = "test"
     rest = np.flatnonzero(~test)
     val = _hold_out(y[rest], g[rest], val_fraction / (1.0 - test_fraction), seed + 1)
     parts[rest[val]] = "val"
+    return _carve_calib(parts, y, g, calib_fraction, seed)
+
+
+def _carve_calib(parts: np.ndarray, y: np.ndarray, g: np.ndarray, fraction: float, seed: int) -> list[str]:
+    if fraction > 0:
+        train = np.flatnonzero(parts == "train")
+        share = fraction * len(parts) / max(len(train), 1)
+        if share >= 0.5:
+            raise LungCTError(f"calib_fraction {fraction} would take {share:.0%} of the training part")
+        held = _hold_out(y[train], g[train], share, seed + 2)
+        parts[train[held]] = "calib"
     return list(parts)
+
+
+def tuning_part(items: list[SplitItem]) -> str:
+    """Where calibration and thresholds are fitted: the calibration part if the split has one, else val."""
+    return "calib" if any(i.part == "calib" for i in items) else "val"
 
 
 def part_counts(items: list[SplitItem]) -> dict[str, dict[str, int]]:

@@ -9,7 +9,7 @@ metrics once per statistic instead of once per resample.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -30,6 +30,38 @@ def flat_metrics(metrics: dict) -> dict[str, float | None]:
     return flat
 
 
+def _clusters(n: int, groups: Sequence[str] | None) -> list[np.ndarray]:
+    """Index arrays of the units that are resampled: groups when known, else single items."""
+    if groups is None:
+        return [np.array([i]) for i in range(n)]
+    keys = np.asarray(groups)
+    return [np.flatnonzero(keys == g) for g in dict.fromkeys(keys.tolist())]
+
+
+def paired_delta_ci(
+    statistic: Callable[[np.ndarray], float],
+    n: int,
+    groups: Sequence[str] | None = None,
+    n_resamples: int = N_RESAMPLES,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict:
+    """Interval of a paired difference, e.g. ECE after minus before calibration on the same resampled images.
+
+    `statistic(indices)` returns the difference on those indices. Resampling both sides together is what
+    makes a small change on a small test set distinguishable from noise (or shows that it is not).
+    """
+    clusters = _clusters(n, groups)
+    rng = np.random.default_rng(seed)
+    values = np.array([statistic(_resample_indices(rng, clusters)) for _ in range(n_resamples)])
+    alpha = (1.0 - level) / 2.0
+    return {
+        "delta": float(statistic(np.arange(n))),
+        "ci95": [float(np.quantile(values, alpha)), float(np.quantile(values, 1.0 - alpha))],
+        "share_below_zero": float((values < 0).mean()),
+    }
+
+
 def _resample_indices(rng: np.random.Generator, clusters: list[np.ndarray]) -> np.ndarray:
     picked = rng.integers(0, len(clusters), len(clusters))
     return np.concatenate([clusters[i] for i in picked])
@@ -48,11 +80,7 @@ def bootstrap_ci(
     """metric -> [low, high] percentile interval; None where the metric was undefined in most resamples."""
     y_true = np.asarray(y_true)
     probs = np.asarray(probs, dtype=np.float64)
-    if groups is None:
-        clusters = [np.array([i]) for i in range(len(y_true))]
-    else:
-        keys = np.asarray(groups)
-        clusters = [np.flatnonzero(keys == g) for g in dict.fromkeys(keys.tolist())]
+    clusters = _clusters(len(y_true), groups)
     rng = np.random.default_rng(seed)
     samples: dict[str, list[float]] = {}
     with warnings.catch_warnings():

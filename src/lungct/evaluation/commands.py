@@ -48,18 +48,24 @@ def calibrate_command(
     method: Annotated[str, typer.Option("--method", help="temperature or isotonic")] = "temperature",
     quiet: Quiet = False,
 ) -> None:
-    """Fit calibration on the run's validation part and save it in the run (predict then uses it)."""
+    """Fit calibration on the run's calibration part (or validation) and save it in the run (predict uses it)."""
     from lungct.evaluation.calibrate import calibrate_run
 
     _setup_logging(quiet)
     report = calibrate_run(run, method, progress=not quiet)
     if method == "temperature":
-        typer.echo(f"temperature {report['temperature']:.3f} (fitted on {report['n_val']} validation images)")
+        fitted = f"fitted on {report['n_fit']} {report['fitted_on']} images"
+        typer.echo(f"temperature {report['temperature']:.3f} ({fitted})")
     for part, r in report["parts"].items():
         b, a = r["before"], r["after"]
         typer.echo(
             f"{part}: ECE {b['ece']:.3f} -> {a['ece']:.3f}, MCE {b['mce']:.3f} -> {a['mce']:.3f}, "
             f"Brier {b['brier']:.3f} -> {a['brier']:.3f}, NLL {b['nll']:.3f} -> {a['nll']:.3f}"
+        )
+    for key, c in report.get("test_change", {}).items():
+        typer.echo(
+            f"test {key.upper()} change {c['delta']:+.4f}, 95% paired group-bootstrap interval "
+            f"[{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}]"
         )
     for part, png in report["diagrams"].items():
         typer.echo(f"reliability diagram ({part}): {png}")
@@ -86,8 +92,8 @@ def threshold_command(
         return "n/a" if v is None else f"{v:.3f}"
 
     t = r["test"]
-    val_sens = f(r["val"]["sensitivity"])
-    typer.echo(f"{r['positive_class']}: threshold {r['threshold']:.4f} (validation sensitivity {val_sens})")
+    fit_sens = f(r[r["chosen_on"]]["sensitivity"])
+    typer.echo(f"{r['positive_class']}: threshold {r['threshold']:.4f} ({r['chosen_on']} sensitivity {fit_sens})")
     typer.echo(
         f"test: sensitivity {f(t['sensitivity'])} specificity {f(t['specificity'])} ppv {f(t['ppv'])} "
         f"npv {f(t['npv'])} (tp {t['tp']} fp {t['fp']} tn {t['tn']} fn {t['fn']})"

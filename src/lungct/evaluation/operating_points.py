@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.metrics import confusion_matrix, roc_curve
 
+from lungct.data.splits import load_split, tuning_part
 from lungct.errors import LungCTError
 from lungct.evaluation.calibrate import raw_part_probabilities
 from lungct.inference import Predictor
@@ -100,10 +101,11 @@ def operating_points(
     k = classes.index(positive_class)
     calibrator = predictor.calibration
     parts = {}
-    for part in ("val", "test"):
+    fit_part = tuning_part(load_split(predictor.run.split))
+    for part in (fit_part, "test"):
         y, raw = raw_part_probabilities(predictor, part, progress)
         parts[part] = (y, raw if calibrator is None else calibrator.apply(raw))
-    (y_val, p_val), (y_test, p_test) = parts["val"], parts["test"]
+    (y_val, p_val), (y_test, p_test) = parts[fit_part], parts["test"]
     if len(y_test) == 0:
         raise LungCTError(f"{predictor.run.split} has no test part")
     threshold = threshold_for_sensitivity(y_val == k, p_val[:, k], target_sensitivity)
@@ -115,7 +117,8 @@ def operating_points(
         "target_sensitivity": target_sensitivity,
         "threshold": threshold,
         "calibrated": calibrator is not None,
-        "val": binary_rates(y_val == k, p_val[:, k], threshold),
+        "chosen_on": fit_part,
+        fit_part: binary_rates(y_val == k, p_val[:, k], threshold),
         "test": binary_rates(y_test == k, p_test[:, k], threshold),
         "test_at_argmax": binary_rates(y_test == k, (p_test.argmax(1) == k).astype(float), 0.5),
         "coverage_curve_test": curve,

@@ -57,8 +57,10 @@ def evaluate(
     data: list[str] | None = None,
     progress: bool = True,
     n_bootstrap: int = N_RESAMPLES,
+    tta: bool = False,
 ) -> dict:
-    predictor = Predictor(run_dir)
+    """metrics.json, report, plots and predictions.csv for the run's test part (or `data`); `tta` mirrors too."""
+    predictor = Predictor(run_dir, tta=tta)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths, labels, skipped = evaluation_items(predictor, data, progress)
@@ -72,6 +74,8 @@ def evaluate(
     metrics["ci95"] = bootstrap_ci(y, probs, classes, predictor.card.positive_class, groups, n_bootstrap)
     unit = f"groups ({len(set(groups))} groups)" if groups else "images"
     metrics["ci95_method"] = f"percentile bootstrap, {n_bootstrap} resamples of {unit}"
+    metrics["tta"] = tta
+    metrics["calibrated"] = predictor.calibration is not None
     metrics["data"] = "test part of the run's split" if not data else [str(d) for d in data]
     metrics["skipped"] = [{"path": s.path, "reason": s.reason} for s in skipped]
     write_json(out / "metrics.json", metrics)

@@ -64,6 +64,11 @@ def load_image(path: str | Path, color: str = "grey", dicom_window: str | None =
     return open_image(path, path, color, dicom_window)
 
 
+def is_dicom_file(path: str | Path) -> bool:
+    """True for a DICOM file (by name or header); False for anything else, including missing files."""
+    return _is_dicom(str(path), path)
+
+
 def _is_dicom(source, name: str | Path) -> bool:
     """A .dcm/.dicom name, or a DICOM Part 10 header ("DICM" at byte 128) for extensionless files."""
     from lungct.dicom.read import DICOM_SUFFIXES, has_dicom_preamble

@@ -81,3 +81,13 @@ def test_train_evaluate_predict_through_the_cli(capsys, tiny_dataset, fake_pretr
     assert len(lines) == 13
     assert set(lines[0]) == {"path", "label", "probabilities"}
     assert lines[-1] == {"path": str(tmp_path / "empty.png"), "error": "empty file"}
+
+
+def test_cli_startup_does_not_import_torch():
+    """`lungct --help` and argument errors must be instant: command modules load torch only when they run."""
+    import subprocess
+    import sys
+
+    code = "import sys, lungct.cli; print(sorted(m for m in ('torch', 'timm', 'mlflow', 'optuna') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -17,6 +17,12 @@ MOBILENET_WEIGHTS = SHARED / "weights" / "mobilenetv2_100.imagenet.safetensors"
 needs_shared = pytest.mark.skipif(not IQ_OTH.is_dir(), reason="../shared datasets not present")
 
 
+@pytest.fixture(autouse=True)
+def _no_mlflow_tracking(monkeypatch):
+    """Tests never log to the project's MLflow store; tests/tracking switches it back on with a tmp URI."""
+    monkeypatch.setenv("LUNGCT_TRACKING", "off")
+
+
 def synthetic_slice(kind: int, seed: int, size: int = 48) -> Image.Image:
     """A grey 'slice' whose class is visible: a bright disc, a bright bar, or plain texture."""
     rng = np.random.default_rng(seed)

@@ -73,6 +73,14 @@ def test_train_evaluate_predict_through_the_cli(capsys, tiny_dataset, fake_pretr
     code, out, err = _run(capsys, "evaluate", "--run", run, "--data", tiny_dataset, "--out", tmp_path / "e2", "-q")
     assert code == 0, err
     assert json.loads((tmp_path / "e2" / "metrics.json").read_text())["n"] == 36
+    assert metrics["tta"] is False
+
+    code, out, err = _run(capsys, "evaluate", "--run", run, "--out", tmp_path / "tta", "--tta", "-q")
+    assert code == 0, err
+    with_tta = json.loads((tmp_path / "tta" / "metrics.json").read_text())
+    assert with_tta["tta"] is True and with_tta["n"] == metrics["n"]
+    plain_rows = (tmp_path / "eval" / "predictions.csv").read_text().splitlines()
+    assert (tmp_path / "tta" / "predictions.csv").read_text().splitlines()[1:] != plain_rows[1:]
 
     (tmp_path / "empty.png").write_bytes(b"")
     code, out, err = _run(capsys, "predict", "--run", run, tiny_dataset / "Normal cases", tmp_path / "empty.png")

@@ -134,5 +134,5 @@ def test_calibration_part_is_carved_from_training_by_whole_groups():
 def test_calib_fraction_is_validated():
     from lungct.errors import LungCTError
 
-    with pytest.raises(LungCTError, match="split.calib_fraction: .*below 0.5"):
+    with pytest.raises(LungCTError, match=r"split\.calib_fraction: .*below 0\.5"):
         parse_config({"data": {"sources": [{"path": "x"}]}, "split": {"calib_fraction": 0.7}})

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from lungct.tracking.options import NoTrack, TrackingUri
+
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars or info messages")]
 
 
@@ -22,14 +24,21 @@ def cv_command(
     config: Annotated[
         Path | None, typer.Option("--config", exists=True, dir_okay=False, help="experiment YAML")
     ] = None,
+    tracking_uri: TrackingUri = None,
+    no_track: NoTrack = False,
     quiet: Quiet = False,
 ) -> None:
     """Stratified group k-fold cross-validation: mean and spread of every metric over K folds."""
     from lungct.config import load_config
     from lungct.evaluation.cv import cross_validate
+    from lungct.tracking import log_cv, tracked_run
 
     _setup_logging(quiet)
-    result = cross_validate(load_config(config), folds, out, progress=not quiet)
+    cfg = load_config(config)
+    name = f"cv-{out.resolve().name}"
+    with tracked_run("cv", name, {"folds": folds}, cfg, tracking_uri, enabled=not no_track) as tracker:
+        result = cross_validate(cfg, folds, out, progress=not quiet)
+        log_cv(tracker, out, result, cfg.train.early_stopping.monitor)
     s = result["summary"]
     for row in result["per_fold"]:
         typer.echo(

@@ -16,6 +16,16 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 setup: $(STAMP)
+	@# Debian's chromium for the web app's browser test (Playwright drives it; no browser download).
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+	    $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+	      || echo "setup: chromium could not be installed; the browser test will be skipped"; \
+	  else \
+	    echo "setup: no apt-get here; install Chromium at /usr/bin/chromium to run the browser test"; \
+	  fi; \
+	fi
 
 demo: setup
 	$(VENV)/bin/lungct train --config $(CONFIG) --out $(RUN) --overwrite

@@ -1,11 +1,16 @@
 """Prediction from a run directory: files or folders in, one result per file out.
 
-The Predictor is what the CLI, evaluation (and later the API and app) share, so they cannot diverge.
+The Predictor is what the CLI, evaluation, the API and the app share, so they cannot diverge. It runs the
+run's model.onnx with ONNX Runtime when that export matches the run's current weights and calibration
+(`lungct export`), and the PyTorch model otherwise; `backend` forces one or the other.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Iterable, Iterator
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +22,12 @@ from lungct.data.dataset import CTImageDataset
 from lungct.data.images import ImageReadError, is_image_file
 from lungct.data.sources import natural_key
 from lungct.data.transforms import eval_transform, prepare_image
+from lungct.errors import LungCTError
 from lungct.evaluation.calibration import load_calibration
-from lungct.run import RunDir, load_model
+from lungct.run import RunDir, load_model, model_version
+
+BACKENDS = ("auto", "onnx", "torch")
+log = logging.getLogger("lungct")
 
 
 def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
@@ -34,29 +43,124 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
     return out
 
 
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)
+
+
 class Predictor:
     """Calibrated probabilities from a run. `tta=True` averages each slice with its mirror image.
 
     Test-time augmentation uses only the horizontal flip: it is the one training augmentation that leaves a
     CT slice anatomically plausible at full strength (left/right lungs swap), and it doubles the cost.
+
+    backend: "auto" (ONNX Runtime when RUN/model.onnx is there and not stale, else PyTorch), "onnx" (an error
+    when it cannot be used) or "torch". `.backend` says which one answers and `.backend_reason` why.
+    threads: ONNX Runtime's intra-op threads (default: torch.get_num_threads(), so both obey the same limit).
+    The PyTorch model (`.model`) is loaded on first use on the ONNX backend: Grad-CAM and callers that
+    need it still get it.
     """
 
-    def __init__(self, run_dir: str | Path, batch_size: int = 32, tta: bool = False):
+    def __init__(
+        self,
+        run_dir: str | Path,
+        batch_size: int = 32,
+        tta: bool = False,
+        backend: str = "auto",
+        threads: int | None = None,
+    ):
+        if backend not in BACKENDS:
+            raise LungCTError(f"unknown inference backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
         self.run = RunDir(run_dir)
         self.tta = tta
-        self.model, self.card = load_model(self.run)
+        self.card = self.run.card()
         self.classes = self.card.classes
         self.batch_size = batch_size
         # The run's calibration (lungct calibrate), or None: applied to every probability we hand out.
         self.calibration = load_calibration(self.run.path)
+        self._model: torch.nn.Module | None = None
+        self._lock = threading.Lock()
+        self._onnx = None
+        self._graph_calibration: dict | None = None
+        self.backend, self.backend_reason = self._choose_backend(backend, threads)
+        if self.backend == "torch":
+            _ = self.model  # load now: a broken weights file is reported when the predictor is made
+
+    @cached_property
+    def model_version(self) -> str:
+        return model_version(self.run)
+
+    @property
+    def model(self) -> torch.nn.Module:
+        with self._lock:
+            if self._model is None:
+                self._model, _ = load_model(self.run)
+            return self._model
+
+    @model.setter
+    def model(self, module: torch.nn.Module) -> None:
+        with self._lock:
+            self._model = module
+
+    def _choose_backend(self, wanted: str, threads: int | None) -> tuple[str, str]:
+        if wanted == "torch":
+            return "torch", "PyTorch requested"
+        from lungct.export.runtime import OnnxModel, export_status, onnx_path
+
+        info, reason = export_status(self.run, self.model_version)
+        if info is not None:
+            try:
+                self._onnx = OnnxModel(onnx_path(self.run), threads or torch.get_num_threads())
+            except LungCTError as exc:
+                info, reason = None, str(exc)
+        if info is None:
+            if wanted == "onnx":
+                raise LungCTError(f"cannot use the ONNX backend: {reason}")
+            log.info("inference on PyTorch: %s", reason)
+            return "torch", f"PyTorch fallback: {reason}"
+        cal = info.get("calibration") or {}
+        if cal.get("in_graph"):  # the one calibration a graph holds: softmax(logits / T)
+            self._graph_calibration = {"method": "temperature", "temperature": cal["temperature"]}
+        return "onnx", f"ONNX Runtime: {reason}"
+
+    def probabilities(self, batch: torch.Tensor | np.ndarray) -> np.ndarray:
+        """Calibrated (when the run is) probabilities, N x classes, for a preprocessed NCHW batch."""
+        return self.probabilities_and_features(batch)[0]
+
+    def probabilities_and_features(self, batch: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities, pooled backbone features) for a preprocessed batch; the features feed drift reports."""
+        if self.backend == "onnx":
+            probs, features = self._onnx_forward(np.asarray(batch, dtype=np.float32))
+        else:
+            probs, features = self._torch_forward(torch.as_tensor(batch, dtype=torch.float32))
+        if self.calibration is not None and not self._graph_holds(self.calibration):
+            probs = self.calibration.apply(probs).astype(np.float32)
+        return probs, features
+
+    def _graph_holds(self, calibration) -> bool:
+        """Whether the ONNX graph's `probabilities` already are `calibration` applied (temperature in graph)."""
+        return self.backend == "onnx" and not self.tta and calibration.to_dict() == self._graph_calibration
+
+    def _onnx_forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        n = len(batch)
+        if not self.tta:
+            out = self._onnx.run(batch)
+            if self.calibration is not None and self._graph_holds(self.calibration):
+                return out["probabilities"], out["features"]
+            return _softmax(out["logits"].astype(np.float64)).astype(np.float32), out["features"]
+        out = self._onnx.run(np.concatenate([batch, batch[:, :, :, ::-1]]))  # one call for both views
+        probs = _softmax(out["logits"].astype(np.float64)).astype(np.float32)
+        return (probs[:n] + probs[n:]) / 2, out["features"][:n]
 
     @torch.inference_mode()
-    def probabilities(self, batch: torch.Tensor) -> np.ndarray:
-        probs = torch.softmax(self.model(batch), dim=1)
+    def _torch_forward(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        model = self.model
+        features = model.backbone(batch)
+        probs = torch.softmax(model.head(features), dim=1)
         if self.tta:
-            probs = (probs + torch.softmax(self.model(torch.flip(batch, dims=[3])), dim=1)) / 2
-        probs = probs.numpy()
-        return probs if self.calibration is None else self.calibration.apply(probs).astype(probs.dtype)
+            probs = (probs + torch.softmax(model(torch.flip(batch, dims=[3])), dim=1)) / 2
+        return probs.numpy(), features.float().numpy()
 
     def predict_paths_array(self, paths: list[str], progress: bool = False) -> np.ndarray:
         """Probabilities for readable files (already checked), in order; used by evaluation."""

@@ -1,0 +1,96 @@
+"""`lungct serve`: settings from options (over LUNGCT_SERVE_* variables), then uvicorn (registered in lungct.cli)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lungct.errors import LungCTError
+
+
+def serve_command(
+    run: Annotated[Path | None, typer.Option("--run", help="run directory (from lungct train)")] = None,
+    host: Annotated[str, typer.Option("--host", help="address to listen on (0.0.0.0: every interface)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="port (0 picks a free one)")] = 8000,
+    backend: Annotated[str | None, typer.Option("--backend", help="auto | onnx | torch")] = None,
+    tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="average with the mirrored slice")] = None,
+    max_file_mb: Annotated[float | None, typer.Option("--max-file-mb", help="largest upload (default 20)")] = None,
+    max_batch_files: Annotated[int | None, typer.Option("--max-batch-files", help="default 200")] = None,
+    max_batch_mb: Annotated[float | None, typer.Option("--max-batch-mb", help="default 200")] = None,
+    max_pixels: Annotated[int | None, typer.Option("--max-pixels", help="default 64000000")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="model calls at once (default 2)")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="threads per model call")] = None,
+    log: Annotated[Path | None, typer.Option("--log", help="prediction log; default RUN/predictions.sqlite")] = None,
+    no_log: Annotated[bool, typer.Option("--no-log", help="do not log predictions")] = False,
+    keep_uploads: Annotated[
+        Path | None, typer.Option("--keep-uploads", help="save accepted uploads in this folder (off by default)")
+    ] = None,
+    openapi_out: Annotated[
+        Path | None, typer.Option("--openapi-out", help="write the OpenAPI schema to this file and exit")
+    ] = None,
+) -> None:
+    """Serve a run over HTTP: /health, /v1/model, /v1/predict, /v1/predict/batch, /v1/explain (see docs/serve.md)."""
+    from pydantic import ValidationError
+
+    from lungct.serve.openapi import write_openapi
+
+    if openapi_out is not None:
+        typer.echo(f"wrote {write_openapi(openapi_out)}")
+        return
+    if run is None:
+        raise LungCTError("--run is required: the run directory to serve")
+    from lungct.serve.settings import ServeSettings
+
+    options = {
+        "backend": backend,
+        "tta": tta,
+        "max_file_mb": max_file_mb,
+        "max_batch_files": max_batch_files,
+        "max_batch_mb": max_batch_mb,
+        "max_pixels": max_pixels,
+        "workers": workers,
+        "threads": threads,
+        "log_path": log,
+        "keep_uploads": keep_uploads,
+    }
+    try:
+        settings = ServeSettings(
+            run=run,
+            host=host,
+            port=port,
+            log_predictions=not no_log,
+            **{k: v for k, v in options.items() if v is not None},
+        )
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise LungCTError(f"invalid serve settings: {problems}") from None
+    serve(settings)
+
+
+def serve(settings) -> None:
+    """Load the run, then run uvicorn until interrupted; torch threads follow settings.model_threads."""
+    import torch
+    import uvicorn
+
+    from lungct.serve.app import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(settings.model_threads)  # per model call; `workers` calls share the cores
+    app = create_app(settings)
+    service = app.state.service
+    logging.getLogger("lungct.serve").info(
+        "serving %s (%s) on http://%s:%d with %d workers x %d threads; prediction log: %s",
+        service.version,
+        service.predictor.backend_reason,
+        settings.host,
+        settings.port,
+        settings.workers,
+        settings.model_threads,
+        settings.resolved_log_path or "off",
+    )
+    if settings.host not in ("127.0.0.1", "localhost", "::1"):
+        logging.getLogger("lungct.serve").warning("listening beyond loopback: the API has no authentication")
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", access_log=False)

@@ -1,0 +1,56 @@
+"""Serving settings: one pydantic object, filled from LUNGCT_SERVE_* environment variables and CLI options.
+
+The defaults suit CT slices (a 512x512 JPEG is ~50 kB, a DICOM slice ~0.5 MB) with wide margins, and keep a
+hostile client from exhausting memory: at most max_batch_mb of uploads and unpacked zip content per
+request, each image at most max_pixels once decoded.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MB = 1024 * 1024
+
+
+class ServeSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LUNGCT_SERVE_", extra="forbid")
+
+    run: Path = Field(description="run directory (from lungct train)")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    backend: Literal["auto", "onnx", "torch"] = "auto"
+    tta: bool = False
+    max_file_mb: float = Field(20.0, gt=0, description="largest single upload (and unpacked zip member)")
+    max_batch_files: int = Field(200, ge=1, description="most images per batch request, zip members included")
+    max_batch_mb: float = Field(200.0, gt=0, description="largest batch request, and largest unpacked total")
+    max_pixels: int = Field(64_000_000, ge=1, description="largest decoded image (width x height)")
+    max_zip_ratio: float = Field(100.0, ge=1, description="highest compression ratio of a zip member over 1 MB")
+    workers: int = Field(2, ge=1, le=64, description="model calls running at once (threadpool limiter)")
+    threads: int | None = Field(None, ge=1, le=64, description="intra-op threads per model call")
+    log_path: Path | None = Field(None, description="prediction log (SQLite); default RUN/predictions.sqlite")
+    log_predictions: bool = True
+    keep_uploads: Path | None = Field(None, description="save accepted uploads here as <sha256><ext>; off by default")
+
+    @property
+    def max_file_bytes(self) -> int:
+        return int(self.max_file_mb * MB)
+
+    @property
+    def max_batch_bytes(self) -> int:
+        return int(self.max_batch_mb * MB)
+
+    @property
+    def resolved_log_path(self) -> Path | None:
+        if not self.log_predictions:
+            return None
+        return self.log_path or self.run / "predictions.sqlite"
+
+    @property
+    def model_threads(self) -> int:
+        """Threads per model call: the cores shared out among the concurrent calls, so they don't oversubscribe."""
+        return self.threads or max(1, (os.cpu_count() or 1) // self.workers)

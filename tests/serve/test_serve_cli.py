@@ -1,0 +1,70 @@
+"""`lungct serve` options and settings, and the OpenAPI schema kept in docs/openapi.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lungct.cli import main
+from lungct.serve import ServeSettings, openapi_schema
+from lungct.serve.openapi import REGENERATE
+
+OPENAPI = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"
+
+
+def test_openapi_file_is_up_to_date():
+    assert OPENAPI.is_file(), f"docs/openapi.json is missing; create it with: {REGENERATE}"
+    kept = json.loads(OPENAPI.read_text())
+    assert kept == openapi_schema(), f"docs/openapi.json is out of date; regenerate it with: {REGENERATE}"
+    paths = kept["paths"]
+    assert {"/health", "/v1/model", "/v1/predict", "/v1/predict/batch", "/v1/explain"} <= set(paths)
+    assert "multipart/form-data" in paths["/v1/predict"]["post"]["requestBody"]["content"]
+    assert {"400", "413", "415", "422"} <= set(paths["/v1/predict/batch"]["post"]["responses"])
+
+
+def test_openapi_out_writes_the_schema(tmp_path, capsys):
+    assert main(["serve", "--openapi-out", str(tmp_path / "api.json")]) == 0
+    assert json.loads((tmp_path / "api.json").read_text())["info"]["title"] == "lungct"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["serve"], "--run is required"),
+        (["serve", "--run", "/nonexistent/run"], "run directory not found"),
+        (["serve", "--run", ".", "--backend", "tpu"], "invalid serve settings: backend"),
+        (["serve", "--run", ".", "--max-file-mb", "-1"], "invalid serve settings: max_file_mb"),
+    ],
+)
+def test_serve_errors_are_one_line(capsys, argv, message):
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_settings_read_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("LUNGCT_SERVE_MAX_FILE_MB", "5")
+    monkeypatch.setenv("LUNGCT_SERVE_BACKEND", "torch")
+    s = ServeSettings(run=tmp_path, workers=4, threads=1)
+    assert (s.max_file_bytes, s.backend, s.model_threads) == (5 * 1024 * 1024, "torch", 1)
+    assert s.resolved_log_path == tmp_path / "predictions.sqlite"
+    assert ServeSettings(run=tmp_path, log_predictions=False).resolved_log_path is None
+
+
+def test_uploads_are_kept_only_when_asked(onnx_run, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from lungct.serve import create_app
+    from tests.serve.payloads import png
+
+    kept = tmp_path / "kept"
+    data = png(seed=4)
+    for keep in (None, kept):
+        settings = ServeSettings(run=onnx_run, keep_uploads=keep, log_path=tmp_path / "log.sqlite")
+        with TestClient(create_app(settings)) as client:
+            r = client.post("/v1/predict", files={"file": ("Doe_Jane.png", data, "image/png")})
+        assert r.status_code == 200
+    assert [p.name for p in kept.iterdir()] == [f"{r.json()['sha256']}.png"]
+    assert {p.name for p in tmp_path.iterdir()} <= {"kept", "log.sqlite", "log.sqlite-shm", "log.sqlite-wal"}

@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 RUN    ?= runs/demo
 CONFIG ?= configs/iqothnccd.yaml
 
-.PHONY: setup demo test test-fast lint format bench clean
+.PHONY: setup demo test test-fast lint format bench bench-serve pipeline clean
 
 $(STAMP): pyproject.toml
 	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -50,6 +50,12 @@ format: setup
 
 bench: setup
 	$(PY) benchmarks/train_iqothnccd.py
+
+bench-serve: setup
+	$(PY) benchmarks/serve.py
+
+pipeline: setup
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH dvc repro
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -11,7 +11,8 @@
 The server is a `lungct serve` subprocess (prediction log on, into a temporary file). The machine's load
 average is recorded before and after, as other work on the same cores moves every figure.
 
-    .venv/bin/python benchmarks/serve.py [--run /tmp/serve_run] [--source /tmp/run1] [--requests 2000]
+    make demo   # once: trains the default model into runs/demo
+    .venv/bin/python benchmarks/serve.py [--source runs/demo] [--run runs/bench/serve] [--requests 2000]
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ def prepare_run(run: Path, source: Path) -> dict:
     from lungct.run import RunDir, model_version
 
     if not run.exists():
+        if not (source / "model.safetensors").is_file():
+            raise SystemExit(f"no trained run at {source}: run `make demo` first, or pass --source RUN_DIR")
         shutil.copytree(source, run)
     info, _ = export_status(RunDir(run), model_version(RunDir(run)))
     return info or export_onnx(run)
@@ -190,8 +193,12 @@ def rss_mb(pid: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", default="/tmp/serve_run", help="run to serve (model.onnx is written into it)")
-    parser.add_argument("--source", default="/tmp/run1", help="run copied to --run when --run does not exist")
+    parser.add_argument(
+        "--run", default=str(ROOT / "runs" / "bench" / "serve"), help="run to serve (model.onnx is written into it)"
+    )
+    parser.add_argument(
+        "--source", default=str(ROOT / "runs" / "demo"), help="run copied to --run when --run does not exist"
+    )
     parser.add_argument("--latency-requests", type=int, default=200)
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=16)

@@ -137,20 +137,26 @@ class ExperimentConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
 
 
+def read_yaml_mapping(path: str | Path, what: str) -> dict:
+    """A YAML file that must hold a mapping (configs, params.yaml); every problem is one clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise LungCTError(f"{what} file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise LungCTError(f"{what} {path} is not valid YAML: {' '.join(str(exc).split())}") from exc
+    if not isinstance(raw, dict):
+        raise LungCTError(f"{what} {path} must be a YAML mapping, got {type(raw).__name__}")
+    return raw
+
+
 def load_config(path: str | Path | None) -> ExperimentConfig:
     """Read and validate an experiment YAML; None gives the defaults."""
     if path is None:
         return ExperimentConfig()
     path = Path(path)
-    if not path.is_file():
-        raise LungCTError(f"config file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise LungCTError(f"config {path} is not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise LungCTError(f"config {path} must be a YAML mapping, got {type(raw).__name__}")
-    cfg = parse_config(raw, origin=str(path))
+    cfg = parse_config(read_yaml_mapping(path, "config"), origin=str(path))
     return resolve_paths(cfg, path.parent)
 
 

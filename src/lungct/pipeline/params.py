@@ -11,10 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from lungct.config import ExperimentConfig, load_config, parse_config, resolve_paths
-from lungct.errors import LungCTError
+from lungct.config import ExperimentConfig, load_config, parse_config, read_yaml_mapping, resolve_paths
 
 PIPELINE_KEY = "pipeline"
 
@@ -31,16 +28,7 @@ def merge_params(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any
 
 
 def read_params(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise LungCTError(f"params file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise LungCTError(f"params file {path} is not valid YAML: {' '.join(str(exc).split())}") from exc
-    if not isinstance(raw, dict):
-        raise LungCTError(f"params file {path} must be a YAML mapping, got {type(raw).__name__}")
-    return raw
+    return read_yaml_mapping(path, "params")
 
 
 def load_config_with_params(config: str | Path | None, params: str | Path | None) -> ExperimentConfig:

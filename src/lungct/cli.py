@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from lungct.errors import LungCTError
+from lungct.tracking.options import NoTrack, TrackingUri
 
 app = typer.Typer(
     add_completion=False,
@@ -57,15 +58,26 @@ def train(
     split: Annotated[SplitMode | None, typer.Option("--split", help="split mode")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="random seed")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a finished run in --out")] = False,
+    params: Annotated[
+        Path | None, typer.Option("--params", exists=True, dir_okay=False, help="params.yaml laid over the config")
+    ] = None,
+    split_file: Annotated[
+        Path | None, typer.Option("--split-file", exists=True, dir_okay=False, help="use this split.csv")
+    ] = None,
+    tracking_uri: TrackingUri = None,
+    no_track: NoTrack = False,
     quiet: Quiet = False,
 ) -> None:
     """Train a classifier (two-phase fine-tuning) and write a run directory."""
-    from lungct.config import SourceConfig, load_config
+    from lungct.config import SourceConfig
     from lungct.models.registry import get_spec
+    from lungct.pipeline.params import load_config_with_params
+    from lungct.pipeline.split import train_with_split
+    from lungct.tracking import log_training_run, tracked_run
     from lungct.training import train as run_training
 
     _setup_logging(quiet)
-    cfg = load_config(config)
+    cfg = load_config_with_params(config, params)
     if data:
         aliases = {k: v for s in cfg.data.sources for k, v in s.aliases.items()}
         cfg.data.sources = [SourceConfig(path=str(d.resolve()), aliases=aliases) for d in data]
@@ -90,7 +102,10 @@ def train(
         cfg.split.mode = split.value
     if seed is not None:
         cfg.seed = seed
-    run = run_training(cfg, out, progress=not quiet, overwrite=overwrite)
+    with tracked_run("train", out.resolve().name, config=cfg, tracking_uri=tracking_uri, enabled=not no_track) as t:
+        kwargs = {"progress": not quiet, "overwrite": overwrite, "callbacks": [t.epoch_callback()]}
+        run = train_with_split(cfg, out, split_file, **kwargs) if split_file else run_training(cfg, out, **kwargs)
+        log_training_run(t, run.path, cfg.train.early_stopping.monitor)
     typer.echo(f"run written to {run.path}")
 
 
@@ -101,13 +116,20 @@ def evaluate(
     data: Annotated[
         list[Path] | None, typer.Option("--data", exists=True, help="labelled data instead of the run's test part")
     ] = None,
+    tta: Annotated[bool, typer.Option("--tta", help="average each slice with its mirror image")] = False,
+    tracking_uri: TrackingUri = None,
+    no_track: NoTrack = False,
     quiet: Quiet = False,
 ) -> None:
     """Evaluate a run on its test part (or on --data) and write metrics.json, plots and a report."""
     from lungct.evaluation.evaluate import evaluate as run_evaluation
+    from lungct.tracking import log_evaluation, run_config, tracked_run
 
     _setup_logging(quiet)
-    m = run_evaluation(run, out, [str(d) for d in data] if data else None, progress=not quiet)
+    name = f"{run.resolve().name}-eval"
+    with tracked_run("evaluate", name, config=run_config(run), tracking_uri=tracking_uri, enabled=not no_track) as t:
+        m = run_evaluation(run, out, [str(d) for d in data] if data else None, progress=not quiet, tta=tta)
+        log_evaluation(t, out, m, run_dir=run)
     typer.echo(
         f"n={m['n']} accuracy={m['accuracy']:.3f} balanced_accuracy={m['balanced_accuracy']:.3f} "
         f"macro_f1={m['macro_f1']:.3f} macro_auc={m['macro_auc'] or float('nan'):.3f} ece={m['ece']:.3f}"
@@ -119,13 +141,20 @@ def evaluate(
 def predict(
     run: Annotated[Path, typer.Option("--run", exists=True, file_okay=False, help="run directory")],
     paths: ExistingPaths,
+    tta: Annotated[bool, typer.Option("--tta", help="average each slice with its mirror image")] = False,
 ) -> None:
-    """Predict image files or folders; one JSON line per file on stdout."""
+    """Predict image files or folders; one JSON line per file on stdout.
+
+    DICOM slices are named by file name only: folder names of DICOM exports often carry the patient's name.
+    """
+    from lungct.data.images import is_dicom_file
     from lungct.inference import Predictor
 
     _setup_logging(True)
-    predictor = Predictor(run)
+    predictor = Predictor(run, tta=tta)
     for result in predictor.predict(paths):
+        if is_dicom_file(result["path"]):
+            result = {"file": Path(result.pop("path")).name, **result}
         typer.echo(json.dumps(result))
 
 
@@ -181,3 +210,24 @@ app.command("calibrate")(calibrate_command)
 from lungct.evaluation.commands import threshold_command  # noqa: E402
 
 app.command("threshold")(threshold_command)
+from lungct.app.command import app_command  # noqa: E402
+
+app.command("app")(app_command)
+from lungct.pipeline.commands import split_command  # noqa: E402
+
+app.command("split")(split_command)
+from lungct.tuning.command import tune_command  # noqa: E402
+
+app.command("tune")(tune_command)
+from lungct.compare.command import compare_command  # noqa: E402
+
+app.command("compare")(compare_command)
+from lungct.monitoring.drift_command import drift_command  # noqa: E402
+
+app.command("drift")(drift_command)
+from lungct.export.command import export_command  # noqa: E402
+
+app.command("export")(export_command)
+from lungct.serve.command import serve_command  # noqa: E402
+
+app.command("serve")(serve_command)

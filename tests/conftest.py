@@ -58,9 +58,11 @@ def tiny_dataset(tmp_path: Path) -> Path:
 def fake_pretrained(tmp_path_factory) -> Path:
     """A weights file for mobilenetv2_100 with random values, loaded exactly like real pretrained weights."""
     import timm
+    import torch
     from safetensors.torch import save_file
 
     path = tmp_path_factory.mktemp("weights") / "mobilenetv2_100.random.safetensors"
+    torch.manual_seed(1234)  # the same "pretrained" weights in every session: tests on trained behaviour repeat
     model = timm.create_model("mobilenetv2_100", pretrained=False)
     save_file(
         {k: v.contiguous() for k, v in model.state_dict().items()},

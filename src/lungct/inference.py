@@ -117,7 +117,7 @@ class Predictor:
         if info is None:
             if wanted == "onnx":
                 raise LungCTError(f"cannot use the ONNX backend: {reason}")
-            log.info("inference on PyTorch: %s", reason)
+            log.debug("inference on PyTorch: %s", reason)
             return "torch", f"PyTorch fallback: {reason}"
         cal = info.get("calibration") or {}
         if cal.get("in_graph"):  # the one calibration a graph holds: softmax(logits / T)

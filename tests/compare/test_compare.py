@@ -43,7 +43,7 @@ def test_two_backbones_share_one_split_and_are_marked_honestly(tiny_dataset, fak
     assert load_split(out / "runs" / "mobilenetv2_100" / "split.csv") == shared
     md = (out / "leaderboard.md").read_text()
     assert "| small_cnn | from scratch |" in md
-    assert "Trained from scratch (random initial weights, no pretrained weights available here): small_cnn" in md
+    assert "Trained from scratch (random initial weights): small_cnn. They are not transfer-learned" in md
     assert (out / "roc.png").is_file()
     assert result["accuracy_gap"]["runner_up"] in rows and len(result["accuracy_gap"]["ci95"]) == 2
     assert [r["setting"] for r in result["recommendations"]] == [
@@ -75,6 +75,8 @@ def test_only_the_configs_backbone_gets_its_weights(tiny_dataset, fake_pretraine
     assert arch_config(cfg, "mnasnet_100").model.weights is None
     assert arch_config(cfg, "mnasnet_100", weights="other.safetensors").model.weights is None
     assert cfg.model.arch == "mobilenetv2_100"  # the base config is untouched
+    cfg.model.weights = "hub"  # each backbone's own published weights: valid for all
+    assert arch_config(cfg, "mnasnet_100").model.weights == "hub"
 
 
 def test_recommendations_follow_budget_and_tolerance():

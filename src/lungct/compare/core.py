@@ -51,12 +51,16 @@ class CompareSettings:
 
 
 def arch_config(cfg: ExperimentConfig, arch: str, weights: str | None = None) -> ExperimentConfig:
-    """The experiment with another backbone: pretrained weights only where the weights are made for it."""
+    """The experiment with another backbone: pretrained weights only where the weights are made for it.
+
+    A weights file fits one architecture, so other backbones start from random weights; "hub" names each
+    backbone's own published weights, so it applies to all of them.
+    """
     out = cfg.model_copy(deep=True)
     if arch == cfg.model.arch:
         out.model.weights = weights if weights is not None else cfg.model.weights
     else:
-        out.model.weights = None
+        out.model.weights = "hub" if cfg.model.weights == "hub" else None
     out.model.arch = arch
     out.name = f"{cfg.name}-{arch}"
     return out

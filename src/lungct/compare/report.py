@@ -262,8 +262,8 @@ def leaderboard_markdown(result: dict[str, Any]) -> str:
         "",
         "## Notes",
         "",
-        f"- Trained from scratch (random initial weights, no pretrained weights available here): "
-        f"{', '.join(scratch) if scratch else 'none'}. They are not transfer-learned models.",
+        f"- Trained from scratch (random initial weights): {', '.join(scratch) if scratch else 'none'}. "
+        "They are not transfer-learned models.",
         f"- MFLOPs per image at {', '.join(map(str, env['input_sizes']))} px count multiply-adds twice "
         "(torch FlopCounterMode).",
         f"- CPU latency: median forward pass of one image (no decoding), {env['threads']} torch thread(s), "

@@ -13,12 +13,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from lungct.app.command import MAX_UPLOAD_MB  # also Streamlit's server.maxUploadSize
 from lungct.data.images import ImageReadError
-from lungct.data.transforms import prepare_image
 from lungct.errors import LungCTError
 from lungct.explain.explainer import Explainer
 from lungct.explain.overlay import render_overlay
@@ -101,7 +97,6 @@ def analyse_upload(model: AppModel, data: bytes, name: str) -> dict:
     with model._lock:  # Grad-CAM hooks the shared model, so sessions take turns
         explanation = model.explainer.explain_images([img])[0]
         latency_ms = (time.perf_counter() - start) * 1000
-        embedding = _embedding(model, img)
     sha256 = hashlib.sha256(data).hexdigest()
     result = {
         "name": name,
@@ -124,17 +119,9 @@ def analyse_upload(model: AppModel, data: bytes, name: str) -> dict:
                 latency_ms=latency_ms,
                 stats=image_stats(img),
                 source="app",
-                embedding=embedding,
+                embedding=explanation.features,
             )
         )
         result["logged"] = True
     result["overlay_png"] = render_overlay(explanation, pre)
     return result
-
-
-@torch.inference_mode()
-def _embedding(model: AppModel, img) -> np.ndarray:
-    """The pooled backbone features (the head's input) that drift reports compare."""
-    pre = model.explainer.card.preprocess
-    features = model.explainer.model.backbone(prepare_image(img, pre).unsqueeze(0))
-    return features[0].float().numpy()

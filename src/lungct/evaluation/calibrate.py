@@ -26,12 +26,6 @@ from lungct.inference import Predictor
 from lungct.run import write_json
 
 
-def raw_part_probabilities(predictor: Predictor, part: str, progress: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, uncalibrated probabilities) of one part of the run's split."""
-    y, probs, _ = raw_part(predictor, part, progress)
-    return y, probs
-
-
 def raw_part(predictor: Predictor, part: str, progress: bool) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(labels, uncalibrated probabilities, groups) of one part of the run's split."""
     items = [i for i in load_split(predictor.run.split) if i.part == part]
@@ -82,14 +76,14 @@ def calibrate_run(run_dir: str | Path, method: str = "temperature", progress: bo
     """
     predictor = Predictor(run_dir)
     fit_part = tuning_part(load_split(predictor.run.split))
-    y_fit, p_fit, _ = raw_part(predictor, fit_part, progress)
+    parts = {p: raw_part(predictor, p, progress) for p in dict.fromkeys([fit_part, "val", "test"])}
+    y_fit, p_fit, _ = parts[fit_part]
     if len(y_fit) == 0:
         raise LungCTError(f"{predictor.run.split} has no {fit_part} part to fit the calibration on")
     calibrator = fit_calibrator(y_fit, p_fit, method)
     report_dir = predictor.run.path / "calibration"
     report_dir.mkdir(exist_ok=True)
     report: dict = {**calibrator.to_dict(), "fitted_on": fit_part, "n_fit": len(y_fit), "parts": {}, "diagrams": {}}
-    parts = {p: raw_part(predictor, p, progress) for p in dict.fromkeys([fit_part, "val", "test"])}
     for part, (y, raw, groups) in parts.items():
         if len(y) == 0:
             continue

@@ -18,7 +18,7 @@ from sklearn.metrics import confusion_matrix, roc_curve
 
 from lungct.data.splits import load_split, tuning_part
 from lungct.errors import LungCTError
-from lungct.evaluation.calibrate import raw_part_probabilities
+from lungct.evaluation.calibrate import raw_part
 from lungct.inference import Predictor
 from lungct.run import write_json
 
@@ -103,7 +103,7 @@ def operating_points(
     parts = {}
     fit_part = tuning_part(load_split(predictor.run.split))
     for part in (fit_part, "test"):
-        y, raw = raw_part_probabilities(predictor, part, progress)
+        y, raw, _ = raw_part(predictor, part, progress)
         parts[part] = (y, raw if calibrator is None else calibrator.apply(raw))
     (y_val, p_val), (y_test, p_test) = parts[fit_part], parts["test"]
     if len(y_test) == 0:

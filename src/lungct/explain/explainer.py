@@ -35,6 +35,7 @@ class Explanation:
     layer_spec: str  # what was asked for: "default", a group name, or the layer names
     path: str | None = None
     image: Image.Image | None = field(default=None, repr=False)  # the decoded slice, for overlays
+    features: np.ndarray | None = field(default=None, repr=False)  # pooled backbone features (drift embedding)
 
     def to_dict(self) -> dict:
         """JSON-ready summary without the arrays (the REST service adds the heatmap as it sees fit)."""
@@ -112,11 +113,11 @@ class Explainer:
     def _explain(self, images, method, names, spec, wanted, paths) -> list[Explanation]:
         pre = self.card.preprocess
         batch = torch.stack([prepare_image(img.convert("L" if pre.color == "grey" else "RGB"), pre) for img in images])
-        probs = np.asarray(self.predictor.probabilities(batch))
+        probs, features = self.predictor.probabilities_and_features(batch)
         targets = [int(p.argmax()) if wanted is None else wanted for p in probs]
         cams = compute_cams(self.model, batch, names, targets, method)
         out = []
-        for img, cam, p, t, path in zip(images, cams, probs, targets, paths, strict=True):
+        for img, cam, p, f, t, path in zip(images, cams, probs, features, targets, paths, strict=True):
             out.append(
                 Explanation(
                     heatmap=to_image_size(cam, img.width, img.height, pre),
@@ -129,6 +130,7 @@ class Explainer:
                     layer_spec=spec,
                     path=path,
                     image=img,
+                    features=f,
                 )
             )
         return out

@@ -8,19 +8,18 @@ from collections import defaultdict
 import pytest
 
 from lungct.cli import main
-from lungct.data.prepare import prepare_data
 from lungct.errors import LungCTError
-from lungct.evaluation.cv import cross_validate, fold_splits, summarise
+from lungct.evaluation.cv import cross_validate, fold_splits, pool_from_config, summarise
 from tests.conftest import tiny_config
 
 
 def test_fold_test_parts_partition_the_data_and_keep_groups_whole(tiny_dataset):
     cfg = tiny_config(tiny_dataset)
     cfg.split.mode = "group"
-    data = prepare_data(cfg, progress=False)
-    splits = fold_splits(data, 3, cfg)
+    pool = pool_from_config(cfg, progress=False)
+    splits = fold_splits(pool, 3, cfg)
     tested = [i.path for split in splits for i in split if i.part == "test"]
-    assert sorted(tested) == sorted(s.path for s in data.samples)  # each image tested exactly once
+    assert sorted(tested) == sorted(pool.paths)  # each image tested exactly once
     for split in splits:
         parts_of_group = defaultdict(set)
         for item in split:
@@ -28,7 +27,7 @@ def test_fold_test_parts_partition_the_data_and_keep_groups_whole(tiny_dataset):
         assert all(len(p) == 1 for p in parts_of_group.values())
         assert {i.part for i in split} == {"train", "val", "test"}
     with pytest.raises(LungCTError, match="at least 2"):
-        fold_splits(data, 1, cfg)
+        fold_splits(pool, 1, cfg)
 
 
 def test_summarise_gives_mean_and_spread():

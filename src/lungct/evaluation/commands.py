@@ -24,6 +24,16 @@ def cv_command(
     config: Annotated[
         Path | None, typer.Option("--config", exists=True, dir_okay=False, help="experiment YAML")
     ] = None,
+    within: Annotated[
+        Path | None,
+        typer.Option(
+            "--within",
+            exists=True,
+            file_okay=False,
+            help="a trained run: fold over its images except its test part, with its config unless --config is given "
+            "(for `lungct calibrate --from-cv`)",
+        ),
+    ] = None,
     tracking_uri: TrackingUri = None,
     no_track: NoTrack = False,
     quiet: Quiet = False,
@@ -31,13 +41,17 @@ def cv_command(
     """Stratified group k-fold cross-validation: mean and spread of every metric over K folds."""
     from lungct.config import load_config
     from lungct.evaluation.cv import cross_validate
+    from lungct.run import RunDir
     from lungct.tracking import log_cv, tracked_run
 
     _setup_logging(quiet)
+    if config is None and within is not None:
+        config = RunDir(within).config
     cfg = load_config(config)
     name = f"cv-{out.resolve().name}"
-    with tracked_run("cv", name, {"folds": folds}, cfg, tracking_uri, enabled=not no_track) as tracker:
-        result = cross_validate(cfg, folds, out, progress=not quiet)
+    params = {"folds": folds, "within": str(within) if within else None}
+    with tracked_run("cv", name, params, cfg, tracking_uri, enabled=not no_track) as tracker:
+        result = cross_validate(cfg, folds, out, progress=not quiet, within=within)
         log_cv(tracker, out, result, cfg.train.early_stopping.monitor)
     s = result["summary"]
     for row in result["per_fold"]:
@@ -55,15 +69,25 @@ def cv_command(
 def calibrate_command(
     run: Annotated[Path, typer.Option("--run", exists=True, file_okay=False, help="run directory")],
     method: Annotated[str, typer.Option("--method", help="temperature or isotonic")] = "temperature",
+    from_cv: Annotated[
+        Path | None,
+        typer.Option(
+            "--from-cv",
+            exists=True,
+            file_okay=False,
+            help="fit on the out-of-fold predictions of `lungct cv --within RUN` instead of one held-out part",
+        ),
+    ] = None,
     quiet: Quiet = False,
 ) -> None:
     """Fit calibration on the run's calibration part (or validation) and save it in the run (predict uses it)."""
     from lungct.evaluation.calibrate import calibrate_run
 
     _setup_logging(quiet)
-    report = calibrate_run(run, method, progress=not quiet)
+    report = calibrate_run(run, method, progress=not quiet, from_cv=from_cv)
     if method == "temperature":
-        fitted = f"fitted on {report['n_fit']} {report['fitted_on']} images"
+        images = "" if report["cross_fitted"] else " images"
+        fitted = f"fitted on {report['n_fit']} {report['fitted_on']}{images}"
         typer.echo(f"temperature {report['temperature']:.3f} ({fitted})")
     for part, r in report["parts"].items():
         b, a = r["before"], r["after"]

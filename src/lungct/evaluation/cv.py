@@ -4,26 +4,35 @@ One train/val/test split gives one number whose luck is unknown; K folds give a 
 Groups (patients, look-alike slices) never cross folds, so no fold is scored on its own training patients.
 Each fold is an ordinary run directory (fold_1/ ... fold_K/), so evaluate/predict work on it; a finished
 fold is reused when the command is run again.
+
+With `within` (a trained run), the folds cover only that run's development images (everything but its test
+part). Their pooled out-of-fold predictions (oof_predictions.csv) are then honest held-out probabilities for
+the run's recipe that never touched its test part: `lungct calibrate --from-cv` fits the temperature on them,
+as scikit-learn's CalibratedClassifierCV(ensemble=False) fits its calibrator on cross_val_predict output.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
 from lungct.config import ExperimentConfig
-from lungct.data.prepare import PreparedData, prepare_data
-from lungct.data.splits import SplitItem, make_split, save_split
+from lungct.data.prepare import prepare_data
+from lungct.data.splits import SplitItem, load_split, make_split, save_split
 from lungct.errors import LungCTError
 from lungct.run import RunDir, write_json
 from lungct.training.trainer import Trainer
 
 log = logging.getLogger("lungct")
+
+OOF_FILE = "oof_predictions.csv"
 
 # Scalar metrics of metrics.json summarised across folds (per-class ones are added by name).
 HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "ece")
@@ -41,10 +50,34 @@ class _FoldTrainer(Trainer):
         return self._given, []
 
 
-def fold_splits(data: PreparedData, folds: int, cfg: ExperimentConfig) -> list[list[SplitItem]]:
+@dataclass(frozen=True)
+class Pool:
+    """The images cross-validation folds over, with their labels and groups."""
+
+    paths: list[str]
+    labels: list[str]
+    groups: list[str]
+    within_run: str | None = None  # the run whose test part was left out, when there is one
+
+
+def pool_from_config(cfg: ExperimentConfig, progress: bool) -> Pool:
+    data = prepare_data(cfg, progress)
+    return Pool([s.path for s in data.samples], data.labels, data.groups)
+
+
+def pool_within_run(run_dir: str | Path) -> Pool:
+    """The run's development images (train, val, calib), grouped as its split grouped them; its test part is out."""
+    run = RunDir(run_dir)
+    items = [i for i in load_split(run.split) if i.part != "test"]
+    if not items:
+        raise LungCTError(f"{run.split} has no images outside its test part to cross-validate on")
+    return Pool([i.path for i in items], [i.label for i in items], [i.group for i in items], str(run.path.resolve()))
+
+
+def fold_splits(pool: Pool, folds: int, cfg: ExperimentConfig) -> list[list[SplitItem]]:
     """K splits: fold k is the test part; validation is carved from the rest by group, as in training."""
-    labels, groups = np.asarray(data.labels), np.asarray(data.groups)
-    n_groups = len(set(data.groups))
+    labels, groups = np.asarray(pool.labels), np.asarray(pool.groups)
+    n_groups = len(set(pool.groups))
     if folds < 2:
         raise LungCTError(f"--folds must be at least 2, got {folds}")
     if n_groups < folds:
@@ -55,8 +88,8 @@ def fold_splits(data: PreparedData, folds: int, cfg: ExperimentConfig) -> list[l
         preset: list[str | None] = ["train"] * len(labels)
         for i in test:
             preset[i] = "test"
-        parts = make_split(data.labels, data.groups, cfg.split.val_fraction, 0.2, cfg.seed + k, preset)
-        out.append([SplitItem(s.path, s.label, g, p) for s, g, p in zip(data.samples, data.groups, parts, strict=True)])
+        parts = make_split(pool.labels, pool.groups, cfg.split.val_fraction, 0.2, cfg.seed + k, preset)
+        out.append([SplitItem(*row) for row in zip(pool.paths, pool.labels, pool.groups, parts, strict=True)])
     return out
 
 
@@ -93,17 +126,25 @@ def summarise(rows: list[dict[str, float | None]]) -> dict[str, dict[str, float 
 
 
 def cross_validate(
-    cfg: ExperimentConfig, folds: int, out: str | Path, progress: bool = True, n_bootstrap: int = 1000
+    cfg: ExperimentConfig,
+    folds: int,
+    out: str | Path,
+    progress: bool = True,
+    n_bootstrap: int = 1000,
+    within: str | Path | None = None,
 ) -> dict:
-    """Train and test K folds; write cv.json, cv.csv (one row per fold) and cv.md into `out`."""
+    """Train and test K folds; write cv.json, cv.csv (one row per fold), cv.md and oof_predictions.csv into `out`.
+
+    `within`: fold over that run's split without its test part, instead of over the config's data.
+    """
     from lungct.evaluation.evaluate import evaluate
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    data = prepare_data(cfg, progress)
+    pool = pool_within_run(within) if within is not None else pool_from_config(cfg, progress)
     rows = []
-    for k, items in enumerate(fold_splits(data, folds, cfg), start=1):
+    for k, items in enumerate(fold_splits(pool, folds, cfg), start=1):
         fold_dir = out / f"fold_{k}"
         run = RunDir(fold_dir)
         t0 = time.time()
@@ -117,11 +158,13 @@ def cross_validate(
         rows.append(row)
         log.info("fold %d/%d: accuracy %.3f macro_auc %s", k, folds, row["accuracy"], row["macro_auc"])
     metric_rows = [{k: v for k, v in r.items() if k not in ("fold", "n_test", "seconds")} for r in rows]
+    write_oof(out, folds)
     result = {
         "folds": folds,
         "split_mode": cfg.split.mode,
-        "n_images": len(data.samples),
-        "n_groups": len(set(data.groups)),
+        "within_run": pool.within_run,
+        "n_images": len(pool.paths),
+        "n_groups": len(set(pool.groups)),
         "per_fold": rows,
         "summary": summarise(metric_rows),
         "seconds": round(time.time() - started, 1),
@@ -135,6 +178,49 @@ def cross_validate(
     return result
 
 
+def write_oof(out: Path, folds: int) -> None:
+    """Pool every fold's test predictions (uncalibrated: fold runs are never calibrated) into one table."""
+    rows: list[dict] = []
+    for k in range(1, folds + 1):
+        groups = {i.path: i.group for i in load_split(RunDir(out / f"fold_{k}").split)}
+        with (out / f"fold_{k}" / "eval" / "predictions.csv").open(newline="") as fh:
+            rows += [{"fold": k, "group": groups[r["path"]], **r} for r in csv.DictReader(fh)]
+    with (out / OOF_FILE).open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+@dataclass(frozen=True)
+class OutOfFold:
+    """Pooled held-out predictions of a cv folder."""
+
+    paths: list[str]
+    labels: list[str]
+    probs: np.ndarray  # columns in `classes` order
+    classes: list[str]
+    within_run: str | None
+
+
+def load_oof(cv_dir: str | Path) -> OutOfFold:
+    cv_dir = Path(cv_dir)
+    table, summary = cv_dir / OOF_FILE, cv_dir / "cv.json"
+    if not table.is_file() or not summary.is_file():
+        raise LungCTError(f"{cv_dir} is not a finished `lungct cv` folder: {OOF_FILE} or cv.json is missing")
+    with table.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        classes = [c[2:] for c in reader.fieldnames or [] if c.startswith("p_")]
+        rows = list(reader)
+    if not rows or not classes:
+        raise LungCTError(f"{table} holds no predictions")
+    try:
+        probs = np.array([[float(r[f"p_{c}"]) for c in classes] for r in rows])
+        within = json.loads(summary.read_text()).get("within_run")
+    except (ValueError, json.JSONDecodeError) as exc:
+        raise LungCTError(f"{cv_dir} is damaged: {exc}") from exc
+    return OutOfFold([r["path"] for r in rows], [r["label"] for r in rows], probs, classes, within)
+
+
 def _fmt(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
@@ -146,6 +232,7 @@ def cv_markdown(result: dict) -> str:
         f"# {result['folds']}-fold stratified group cross-validation (split mode: {result['split_mode']})",
         "",
         f"{result['n_images']} images in {result['n_groups']} groups; {result['seconds']:.0f} s in all.",
+        *([f"Within run {result['within_run']}: its test part was left out."] if result.get("within_run") else []),
         "",
         "| " + " | ".join(cols) + " |",
         "|" + "---|" * len(cols),

@@ -45,6 +45,12 @@ def test_cross_validate_writes_per_fold_table(tiny_dataset, tmp_path):
     acc = result["summary"]["accuracy"]
     assert acc["min"] <= acc["mean"] <= acc["max"]
     assert "benign.recall" in result["summary"]
+    # Each fold's temperature is fitted on its validation part and judged on its test part, then pooled.
+    assert all(r["temperature"] > 0 and 0 <= r["ece_calibrated"] <= 1 for r in result["per_fold"])
+    cal = result["calibration"]
+    assert cal["before"]["n"] == cal["after"]["n"] == 36
+    assert cal["before"]["ece"] == pytest.approx(cal["after"]["ece"] - cal["change"]["ece"]["delta"])
+    assert "pooled test ECE" in (tmp_path / "cv" / "cv.md").read_text()
     for f in ("cv.json", "cv.csv", "cv.md", "fold_1/model.safetensors", "fold_3/eval/metrics.json"):
         assert (tmp_path / "cv" / f).is_file(), f
     assert json.loads((tmp_path / "cv" / "cv.json").read_text())["folds"] == 3

@@ -6,6 +6,7 @@ Fitting on validation and judging on test keeps the test part untouched by every
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -21,6 +22,7 @@ from lungct.evaluation.calibration import (
     CALIBRATION_FILE,
     calibration_metrics,
     fit_calibrator,
+    fit_temperature,
     reliability_bins,
 )
 from lungct.inference import Predictor
@@ -69,6 +71,34 @@ def calibration_change(y: np.ndarray, before: np.ndarray, after: np.ndarray, gro
         return lambda i: calibration_metrics(y[i], after[i])[key] - calibration_metrics(y[i], before[i])[key]
 
     return {key: paired_delta_ci(delta(key), len(y), groups, n_resamples=300) for key in ("ece", "nll", "brier")}
+
+
+@dataclass
+class HeldOutCheck:
+    """A temperature fitted on a run's tuning part and what it does to that run's test part."""
+
+    temperature: float
+    y: np.ndarray
+    before: np.ndarray  # raw test probabilities
+    after: np.ndarray  # calibrated test probabilities
+    groups: list[str]
+
+
+def temperature_check(run_dir: str | Path, progress: bool = False) -> HeldOutCheck:
+    """Fit a temperature as `lungct calibrate` would, without saving it, and apply it to the test part.
+
+    Cross-validation calls this per fold: five group splits say more about whether calibration helps a recipe
+    than one test part of a few dozen patients.
+    """
+    predictor = Predictor(run_dir)
+    predictor.calibration = None
+    fit_part = tuning_part(load_split(predictor.run.split))
+    y_fit, p_fit, _ = raw_part(predictor, fit_part, progress)
+    if len(y_fit) == 0:
+        raise LungCTError(f"{predictor.run.split} has no {fit_part} part to fit the calibration on")
+    scaler = fit_temperature(y_fit, p_fit)
+    y, raw, groups = raw_part(predictor, "test", progress)
+    return HeldOutCheck(scaler.temperature, y, raw, scaler.apply(raw), groups)
 
 
 def cross_fitted(predictor: Predictor, cv_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:

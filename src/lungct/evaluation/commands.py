@@ -63,6 +63,13 @@ def cv_command(
         f"mean ± sd: accuracy={s['accuracy']['mean']:.3f} ± {s['accuracy']['std']:.3f} "
         f"balanced_accuracy={s['balanced_accuracy']['mean']:.3f} ± {s['balanced_accuracy']['std']:.3f}"
     )
+    cal = result["calibration"]
+    ece = cal["change"]["ece"]
+    typer.echo(
+        f"temperature fitted on each fold's validation part: pooled test ECE {cal['before']['ece']:.3f} -> "
+        f"{cal['after']['ece']:.3f} (change {ece['delta']:+.3f}, 95% paired group-bootstrap interval "
+        f"[{ece['ci95'][0]:+.3f}, {ece['ci95'][1]:+.3f}])"
+    )
     typer.echo(f"report written to {out}/cv.md ({result['seconds']:.0f} s)")
 
 

@@ -27,6 +27,8 @@ from lungct.config import ExperimentConfig
 from lungct.data.prepare import prepare_data
 from lungct.data.splits import SplitItem, load_split, make_split, save_split
 from lungct.errors import LungCTError
+from lungct.evaluation.calibrate import HeldOutCheck, calibration_change, temperature_check
+from lungct.evaluation.calibration import calibration_metrics
 from lungct.run import RunDir, write_json
 from lungct.training.trainer import Trainer
 
@@ -36,6 +38,8 @@ OOF_FILE = "oof_predictions.csv"
 
 # Scalar metrics of metrics.json summarised across folds (per-class ones are added by name).
 HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "ece")
+# Per fold: the temperature fitted on the fold's validation part, and the fold's test ECE after it.
+CALIBRATION_COLUMNS = ("temperature", "ece_calibrated")
 
 
 class _FoldTrainer(Trainer):
@@ -143,7 +147,7 @@ def cross_validate(
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     pool = pool_within_run(within) if within is not None else pool_from_config(cfg, progress)
-    rows = []
+    rows, checks = [], []
     for k, items in enumerate(fold_splits(pool, folds, cfg), start=1):
         fold_dir = out / f"fold_{k}"
         run = RunDir(fold_dir)
@@ -154,7 +158,16 @@ def cross_validate(
             log.info("fold %d/%d: training", k, folds)
             _FoldTrainer(cfg, fold_dir, items, progress).fit()
         metrics = evaluate(fold_dir, fold_dir / "eval", None, progress, n_bootstrap)
-        row = {"fold": k, "n_test": metrics["n"], **_flatten(metrics), "seconds": round(time.time() - t0, 1)}
+        check = temperature_check(fold_dir)
+        checks.append(check)
+        row = {
+            "fold": k,
+            "n_test": metrics["n"],
+            **_flatten(metrics),
+            "temperature": check.temperature,
+            "ece_calibrated": calibration_metrics(check.y, check.after)["ece"],
+            "seconds": round(time.time() - t0, 1),
+        }
         rows.append(row)
         log.info("fold %d/%d: accuracy %.3f macro_auc %s", k, folds, row["accuracy"], row["macro_auc"])
     metric_rows = [{k: v for k, v in r.items() if k not in ("fold", "n_test", "seconds")} for r in rows]
@@ -167,6 +180,7 @@ def cross_validate(
         "n_groups": len(set(pool.groups)),
         "per_fold": rows,
         "summary": summarise(metric_rows),
+        "calibration": pooled_calibration(checks),
         "seconds": round(time.time() - started, 1),
     }
     write_json(out / "cv.json", result)
@@ -176,6 +190,23 @@ def cross_validate(
         writer.writerows(rows)
     (out / "cv.md").write_text(cv_markdown(result))
     return result
+
+
+def pooled_calibration(checks: list[HeldOutCheck]) -> dict:
+    """Every fold's test part together, before and after its own validation-fitted temperature.
+
+    Groups never cross folds, so the pooled test parts are whole groups and the paired bootstrap stays valid.
+    """
+    y = np.concatenate([c.y for c in checks])
+    before = np.concatenate([c.before for c in checks])
+    after = np.concatenate([c.after for c in checks])
+    groups = [g for c in checks for g in c.groups]
+    return {
+        "method": "temperature fitted on each fold's validation (or calibration) part, applied to its test part",
+        "before": calibration_metrics(y, before),
+        "after": calibration_metrics(y, after),
+        "change": calibration_change(y, before, after, groups),
+    }
 
 
 def write_oof(out: Path, folds: int) -> None:
@@ -227,7 +258,7 @@ def _fmt(v: float | None) -> str:
 
 def cv_markdown(result: dict) -> str:
     """The per-fold table and mean ± sd of the headline metrics, for reports and the README."""
-    cols = ["fold", "n_test", *HEADLINE]
+    cols = ["fold", "n_test", *HEADLINE, *CALIBRATION_COLUMNS]
     lines = [
         f"# {result['folds']}-fold stratified group cross-validation (split mode: {result['split_mode']})",
         "",
@@ -238,11 +269,23 @@ def cv_markdown(result: dict) -> str:
         "|" + "---|" * len(cols),
     ]
     for r in result["per_fold"]:
-        lines.append("| " + " | ".join(str(r[c]) if c in ("fold", "n_test") else _fmt(r[c]) for c in cols) + " |")
+        lines.append("| " + " | ".join(str(r[c]) if c in ("fold", "n_test") else _fmt(r.get(c)) for c in cols) + " |")
     s = result["summary"]
     lines.append(
-        "| mean ± sd | | " + " | ".join(f"{_fmt(s[m]['mean'])} ± {_fmt(s[m]['std'])}" for m in HEADLINE) + " |"
+        "| mean ± sd | | "
+        + " | ".join(f"{_fmt(s[m]['mean'])} ± {_fmt(s[m]['std'])}" for m in cols[2:] if m in s)
+        + " |"
     )
+    cal = result.get("calibration")
+    if cal:
+        ece = cal["change"]["ece"]
+        lines += [
+            "",
+            f"Calibration ({cal['method']}): pooled test ECE {cal['before']['ece']:.3f} -> {cal['after']['ece']:.3f}, "
+            f"NLL {cal['before']['nll']:.3f} -> {cal['after']['nll']:.3f}, Brier {cal['before']['brier']:.3f} -> "
+            f"{cal['after']['brier']:.3f}; ECE change {ece['delta']:+.3f}, 95% paired group-bootstrap interval "
+            f"[{ece['ci95'][0]:+.3f}, {ece['ci95'][1]:+.3f}].",
+        ]
     lines += ["", "All metrics (mean ± sd over folds, min–max):", ""]
     lines += [f"- {m}: {_fmt(v['mean'])} ± {_fmt(v['std'])} ({_fmt(v['min'])}–{_fmt(v['max'])})" for m, v in s.items()]
     return "\n".join(lines) + "\n"

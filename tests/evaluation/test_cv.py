@@ -51,12 +51,16 @@ def test_cross_validate_writes_per_fold_table(tiny_dataset, tmp_path):
     assert cal["before"]["n"] == cal["after"]["n"] == 36
     assert cal["before"]["ece"] == pytest.approx(cal["after"]["ece"] - cal["change"]["ece"]["delta"])
     assert "pooled test ECE" in (tmp_path / "cv" / "cv.md").read_text()
+    assert (tmp_path / "cv" / "reliability_test_pooled.png").is_file()
+    assert not any(r["reused"] for r in result["per_fold"])
     for f in ("cv.json", "cv.csv", "cv.md", "fold_1/model.safetensors", "fold_3/eval/metrics.json"):
         assert (tmp_path / "cv" / f).is_file(), f
     assert json.loads((tmp_path / "cv" / "cv.json").read_text())["folds"] == 3
     # Run again: finished folds are reused, not retrained.
     mtime = (tmp_path / "cv" / "fold_1" / "model.safetensors").stat().st_mtime
-    cross_validate(cfg, 3, tmp_path / "cv", progress=False, n_bootstrap=20)
+    again = cross_validate(cfg, 3, tmp_path / "cv", progress=False, n_bootstrap=20)
+    assert all(r["reused"] for r in again["per_fold"])
+    assert "3 of 3 folds reused" in (tmp_path / "cv" / "cv.md").read_text()
     assert (tmp_path / "cv" / "fold_1" / "model.safetensors").stat().st_mtime == mtime
 
 

@@ -27,7 +27,7 @@ from lungct.config import ExperimentConfig
 from lungct.data.prepare import prepare_data
 from lungct.data.splits import SplitItem, load_split, make_split, save_split
 from lungct.errors import LungCTError
-from lungct.evaluation.calibrate import HeldOutCheck, calibration_change, temperature_check
+from lungct.evaluation.calibrate import HeldOutCheck, calibration_change, plot_reliability, temperature_check
 from lungct.evaluation.calibration import calibration_metrics
 from lungct.run import RunDir, write_json
 from lungct.training.trainer import Trainer
@@ -40,6 +40,7 @@ OOF_FILE = "oof_predictions.csv"
 HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "ece")
 # Per fold: the temperature fitted on the fold's validation part, and the fold's test ECE after it.
 CALIBRATION_COLUMNS = ("temperature", "ece_calibrated")
+BOOKKEEPING = ("fold", "n_test", "seconds", "train_seconds", "reused")
 
 
 class _FoldTrainer(Trainer):
@@ -152,7 +153,8 @@ def cross_validate(
         fold_dir = out / f"fold_{k}"
         run = RunDir(fold_dir)
         t0 = time.time()
-        if run.read_summary().get("status") == "complete" and _same_config(run, cfg):
+        reused = run.read_summary().get("status") == "complete" and _same_config(run, cfg)
+        if reused:
             log.info("fold %d/%d: reusing the finished run in %s", k, folds, fold_dir)
         else:
             log.info("fold %d/%d: training", k, folds)
@@ -167,10 +169,12 @@ def cross_validate(
             "temperature": check.temperature,
             "ece_calibrated": calibration_metrics(check.y, check.after)["ece"],
             "seconds": round(time.time() - t0, 1),
+            "train_seconds": run.read_summary().get("train_seconds"),
+            "reused": reused,
         }
         rows.append(row)
         log.info("fold %d/%d: accuracy %.3f macro_auc %s", k, folds, row["accuracy"], row["macro_auc"])
-    metric_rows = [{k: v for k, v in r.items() if k not in ("fold", "n_test", "seconds")} for r in rows]
+    metric_rows = [{k: v for k, v in r.items() if k not in BOOKKEEPING} for r in rows]
     write_oof(out, folds)
     result = {
         "folds": folds,
@@ -180,7 +184,7 @@ def cross_validate(
         "n_groups": len(set(pool.groups)),
         "per_fold": rows,
         "summary": summarise(metric_rows),
-        "calibration": pooled_calibration(checks),
+        "calibration": pooled_calibration(checks, out / "reliability_test_pooled.png"),
         "seconds": round(time.time() - started, 1),
     }
     write_json(out / "cv.json", result)
@@ -192,7 +196,7 @@ def cross_validate(
     return result
 
 
-def pooled_calibration(checks: list[HeldOutCheck]) -> dict:
+def pooled_calibration(checks: list[HeldOutCheck], diagram: Path) -> dict:
     """Every fold's test part together, before and after its own validation-fitted temperature.
 
     Groups never cross folds, so the pooled test parts are whole groups and the paired bootstrap stays valid.
@@ -201,8 +205,11 @@ def pooled_calibration(checks: list[HeldOutCheck]) -> dict:
     before = np.concatenate([c.before for c in checks])
     after = np.concatenate([c.after for c in checks])
     groups = [g for c in checks for g in c.groups]
+    title = f"all {len(checks)} folds' test parts ({len(y)} images), each fold's own validation-fitted temperature"
+    plot_reliability(y, before, after, title, diagram)
     return {
         "method": "temperature fitted on each fold's validation (or calibration) part, applied to its test part",
+        "diagram": str(diagram),
         "before": calibration_metrics(y, before),
         "after": calibration_metrics(y, after),
         "change": calibration_change(y, before, after, groups),
@@ -259,10 +266,13 @@ def _fmt(v: float | None) -> str:
 def cv_markdown(result: dict) -> str:
     """The per-fold table and mean ± sd of the headline metrics, for reports and the README."""
     cols = ["fold", "n_test", *HEADLINE, *CALIBRATION_COLUMNS]
+    reused = sum(bool(r.get("reused")) for r in result["per_fold"])
+    trained = sum(r.get("train_seconds") or 0 for r in result["per_fold"])
     lines = [
         f"# {result['folds']}-fold stratified group cross-validation (split mode: {result['split_mode']})",
         "",
-        f"{result['n_images']} images in {result['n_groups']} groups; {result['seconds']:.0f} s in all.",
+        f"{result['n_images']} images in {result['n_groups']} groups. This invocation took {result['seconds']:.0f} s"
+        f" ({reused} of {result['folds']} folds reused); training the folds took {trained:.0f} s.",
         *([f"Within run {result['within_run']}: its test part was left out."] if result.get("within_run") else []),
         "",
         "| " + " | ".join(cols) + " |",
@@ -284,7 +294,7 @@ def cv_markdown(result: dict) -> str:
             f"Calibration ({cal['method']}): pooled test ECE {cal['before']['ece']:.3f} -> {cal['after']['ece']:.3f}, "
             f"NLL {cal['before']['nll']:.3f} -> {cal['after']['nll']:.3f}, Brier {cal['before']['brier']:.3f} -> "
             f"{cal['after']['brier']:.3f}; ECE change {ece['delta']:+.3f}, 95% paired group-bootstrap interval "
-            f"[{ece['ci95'][0]:+.3f}, {ece['ci95'][1]:+.3f}].",
+            f"[{ece['ci95'][0]:+.3f}, {ece['ci95'][1]:+.3f}]. Reliability diagram: {Path(cal['diagram']).name}.",
         ]
     lines += ["", "All metrics (mean ± sd over folds, min–max):", ""]
     lines += [f"- {m}: {_fmt(v['mean'])} ± {_fmt(v['std'])} ({_fmt(v['min'])}–{_fmt(v['max'])})" for m, v in s.items()]

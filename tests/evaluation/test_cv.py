@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 
+import numpy as np
 import pytest
 
 from lungct.cli import main
@@ -48,10 +49,16 @@ def test_cross_validate_writes_per_fold_table(tiny_dataset, tmp_path):
     # Each fold's temperature is fitted on its validation part and judged on its test part, then pooled.
     assert all(r["temperature"] > 0 and 0 <= r["ece_calibrated"] <= 1 for r in result["per_fold"])
     cal = result["calibration"]
-    assert cal["before"]["n"] == cal["after"]["n"] == 36
-    assert cal["before"]["ece"] == pytest.approx(cal["after"]["ece"] - cal["change"]["ece"]["delta"])
-    assert "pooled test ECE" in (tmp_path / "cv" / "cv.md").read_text()
-    assert (tmp_path / "cv" / "reliability_test_pooled.png").is_file()
+    ece = [r["ece"] for r in result["per_fold"]]
+    after = [r["ece_calibrated"] for r in result["per_fold"]]
+    assert cal["mean_before"]["ece"] == pytest.approx(np.mean(ece), abs=1e-6)  # raw fold runs: evaluate's ECE
+    assert cal["mean_after"]["ece"] == pytest.approx(np.mean(after))
+    assert cal["folds_with_lower_ece"] == sum(a < b for a, b in zip(after, ece, strict=True))
+    for key in ("ece", "nll", "brier"):
+        change = cal["change"][key]
+        assert change["delta"] == pytest.approx(cal["mean_after"][key] - cal["mean_before"][key])
+    assert "folds. Mean over folds: ECE" in (tmp_path / "cv" / "cv.md").read_text()
+    assert (tmp_path / "cv" / "fold_2" / "eval" / "reliability_temperature.png").is_file()
     assert not any(r["reused"] for r in result["per_fold"])
     for f in ("cv.json", "cv.csv", "cv.md", "fold_1/model.safetensors", "fold_3/eval/metrics.json"):
         assert (tmp_path / "cv" / f).is_file(), f

@@ -66,9 +66,9 @@ def cv_command(
     cal = result["calibration"]
     ece = cal["change"]["ece"]
     typer.echo(
-        f"temperature fitted on each fold's validation part: pooled test ECE {cal['before']['ece']:.3f} -> "
-        f"{cal['after']['ece']:.3f} (change {ece['delta']:+.3f}, 95% paired group-bootstrap interval "
-        f"[{ece['ci95'][0]:+.3f}, {ece['ci95'][1]:+.3f}])"
+        f"temperature fitted on each fold's validation part: test ECE lower in {cal['folds_with_lower_ece']} of "
+        f"{folds} folds; mean {cal['mean_before']['ece']:.3f} -> {cal['mean_after']['ece']:.3f} (change "
+        f"{ece['delta']:+.3f}, 95% paired group-bootstrap interval [{ece['ci95'][0]:+.3f}, {ece['ci95'][1]:+.3f}])"
     )
     typer.echo(f"report written to {out}/cv.md ({result['seconds']:.0f} s)")
 

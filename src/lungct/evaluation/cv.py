@@ -27,7 +27,8 @@ from lungct.config import ExperimentConfig
 from lungct.data.prepare import prepare_data
 from lungct.data.splits import SplitItem, load_split, make_split, save_split
 from lungct.errors import LungCTError
-from lungct.evaluation.calibrate import HeldOutCheck, calibration_change, plot_reliability, temperature_check
+from lungct.evaluation.bootstrap import paired_delta_ci
+from lungct.evaluation.calibrate import HeldOutCheck, plot_reliability, temperature_check
 from lungct.evaluation.calibration import calibration_metrics
 from lungct.run import RunDir, write_json
 from lungct.training.trainer import Trainer
@@ -40,6 +41,7 @@ OOF_FILE = "oof_predictions.csv"
 HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "ece")
 # Per fold: the temperature fitted on the fold's validation part, and the fold's test ECE after it.
 CALIBRATION_COLUMNS = ("temperature", "ece_calibrated")
+CALIBRATION_KEYS = ("ece", "nll", "brier")
 BOOKKEEPING = ("fold", "n_test", "seconds", "train_seconds", "reused")
 
 
@@ -162,6 +164,8 @@ def cross_validate(
         metrics = evaluate(fold_dir, fold_dir / "eval", None, progress, n_bootstrap)
         check = temperature_check(fold_dir)
         checks.append(check)
+        title = f"fold {k} test part ({len(check.y)} images), T = {check.temperature:.3f} fitted on validation"
+        plot_reliability(check.y, check.before, check.after, title, fold_dir / "eval" / "reliability_temperature.png")
         row = {
             "fold": k,
             "n_test": metrics["n"],
@@ -184,7 +188,7 @@ def cross_validate(
         "n_groups": len(set(pool.groups)),
         "per_fold": rows,
         "summary": summarise(metric_rows),
-        "calibration": pooled_calibration(checks, out / "reliability_test_pooled.png"),
+        "calibration": fold_calibration(checks),
         "seconds": round(time.time() - started, 1),
     }
     write_json(out / "cv.json", result)
@@ -196,23 +200,34 @@ def cross_validate(
     return result
 
 
-def pooled_calibration(checks: list[HeldOutCheck], diagram: Path) -> dict:
-    """Every fold's test part together, before and after its own validation-fitted temperature.
+def fold_calibration(checks: list[HeldOutCheck]) -> dict:
+    """Mean over folds of each fold's test ECE, NLL and Brier, before and after its validation-fitted temperature.
 
-    Groups never cross folds, so the pooled test parts are whole groups and the paired bootstrap stays valid.
+    Averaged per fold, not pooled: each fold is its own model, and pooling an over-confident fold with an
+    under-confident one lets their errors cancel in the reliability bins. Groups never cross folds, so
+    resampling whole groups of all folds at once gives a paired interval of the mean change.
     """
     y = np.concatenate([c.y for c in checks])
     before = np.concatenate([c.before for c in checks])
     after = np.concatenate([c.after for c in checks])
+    fold = np.concatenate([np.full(len(c.y), k) for k, c in enumerate(checks)])
     groups = [g for c in checks for g in c.groups]
-    title = f"all {len(checks)} folds' test parts ({len(y)} images), each fold's own validation-fitted temperature"
-    plot_reliability(y, before, after, title, diagram)
+
+    def mean_over_folds(idx: np.ndarray, probs: np.ndarray, key: str) -> float:
+        per_fold = [idx[fold[idx] == k] for k in range(len(checks))]
+        return float(np.mean([calibration_metrics(y[i], probs[i])[key] for i in per_fold if len(i)]))
+
+    def delta(key: str):
+        return lambda idx: mean_over_folds(idx, after, key) - mean_over_folds(idx, before, key)
+
+    everything = np.arange(len(y))
+    ece = [(calibration_metrics(c.y, c.before)["ece"], calibration_metrics(c.y, c.after)["ece"]) for c in checks]
     return {
         "method": "temperature fitted on each fold's validation (or calibration) part, applied to its test part",
-        "diagram": str(diagram),
-        "before": calibration_metrics(y, before),
-        "after": calibration_metrics(y, after),
-        "change": calibration_change(y, before, after, groups),
+        "folds_with_lower_ece": sum(after < before for before, after in ece),
+        "mean_before": {key: mean_over_folds(everything, before, key) for key in CALIBRATION_KEYS},
+        "mean_after": {key: mean_over_folds(everything, after, key) for key in CALIBRATION_KEYS},
+        "change": {key: paired_delta_ci(delta(key), len(y), groups, n_resamples=300) for key in CALIBRATION_KEYS},
     }
 
 
@@ -288,13 +303,17 @@ def cv_markdown(result: dict) -> str:
     )
     cal = result.get("calibration")
     if cal:
-        ece = cal["change"]["ece"]
+        b, a, c = cal["mean_before"], cal["mean_after"], cal["change"]
         lines += [
             "",
-            f"Calibration ({cal['method']}): pooled test ECE {cal['before']['ece']:.3f} -> {cal['after']['ece']:.3f}, "
-            f"NLL {cal['before']['nll']:.3f} -> {cal['after']['nll']:.3f}, Brier {cal['before']['brier']:.3f} -> "
-            f"{cal['after']['brier']:.3f}; ECE change {ece['delta']:+.3f}, 95% paired group-bootstrap interval "
-            f"[{ece['ci95'][0]:+.3f}, {ece['ci95'][1]:+.3f}]. Reliability diagram: {Path(cal['diagram']).name}.",
+            f"Calibration ({cal['method']}; fold_k/eval/reliability_temperature.png): test ECE lower in "
+            f"{cal['folds_with_lower_ece']} of {result['folds']} folds. Mean over folds: "
+            + "; ".join(
+                f"{k.upper()} {b[k]:.3f} -> {a[k]:.3f} (change {c[k]['delta']:+.3f}, 95% paired group-bootstrap "
+                f"interval [{c[k]['ci95'][0]:+.3f}, {c[k]['ci95'][1]:+.3f}])"
+                for k in CALIBRATION_KEYS
+            )
+            + ".",
         ]
     lines += ["", "All metrics (mean ± sd over folds, min–max):", ""]
     lines += [f"- {m}: {_fmt(v['mean'])} ± {_fmt(v['std'])} ({_fmt(v['min'])}–{_fmt(v['max'])})" for m, v in s.items()]

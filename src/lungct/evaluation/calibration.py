@@ -9,7 +9,6 @@ evaluate and the API all report calibrated probabilities.
 
 from __future__ import annotations
 
-import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.metrics import brier_score_loss, log_loss
 
 from lungct.errors import LungCTError
+from lungct.evaluation.metrics import ece_of_bins, reliability_bins
 
 CALIBRATION_FILE = "calibration.json"
 METHODS = ("temperature", "isotonic")
@@ -118,26 +118,6 @@ def load_calibration(run_dir: str | Path) -> Calibrator | None:
         raise LungCTError(f"{path} is damaged: {exc}") from exc
 
 
-def reliability_bins(y_true: np.ndarray, probs: np.ndarray, bins: int = 15) -> list[dict]:
-    """Top-label reliability table (sklearn's calibration_curve is binary only)."""
-    conf = probs.max(1)
-    correct = probs.argmax(1) == y_true
-    out = []
-    for lo, hi in itertools.pairwise(np.linspace(0.0, 1.0, bins + 1)):
-        in_bin = (conf > lo) & (conf <= hi)
-        if in_bin.any():
-            out.append(
-                {
-                    "low": float(lo),
-                    "high": float(hi),
-                    "n": int(in_bin.sum()),
-                    "confidence": float(conf[in_bin].mean()),
-                    "accuracy": float(correct[in_bin].mean()),
-                }
-            )
-    return out
-
-
 def calibration_metrics(y_true: np.ndarray, probs: np.ndarray, bins: int = 15) -> dict:
     """ECE and MCE (top label, equal-width bins), multi-class Brier score and NLL."""
     y_true = np.asarray(y_true)
@@ -149,7 +129,7 @@ def calibration_metrics(y_true: np.ndarray, probs: np.ndarray, bins: int = 15) -
     labels = list(range(probs.shape[1]))
     return {
         "n": n,
-        "ece": float(sum(b["n"] / n * g for b, g in zip(table, gaps, strict=True))),
+        "ece": ece_of_bins(table),
         "mce": float(max(gaps)) if gaps else 0.0,
         "brier": float(brier_score_loss(y_true, probs, labels=labels)),
         "nll": float(log_loss(y_true, np.clip(probs, 1e-12, 1.0), labels=labels)),

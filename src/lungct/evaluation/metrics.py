@@ -16,20 +16,37 @@ from sklearn.metrics import (
 )
 
 
-def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, bins: int = 15) -> float:
-    """Top-label ECE with equal-width confidence bins.
+def reliability_bins(y_true: np.ndarray, probs: np.ndarray, bins: int = 15) -> list[dict]:
+    """Top-label reliability table with equal-width confidence bins (empty bins left out).
 
-    Written here because scikit-learn has only the binary calibration_curve, not multi-class ECE.
+    Written here because scikit-learn has only the binary calibration_curve, not a multi-class one.
     """
     conf = probs.max(1)
     correct = probs.argmax(1) == y_true
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    ece = 0.0
-    for lo, hi in itertools.pairwise(edges):
+    out = []
+    for lo, hi in itertools.pairwise(np.linspace(0.0, 1.0, bins + 1)):
         in_bin = (conf > lo) & (conf <= hi)
         if in_bin.any():
-            ece += in_bin.mean() * abs(correct[in_bin].mean() - conf[in_bin].mean())
-    return float(ece)
+            out.append(
+                {
+                    "low": float(lo),
+                    "high": float(hi),
+                    "n": int(in_bin.sum()),
+                    "confidence": float(conf[in_bin].mean()),
+                    "accuracy": float(correct[in_bin].mean()),
+                }
+            )
+    return out
+
+
+def ece_of_bins(table: list[dict]) -> float:
+    """Top-label ECE: the bin-size-weighted gap between accuracy and confidence."""
+    n = sum(b["n"] for b in table)
+    return float(sum(b["n"] / n * abs(b["accuracy"] - b["confidence"]) for b in table)) if n else 0.0
+
+
+def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, bins: int = 15) -> float:
+    return ece_of_bins(reliability_bins(y_true, probs, bins))
 
 
 def _auc(y_bin: np.ndarray, score: np.ndarray) -> float | None:

@@ -90,8 +90,7 @@ def temperature_check(run_dir: str | Path, progress: bool = False) -> HeldOutChe
     Cross-validation calls this per fold: five group splits say more about whether calibration helps a recipe
     than one test part of a few dozen patients.
     """
-    predictor = Predictor(run_dir)
-    predictor.calibration = None
+    predictor = Predictor(run_dir)  # raw_part sets any saved calibration aside
     fit_part = tuning_part(load_split(predictor.run.split))
     y_fit, p_fit, _ = raw_part(predictor, fit_part, progress)
     if len(y_fit) == 0:

@@ -231,3 +231,6 @@ app.command("export")(export_command)
 from lungct.serve.command import serve_command  # noqa: E402
 
 app.command("serve")(serve_command)
+from lungct.ensemble.command import ensemble_command  # noqa: E402
+
+app.command("ensemble")(ensemble_command)

@@ -43,7 +43,7 @@ class DataConfig(_Strict):
     # Hounsfield window for DICOM input (see lungct.dicom); stack3 = lung/mediastinal/bone as 3 channels
     dicom_window: Literal["lung", "mediastinal", "file", "stack3"] = "lung"
     positive_class: str | None = None  # for binary metrics and operating points
-    max_images_per_class: int | None = None  # small subsets for tests and quick looks
+    max_images_per_class: int | None = Field(None, ge=1)  # small subsets for tests and quick looks
 
     @model_validator(mode="after")
     def _stack3_is_rgb(self) -> DataConfig:
@@ -78,54 +78,86 @@ class SplitConfig(_Strict):
 
 
 class HeadConfig(_Strict):
-    dropout: float = 0.3
+    dropout: float = Field(0.3, ge=0, lt=1)
     hidden: list[int] = Field(default_factory=list)  # extra dense layers before the classifier
+
+    @field_validator("hidden")
+    @classmethod
+    def _widths(cls, v: list[int]) -> list[int]:
+        if any(width < 1 for width in v):
+            raise ValueError("every hidden layer needs at least one unit")
+        return v
 
 
 class ModelConfig(_Strict):
     arch: str = "mobilenetv2_100"
     weights: str | None = None  # local file, "hub" for the model hub, or None for random init
     head: HeadConfig = Field(default_factory=HeadConfig)
-    input_size: int | None = None  # overrides the backbone's pretrained input size
+    input_size: int | None = Field(None, ge=32, le=2048)  # overrides the backbone's pretrained input size
+    pool: Literal["avg", "max", "avgmax", "catavgmax"] = "avg"  # timm's global pooling of the last feature map
 
 
 class PhaseConfig(_Strict):
-    epochs: int = 4
-    lr: float = 1e-3
+    epochs: int = Field(4, ge=0)
+    lr: float = Field(1e-3, gt=0)
+
+
+class HeadPhaseConfig(PhaseConfig):
+    # gradient: `epochs` of the optimiser on the head; logistic: one pass of frozen features and a
+    # logistic regression (lungct.training.probe), C from group CV inside the training part unless given
+    solver: Literal["gradient", "logistic"] = "gradient"
+    c: float | None = Field(None, gt=0)
 
 
 class FineTuneConfig(PhaseConfig):
-    lr: float = 1e-4
-    unfreeze: float = 0.3  # >= 1: number of top layers; < 1: fraction of the backbone's layers
+    lr: float = Field(1e-4, gt=0)
+    unfreeze: float = Field(0.3, ge=0)  # >= 1: number of top layers; < 1: fraction of the backbone's layers
 
 
 class AugmentConfig(_Strict):
-    rotation: float = 10.0  # degrees
-    shift: float = 0.1  # fraction of width/height
-    shear: float = 5.0  # degrees
-    zoom: float = 0.1  # +- fraction
+    rotation: float = Field(10.0, ge=0, le=180)  # degrees
+    shift: float = Field(0.1, ge=0, le=1)  # fraction of width/height
+    shear: float = Field(5.0, ge=0, lt=90)  # degrees
+    zoom: float = Field(0.1, ge=0, lt=1)  # +- fraction
     hflip: bool = True
+    # affine: the settings above; trivialaugment / randaugment: torchvision's automatic policies (plus hflip)
+    policy: Literal["affine", "trivialaugment", "randaugment"] = "affine"
 
 
 class EarlyStoppingConfig(_Strict):
     monitor: Literal["val_loss", "val_accuracy", "val_balanced_accuracy"] = "val_loss"
-    patience: int = 3
+    patience: int = Field(3, ge=1)
 
 
 class TrainConfig(_Strict):
-    batch_size: int = 32
+    batch_size: int = Field(32, ge=1, le=4096)
     optimizer: Literal["adamw", "adam", "sgd", "rmsprop"] = "adamw"
-    weight_decay: float = 1e-4
-    step_size: int = 3  # StepLR period for sgd
-    gamma: float = 0.1
-    phase1: PhaseConfig = Field(default_factory=PhaseConfig)
+    weight_decay: float = Field(1e-4, ge=0)
+    step_size: int = Field(3, ge=1)  # StepLR period for sgd
+    gamma: float = Field(0.1, gt=0, le=1)
+    # Learning-rate schedule within each phase: constant (StepLR for sgd), or linear warmup then cosine decay.
+    schedule: Literal["constant", "cosine"] = "constant"
+    warmup_epochs: int = Field(0, ge=0)
+    layer_decay: float | None = Field(None, gt=0, le=1)  # fine-tuning: lr x decay^(depth from the top) per block
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    sampler: Literal["shuffle", "balanced"] = "shuffle"  # balanced: each class drawn equally often (with replacement)
+    mixup: float = Field(0.0, ge=0)  # timm Mixup alpha (0: off)
+    cutmix: float = Field(0.0, ge=0)  # timm CutMix alpha (0: off)
+    ema: float | None = Field(None, gt=0, lt=1)  # decay of an exponential moving average of the weights (timm)
+    phase1: HeadPhaseConfig = Field(default_factory=HeadPhaseConfig)
     phase2: FineTuneConfig = Field(default_factory=FineTuneConfig)
     class_weights: bool = True
     freeze_batchnorm: bool = True
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
-    num_workers: int = 0
-    threads: int | None = None  # torch intra-op threads; None leaves torch's default
+    num_workers: int = Field(0, ge=0)
+    threads: int | None = Field(None, ge=1)  # torch intra-op threads; None leaves torch's default
+
+    @model_validator(mode="after")
+    def _something_trains(self) -> TrainConfig:
+        if self.phase1.solver == "gradient" and self.phase1.epochs + self.phase2.epochs == 0:
+            raise ValueError("phase1.epochs + phase2.epochs is 0: nothing would train")
+        return self
 
 
 class ExperimentConfig(_Strict):

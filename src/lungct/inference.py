@@ -49,6 +49,14 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(1, keepdims=True)
 
 
+def _read_error(exc: Exception) -> str:
+    """What a result says about a file that could not be read: the reader's reason, or the exception's type."""
+    if isinstance(exc, ImageReadError):
+        return exc.reason
+    log.debug("unexpected error reading a file", exc_info=exc)
+    return f"cannot read the file ({type(exc).__name__})"  # no message: it could quote a DICOM tag
+
+
 class Predictor:
     """Calibrated probabilities from a run. `tta=True` averages each slice with its mirror image.
 
@@ -112,7 +120,9 @@ class Predictor:
         if info is not None:
             try:
                 self._onnx = OnnxModel(onnx_path(self.run), threads or torch.get_num_threads())
+                self._onnx.check_signature(self.card.preprocess.input_size, len(self.classes))
             except LungCTError as exc:
+                self._onnx = None
                 info, reason = None, str(exc)
         if info is None:
             if wanted == "onnx":
@@ -156,8 +166,8 @@ class Predictor:
     @torch.inference_mode()
     def _torch_forward(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         model = self.model
-        features = model.backbone(batch)
-        probs = torch.softmax(model.head(features), dim=1)
+        logits, features = model.forward_with_features(batch)
+        probs = torch.softmax(logits, dim=1)
         if self.tta:
             probs = (probs + torch.softmax(model(torch.flip(batch, dims=[3])), dim=1)) / 2
         return probs.numpy(), features.float().numpy()
@@ -184,10 +194,10 @@ class Predictor:
         for path in expand_paths(paths):
             try:
                 tensor = prepare_image(self.card.preprocess.load(path), self.card.preprocess)
-            except ImageReadError as exc:
+            except Exception as exc:  # one bad file must not cost the others their results
                 yield from self._flush(batch)
                 batch = []
-                yield {"path": str(path), "error": exc.reason}
+                yield {"path": str(path), "error": _read_error(exc)}
                 continue
             batch.append((str(path), tensor))
             if len(batch) == self.batch_size:

@@ -35,6 +35,9 @@ class ModelCard:
     pretrained: bool = False
     weights_source: str = ""
     positive_class: str | None = None
+    global_pool: str = "avg"  # timm's pooling of the last feature map (model.pool)
+    members: int = 0  # > 0: an ensemble of this many classifiers (lungct ensemble)
+    shared_backbone: bool = False  # an ensemble whose members share one frozen backbone
 
     def to_dict(self) -> dict:
         return {
@@ -46,6 +49,9 @@ class ModelCard:
             "pretrained": self.pretrained,
             "weights_source": self.weights_source,
             "positive_class": self.positive_class,
+            "global_pool": self.global_pool,
+            "members": self.members,
+            "shared_backbone": self.shared_backbone,
         }
 
     @classmethod
@@ -59,6 +65,9 @@ class ModelCard:
             bool(d.get("pretrained")),
             d.get("weights_source", ""),
             d.get("positive_class"),
+            d.get("global_pool", "avg"),
+            int(d.get("members", 0)),
+            bool(d.get("shared_backbone", False)),
         )
 
 
@@ -113,27 +122,50 @@ def write_json(path: Path, data: dict) -> None:
 def atomic_write(path: Path, data: bytes) -> None:
     """Write then rename, so an interruption never leaves a half-written file behind."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
+    with tmp.open("wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
     os.replace(tmp, path)
 
 
 def save_weights(model: torch.nn.Module, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    with tmp.open("rb+") as fh:
+        os.fsync(fh.fileno())
     os.replace(tmp, path)
 
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:
-    model.load_state_dict(load_file(str(path)))
+    """Load a safetensors file into `model`; a LungCTError naming the file when it is damaged or truncated."""
+    from safetensors import SafetensorError
+
+    try:
+        state = load_file(str(path))
+    except SafetensorError as exc:
+        raise LungCTError(
+            f"{path} is damaged or truncated and cannot be read ({' '.join(str(exc).split())[:120]}); "
+            "restore it from a backup or train the run again"
+        ) from None
+    model.load_state_dict(state)
 
 
 def load_model(run: RunDir) -> tuple[torch.nn.Module, ModelCard]:
     """Rebuild the trained classifier from model.json (no pretrained download) and load its weights."""
     from lungct.models.classifier import CTClassifier, create_backbone
+    from lungct.models.ensemble import empty_ensemble
 
     card = run.card()
-    backbone = create_backbone(card.arch, None, 0, card.preprocess.color, card.preprocess.input_size)
-    model = CTClassifier(backbone.module, len(card.classes), card.head)
+
+    def make_backbone() -> torch.nn.Module:
+        pre = card.preprocess
+        return create_backbone(card.arch, None, 0, pre.color, pre.input_size, card.global_pool).module
+
+    if card.members:
+        model = empty_ensemble(make_backbone, len(card.classes), card.head, card.members, card.shared_backbone)
+    else:
+        model = CTClassifier(make_backbone(), len(card.classes), card.head)
     try:
         load_weights(model, run.weights)
     except (RuntimeError, OSError) as exc:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import io
+import struct
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.tag import Tag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 # Values that must never appear in any output.
@@ -91,3 +95,43 @@ def write_study(folder: Path, images: list[Image.Image], order: list[int] | None
         ds = ct_dataset(hu_from_grey(img), position=(0.0, 0.0, 2.5 * i), instance=i + 1, series_uid=series_uid, **kw)
         paths.append(write(ds, folder / f"IM{order[i]:04d}.dcm"))
     return paths
+
+
+def to_bytes(ds: Dataset) -> bytes:
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def with_raw_value(ds: Dataset, keyword: str, vr: str, value: bytes) -> Dataset:
+    """Store `value` as the element's bytes, as a broken writer would (pydicom refuses to encode DS "abc")."""
+    tag = Tag(keyword)
+    ds[tag] = RawDataElement(tag, vr, len(value), value, 0, False, True)
+    return ds
+
+
+def nested_sequence(depth: int, tag: tuple[int, int] = (0xFFFA, 0xFFFA)) -> bytes:
+    """Explicit VR little-endian bytes of a sequence nested `depth` levels deep (undefined lengths), to append
+    after the pixel data: (FFFA,FFFA) is the Digital Signatures Sequence, the last tag a file may carry."""
+    undefined = 0xFFFFFFFF
+    sequence = struct.pack("<HH2sHI", tag[0], tag[1], b"SQ", 0, undefined)
+    item = struct.pack("<HHI", 0xFFFE, 0xE000, undefined)
+    item_end, sequence_end = struct.pack("<HHI", 0xFFFE, 0xE00D, 0), struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    return (sequence + item) * depth + (item_end + sequence_end) * depth
+
+
+def malformed_dicom(kind: str, hu: np.ndarray | None = None) -> bytes:
+    """A CT slice that pydicom opens but cannot use: "slope" (RescaleSlope "abc"), "frames" (NumberOfFrames
+    "abc") or "nested" (a sequence 5000 levels deep after the pixel data)."""
+    hu = np.zeros((16, 16)) if hu is None else hu
+    if kind == "slope":
+        return to_bytes(with_raw_value(ct_dataset(hu), "RescaleSlope", "DS", b"abc "))
+    if kind == "frames":
+        return to_bytes(with_raw_value(ct_dataset(hu), "NumberOfFrames", "IS", b"abc "))
+    if kind == "nested":
+        return to_bytes(ct_dataset(hu)) + nested_sequence(5000)
+    raise ValueError(f"unknown kind {kind!r}")
+
+
+# kind -> a phrase the error must contain
+MALFORMED = {"slope": "RescaleSlope", "frames": "NumberOfFrames", "nested": "nested too deeply"}

@@ -14,7 +14,7 @@ from pydicom.uid import JPEGLSLossless
 
 from lungct.data.images import ImageReadError, is_image_file, load_image, open_image
 from lungct.dicom import LUNG, MEDIASTINAL, DicomError, load_dicom_image, read_dataset, read_hu, slice_id
-from tests.dicom.dicom_factory import ct_dataset, write
+from tests.dicom.dicom_factory import MALFORMED, ct_dataset, malformed_dicom, to_bytes, with_raw_value, write
 
 CT_SMALL = get_testdata_file("CT_small.dcm", download=False)
 HU = np.array([[-2000, -1350, -600, 150], [1000, -125, 50, 225]], dtype=np.float64)
@@ -145,3 +145,29 @@ def test_corrupt_pixel_data(tmp_path):
     path = write(ds, tmp_path / "a.dcm")
     with pytest.raises(ImageReadError, match="pixel data cannot be decoded"):
         load_image(path)
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR")
+@pytest.mark.parametrize("kind", sorted(MALFORMED))
+def test_malformed_values_and_structures_are_a_clear_error(tmp_path, kind):
+    """Issue 12: RescaleSlope "abc", NumberOfFrames "abc" and a 5000-deep sequence raised ValueError,
+    UFuncTypeError and RecursionError (a 500 in the API); each must be one DicomError / ImageReadError."""
+    data = malformed_dicom(kind)
+    with pytest.raises(DicomError, match=MALFORMED[kind]) as info:
+        load_dicom_image(data, "bad.dcm")
+    assert info.value.name == "bad.dcm" and "\n" not in str(info.value)
+    with pytest.raises(ImageReadError, match=MALFORMED[kind]):
+        open_image(io.BytesIO(data), "bad.dcm")
+    path = tmp_path / "bad.dcm"
+    path.write_bytes(data)
+    with pytest.raises(ImageReadError, match=MALFORMED[kind]):
+        load_image(path)
+
+
+def test_non_numeric_file_window_is_a_clear_error(tmp_path):
+    ds = with_raw_value(ct_dataset(HU, window=(400, 40)), "WindowWidth", "DS", b"wide")
+    path = tmp_path / "a.dcm"
+    path.write_bytes(to_bytes(ds))
+    with pytest.raises(DicomError, match="WindowCenter/WindowWidth that is not a number"):
+        load_dicom_image(path, "a.dcm", "grey", "file")
+    assert load_dicom_image(path, "a.dcm", "grey", "lung").size == (4, 2)  # other windows do not need it

@@ -8,7 +8,7 @@ from PIL import Image
 from lungct.config import HeadConfig
 from lungct.data.transforms import Preprocess
 from lungct.explain.cam import compute_cams, crop_box, to_image_size
-from lungct.explain.layers import check_feature_maps, default_layer
+from lungct.explain.layers import check_feature_maps, default_layers
 from lungct.models import BACKBONES, CTClassifier, create_backbone
 
 LARGE_STRIDE = {"inception_v3", "inception_resnet_v2", "xception"}  # need more pixels for a >1x1 final map
@@ -21,9 +21,10 @@ def test_default_layer_heatmap_is_finite_and_input_sized(arch):
     model = CTClassifier(create_backbone(arch, None, 0, "grey", size).module, 3, HeadConfig()).eval()
     for p in model.parameters():  # as loaded for serving: frozen, yet Grad-CAM must still get gradients
         p.requires_grad_(False)
-    layer = default_layer(model, arch)
-    check_feature_maps(model, [layer], size)
-    cams = compute_cams(model, torch.randn(2, 3, size, size), [layer], [0, 2])
+    layers = default_layers(model, arch)
+    assert len(layers) == 1
+    check_feature_maps(model, layers, size)
+    cams = compute_cams(model, torch.randn(2, 3, size, size), layers, [0, 2])
     assert cams.shape == (2, size, size)
     assert np.isfinite(cams).all()
     assert cams.min() >= 0 and cams.max() <= 1

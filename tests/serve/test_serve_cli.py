@@ -36,6 +36,7 @@ def test_openapi_out_writes_the_schema(tmp_path, capsys):
         (["serve", "--run", "/nonexistent/run"], "run directory not found"),
         (["serve", "--run", ".", "--backend", "tpu"], "invalid serve settings: backend"),
         (["serve", "--run", ".", "--max-file-mb", "-1"], "invalid serve settings: max_file_mb"),
+        (["serve", "--run", ".", "--explain-max-side", "10"], "invalid serve settings: explain_max_side"),
     ],
 )
 def test_serve_errors_are_one_line(capsys, argv, message):

@@ -51,6 +51,8 @@ def open_image(source, name: str | Path, color: str = "grey", dicom_window: str 
         raise ImageReadError(name, "not a readable image") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageReadError(name, f"corrupt or truncated image ({exc})") from None
+    except Exception as exc:  # decoders raise other types too (struct.error, IndexError, ...) for damaged files
+        raise ImageReadError(name, f"corrupt or unreadable image ({type(exc).__name__})") from None
 
 
 def load_image(path: str | Path, color: str = "grey", dicom_window: str | None = None) -> Image.Image:
@@ -96,6 +98,8 @@ def _open_dicom(source, name: str | Path, color: str, dicom_window: str | None) 
         return load_dicom_image(source, name, color, dicom_window)
     except DicomError as exc:
         raise ImageReadError(name, exc.reason) from None
+    except Exception as exc:  # the DICOM reader names what it knows; anything else is still an unreadable file
+        raise ImageReadError(name, f"unreadable DICOM file ({type(exc).__name__})") from None
 
 
 def _rescale_to_8bit(img: Image.Image) -> Image.Image:

@@ -85,7 +85,11 @@ def eval_transform(pre: Preprocess) -> v2.Compose:
 
 def train_transform(pre: Preprocess, aug: AugmentConfig) -> v2.Compose:
     steps: list[v2.Transform] = []
-    if aug.rotation or aug.shift or aug.shear or aug.zoom:
+    if aug.policy == "trivialaugment":
+        steps.append(v2.TrivialAugmentWide(interpolation=InterpolationMode.BILINEAR))
+    elif aug.policy == "randaugment":
+        steps.append(v2.RandAugment(interpolation=InterpolationMode.BILINEAR))
+    elif aug.rotation or aug.shift or aug.shear or aug.zoom:
         steps.append(
             v2.RandomAffine(
                 degrees=aug.rotation,

@@ -7,6 +7,7 @@ from typing import BinaryIO
 
 from PIL import Image
 
+from lungct.dicom.errors import DicomError
 from lungct.dicom.read import read_dataset
 from lungct.dicom.window import default_window, to_image
 
@@ -24,4 +25,9 @@ def load_dicom_image(
     the lung window (W1500/L-600) for grey.
     """
     ds = read_dataset(source, name, force)
-    return to_image(ds, default_window(color, window), color, str(name))
+    try:
+        return to_image(ds, default_window(color, window), color, str(name))
+    except DicomError:
+        raise
+    except Exception as exc:  # a value that passed the checks but still breaks windowing: still the file's fault
+        raise DicomError(name, f"the pixel data cannot be converted to an image ({type(exc).__name__})") from None

@@ -1,13 +1,16 @@
 """Reading one DICOM slice into Hounsfield units, with a clear error for each way it can fail.
 
 pydicom does the parsing, decoding and the modality LUT (RescaleSlope/RescaleIntercept); this module
-only checks what a CT classifier needs and turns pydicom's many exceptions into one DicomError.
+only checks what a CT classifier needs and turns pydicom's many exceptions into one DicomError. Files are
+hostile input (uploads to the API): a malformed value (RescaleSlope "abc", NumberOfFrames "abc") or a
+structure pydicom cannot parse (sequences nested thousands deep) is a DicomError too, never another exception.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import math
 from pathlib import Path
 from typing import BinaryIO
 
@@ -15,6 +18,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, get_decoder
 from pydicom.tag import Tag
 
@@ -62,10 +66,19 @@ def read_dataset(source: str | Path | bytes | BinaryIO, name: str | Path, force:
         raise DicomError(name, "not a DICOM file (no DICM header)") from None
     except FileNotFoundError:
         raise DicomError(name, "file not found") from None
-    except (OSError, EOFError, ValueError, TypeError, KeyError, AttributeError) as exc:
+    except RecursionError:
+        raise DicomError(name, "corrupt DICOM file (sequences nested too deeply to parse)") from None
+    except Exception as exc:  # pydicom raises many types (OSError, ValueError, struct.error, ...) for bad files
         raise DicomError(name, f"corrupt or truncated DICOM file ({type(exc).__name__})") from None
-    check_dataset(ds, name, force)
-    drop_identifiers(ds)
+    try:
+        check_dataset(ds, name, force)
+        drop_identifiers(ds)
+    except DicomError:
+        raise
+    except RecursionError:
+        raise DicomError(name, "corrupt DICOM file (sequences nested too deeply to parse)") from None
+    except Exception as exc:  # a value pydicom cannot convert when it is first accessed
+        raise DicomError(name, f"corrupt DICOM file: a data element cannot be read ({type(exc).__name__})") from None
     return ds
 
 
@@ -105,12 +118,48 @@ def check_dataset(ds: Dataset, name: str | Path, force: bool = False) -> None:
     modality = str(ds.get("Modality", "") or "unknown")
     if modality != "CT" and not force:
         raise DicomError(name, f"modality is {modality}, not CT (pass --force to use it anyway)")
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    frames = int_tag(ds, "NumberOfFrames", 1, name)
     if frames > 1:
         raise DicomError(name, f"multi-frame DICOM ({frames} frames) is not supported; export single-frame slices")
-    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+    if int_tag(ds, "SamplesPerPixel", 1, name) != 1:
         raise DicomError(name, "colour DICOM image (SamplesPerPixel > 1); a CT slice is greyscale")
     check_decoder(ds, name)
+
+
+def _tag_value(ds: Dataset, keyword: str, name: str | Path):
+    """The element's value (the first of several), or None when absent or empty."""
+    try:
+        value = ds.get(keyword)
+    except Exception as exc:  # pydicom converts raw values on first access, and that can fail
+        raise DicomError(name, f"invalid {keyword} ({type(exc).__name__})") from None
+    if isinstance(value, (list, tuple, MultiValue)):
+        value = value[0] if len(value) else None
+    return None if value is None or str(value).strip() == "" else value
+
+
+def int_tag(ds: Dataset, keyword: str, default: int, name: str | Path) -> int:
+    """An integer tag such as NumberOfFrames; a DicomError naming the tag when its value is not an integer."""
+    value = _tag_value(ds, keyword, name)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError, OverflowError):
+        raise DicomError(name, f"invalid {keyword}: not an integer") from None
+
+
+def float_tag(ds: Dataset, keyword: str, default: float, name: str | Path) -> float:
+    """A finite decimal tag such as RescaleSlope; a DicomError naming the tag otherwise."""
+    value = _tag_value(ds, keyword, name)
+    if value is None:
+        return default
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise DicomError(name, f"invalid {keyword}: not a number") from None
+    if not math.isfinite(number):
+        raise DicomError(name, f"invalid {keyword}: not a finite number")
+    return number
 
 
 def check_decoder(ds: Dataset, name: str | Path) -> None:
@@ -145,7 +194,15 @@ def to_hu(ds: Dataset, name: str | Path = "") -> np.ndarray:
         raise DicomError(name, f"pixel data cannot be decoded ({type(exc).__name__})") from None
     if stored.ndim != 2:
         raise DicomError(name, f"pixel data has shape {stored.shape}, expected one 2-D slice")
-    return np.asarray(apply_modality_lut(stored, ds), dtype=np.float32)
+    for keyword, default in (("RescaleSlope", 1.0), ("RescaleIntercept", 0.0)):
+        float_tag(ds, keyword, default, name)  # checked here: pydicom would multiply by a string
+    try:
+        hu = np.asarray(apply_modality_lut(stored, ds), dtype=np.float32)
+    except Exception as exc:  # a damaged Modality LUT Sequence, or values numpy cannot use
+        raise DicomError(name, f"the modality LUT cannot be applied ({type(exc).__name__})") from None
+    if not np.isfinite(hu).all():
+        raise DicomError(name, "the modality LUT gives values that are not finite numbers")
+    return hu
 
 
 def read_hu(source: str | Path | bytes | BinaryIO, name: str | Path, force: bool = False) -> np.ndarray:

@@ -47,9 +47,13 @@ def file_window(ds: Dataset, name: str = "") -> Window:
         raise DicomError(name, "has no WindowCenter/WindowWidth of its own; use the lung or mediastinal window")
     centre = centre[0] if isinstance(centre, MultiValue) else centre
     width = width[0] if isinstance(width, MultiValue) else width
-    if float(width) <= 0:
+    try:
+        width, centre = float(width), float(centre)
+    except (TypeError, ValueError, OverflowError):
+        raise DicomError(name, "has a WindowCenter/WindowWidth that is not a number") from None
+    if not (width > 0 and np.isfinite(width) and np.isfinite(centre)):
         raise DicomError(name, f"has an invalid WindowWidth ({width})")
-    return Window(float(width), float(centre))
+    return Window(width, centre)
 
 
 def window_hu(hu: np.ndarray, ds: Dataset, window: str = "lung", name: str = "") -> np.ndarray:

@@ -30,6 +30,7 @@ from lungct.errors import LungCTError
 from lungct.evaluation.bootstrap import paired_delta_ci
 from lungct.evaluation.calibrate import HeldOutCheck, plot_reliability, temperature_check
 from lungct.evaluation.calibration import calibration_metrics
+from lungct.evaluation.study_level import study_metrics
 from lungct.run import RunDir, write_json
 from lungct.training.trainer import Trainer
 
@@ -39,6 +40,8 @@ OOF_FILE = "oof_predictions.csv"
 
 # Scalar metrics of metrics.json summarised across folds (per-class ones are added by name).
 HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "ece")
+# Per fold, one result per group (lungct.evaluation.study_level); per-class study recalls are in cv.json.
+STUDY_COLUMNS = ("study.accuracy", "study.balanced_accuracy")
 # Per fold: the temperature fitted on the fold's validation part, and the fold's test ECE after it.
 CALIBRATION_COLUMNS = ("temperature", "ece_calibrated")
 CALIBRATION_KEYS = ("ece", "nll", "brier")
@@ -170,6 +173,7 @@ def cross_validate(
             "fold": k,
             "n_test": metrics["n"],
             **_flatten(metrics),
+            **study_metrics(check.y, check.before, check.groups, run.card().classes),
             "temperature": check.temperature,
             "ece_calibrated": calibration_metrics(check.y, check.after)["ece"],
             "seconds": round(time.time() - t0, 1),
@@ -280,7 +284,7 @@ def _fmt(v: float | None) -> str:
 
 def cv_markdown(result: dict) -> str:
     """The per-fold table and mean ± sd of the headline metrics, for reports and the README."""
-    cols = ["fold", "n_test", *HEADLINE, *CALIBRATION_COLUMNS]
+    cols = ["fold", "n_test", *HEADLINE, *STUDY_COLUMNS, *CALIBRATION_COLUMNS]
     reused = sum(bool(r.get("reused")) for r in result["per_fold"])
     trained = sum(r.get("train_seconds") or 0 for r in result["per_fold"])
     lines = [

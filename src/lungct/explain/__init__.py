@@ -9,7 +9,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "batch": ["BatchResult", "explain_to_folder", "held_out_paths"],
         "cam": ["METHODS", "compute_cams", "to_image_size"],
         "explainer": ["Explainer", "Explanation", "explain"],
-        "layers": ["GROUPS", "default_layer", "layer_group", "resolve_name"],
+        "layers": ["GROUPS", "default_layers", "layer_group", "resolve_name", "resolve_names"],
         "overlay": ["render_overlay", "save_overlay"],
     },
 )

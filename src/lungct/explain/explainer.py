@@ -20,7 +20,7 @@ from lungct.data.images import ImageReadError
 from lungct.data.transforms import prepare_image
 from lungct.errors import LungCTError
 from lungct.explain.cam import METHODS, compute_cams, to_image_size
-from lungct.explain.layers import GROUPS, check_feature_maps, default_layer, layer_group, resolve_name
+from lungct.explain.layers import GROUPS, check_feature_maps, default_layers, layer_group, resolve_names
 
 
 @dataclass
@@ -83,7 +83,7 @@ class Explainer:
             if group not in GROUPS:
                 raise LungCTError(f"unknown layer group {group!r}; choose one of: {', '.join(GROUPS)}")
             return layer_group(self.model, group, self.config, self.card.pretrained, size), group
-        names = [resolve_name(self.model, n) for n in layers] or [default_layer(self.model, self.card.arch)]
+        names = [r for n in layers for r in resolve_names(self.model, n)] or default_layers(self.model, self.card.arch)
         check_feature_maps(self.model, names, size)
         return names, ",".join(names) if layers else "default"
 

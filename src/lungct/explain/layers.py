@@ -34,6 +34,18 @@ class LayerShape:
         return self.calls == 1 and len(self.shape) == 4 and self.shape[-1] * self.shape[-2] > 1
 
 
+def resolve_names(model: nn.Module, name: str) -> list[str]:
+    """The layers `name` means: itself, the backbone's layer of that name, or, in an ensemble with one
+    backbone per member, that layer in every member (their heatmaps are averaged: the ensemble's CAM)."""
+    modules = dict(model.named_modules())
+    members = len(getattr(model, "backbones", ()))
+    if members and name not in modules:
+        names = [f"backbones.{i}.{name.removeprefix('backbone.')}" for i in range(members)]
+        if all(n in modules for n in names):
+            return names
+    return [resolve_name(model, name)]
+
+
 def resolve_name(model: nn.Module, name: str) -> str:
     modules = dict(model.named_modules())
     for candidate in (name, f"backbone.{name}"):
@@ -44,11 +56,11 @@ def resolve_name(model: nn.Module, name: str) -> str:
     raise LungCTError(f"unknown layer {name!r}{hint}")
 
 
-def default_layer(model: nn.Module, arch: str) -> str:
+def default_layers(model: nn.Module, arch: str) -> list[str]:
     spec = get_spec(arch)
     if not spec.cam_layer:
         raise LungCTError(f"backbone {arch} has no default CAM layer; pass --layer NAME")
-    return resolve_name(model, spec.cam_layer)
+    return resolve_names(model, spec.cam_layer)
 
 
 def probe_shapes(model: nn.Module, names: list[str], input_size: int) -> dict[str, LayerShape]:
@@ -97,6 +109,8 @@ def layer_group(model: nn.Module, group: str, cfg: ExperimentConfig, pretrained:
     """Names of the backbone's parameter layers in `group` that output spatial feature maps."""
     if group not in GROUPS:
         raise LungCTError(f"unknown layer group {group!r}; choose one of: {', '.join(GROUPS)}")
+    if not hasattr(model, "backbone"):
+        raise LungCTError(f"layer group {group!r} is not available for an ensemble; name layers with --layer")
     backbone = model.backbone
     names = {id(m): f"backbone.{n}" if n else "backbone" for n, m in backbone.named_modules()}
     layers = [names[id(m)] for m in parameter_layers(backbone)]

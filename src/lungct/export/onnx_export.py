@@ -6,7 +6,8 @@ which the prediction log stores as the embedding for drift reports). Temperature
 softmax(logits / T), so it lives inside the graph and `probabilities` are the calibrated ones. An isotonic
 calibration is a per-class lookup table that ONNX has no tidy operator for: the graph then gives the
 uncalibrated softmax and lungct.inference.Predictor applies calibration.json in numpy. export.json says
-which of the two the graph holds.
+which of the two the graph holds, and records model.onnx's sha256 and the weights hash that
+lungct.export.runtime checks before the graph is used.
 """
 
 from __future__ import annotations
@@ -26,7 +27,15 @@ from lungct.data.splits import load_split
 from lungct.data.transforms import prepare_image
 from lungct.errors import LungCTError
 from lungct.evaluation.calibration import TemperatureScaling, load_calibration
-from lungct.export.runtime import EXPORT_FILE, INPUT_NAME, ONNX_FILE, OUTPUT_NAMES, OnnxModel
+from lungct.export.runtime import (
+    EXPORT_FILE,
+    INPUT_NAME,
+    ONNX_FILE,
+    OUTPUT_NAMES,
+    OnnxModel,
+    file_sha256,
+    weights_hash,
+)
 from lungct.run import RunDir, load_model, model_version, write_json
 
 FORMATS = ("onnx",)
@@ -47,8 +56,7 @@ class ServingGraph(nn.Module):
         self.temperature = temperature
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        features = self.model.backbone(x)
-        logits = self.model.head(features)
+        logits, features = self.model.forward_with_features(x)
         scaled = logits / self.temperature if self.temperature else logits
         return torch.softmax(scaled, dim=1), logits, features
 
@@ -152,7 +160,9 @@ def export_onnx(run_dir: str | Path, fmt: str = "onnx", opset: int = DEFAULT_OPS
     info = {
         "format": "onnx",
         "file": ONNX_FILE,
+        "sha256": file_sha256(target),  # checked at load: a replaced model.onnx is not trusted
         "model_version": version,
+        "weights_hash": weights_hash(version),  # what staleness compares; independent of the run's folder name
         "arch": card.arch,
         "classes": list(card.classes),
         "opset": opset,

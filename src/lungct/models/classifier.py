@@ -21,17 +21,26 @@ class CTClassifier(nn.Module):
     def __init__(self, backbone: nn.Module, num_classes: int, head: HeadConfig):
         super().__init__()
         self.backbone = backbone
-        layers: list[nn.Module] = []
         # timm's pooled output is head_hidden_size wide where a pre-logits stage exists (VGG, MobileNetV3)
         width = getattr(backbone, "head_hidden_size", None) or backbone.num_features
+        self.head = self.make_head(width, num_classes, head)
+
+    @staticmethod
+    def make_head(width: int, num_classes: int, head: HeadConfig) -> nn.Sequential:
+        layers: list[nn.Module] = []
         for hidden in head.hidden:
             layers += [nn.Dropout(head.dropout), nn.Linear(width, hidden), nn.ReLU(inplace=True)]
             width = hidden
         layers += [nn.Dropout(head.dropout), nn.Linear(width, num_classes)]
-        self.head = nn.Sequential(*layers)
+        return nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
+
+    def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, pooled backbone features): what prediction, export and drift embeddings share."""
+        features = self.backbone(x)
+        return self.head(features), features
 
 
 @dataclass
@@ -44,21 +53,30 @@ class Backbone:
 
 
 def create_backbone(
-    arch: str, weights: str | None, num_classes: int = 0, color: str = "grey", input_size: int | None = None
+    arch: str,
+    weights: str | None,
+    num_classes: int = 0,
+    color: str = "grey",
+    input_size: int | None = None,
+    global_pool: str = "avg",
 ) -> Backbone:
     """Build a backbone (pooled features when num_classes=0) with its weights and preprocessing.
 
     weights: a local file, "hub" (timm's usual download), or None (random initial weights).
+    global_pool: timm's pooling of the last feature map (avg, max, avgmax, catavgmax); max keeps the signal
+    of a lesion that covers a few cells of the map, which an average over the whole slice dilutes.
     """
     spec = get_spec(arch)
     meta: dict[str, str] = {}
     if spec.builder is not None:
         if weights not in (None, "hub"):
             raise LungCTError(f"{arch} is trained from scratch and takes no --weights")
+        if global_pool != "avg":
+            raise LungCTError(f"{arch} pools by average only; remove model.pool")
         module, timm_name, pretrained, source = spec.builder(), arch, False, "random init (from scratch)"
     else:
         timm_name = spec.resolve_timm_name()
-        kwargs: dict = {"num_classes": num_classes}
+        kwargs: dict = {"num_classes": num_classes, "global_pool": global_pool}
         if weights is None:
             module, pretrained, source = timm.create_model(timm_name, **kwargs), False, "random init"
         elif weights == "hub":
@@ -92,5 +110,5 @@ def create_backbone(
 
 
 def build_classifier(cfg: ModelConfig, num_classes: int, color: str = "grey") -> tuple[CTClassifier, Backbone]:
-    backbone = create_backbone(cfg.arch, cfg.weights, 0, color, cfg.input_size)
+    backbone = create_backbone(cfg.arch, cfg.weights, 0, color, cfg.input_size, cfg.pool)
     return CTClassifier(backbone.module, num_classes, cfg.head), backbone

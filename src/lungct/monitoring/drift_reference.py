@@ -1,7 +1,7 @@
 """The drift reference: what the model's inputs and outputs looked like on the data it was built from.
 
 Computed from the run's split exactly as the prediction log is filled: intensity statistics of the decoded
-slice (predlog.image_stats), the model's pooled backbone features (`model.backbone(batch)`, the head's input)
+slice (predlog.image_stats), the model's pooled backbone features (the head's input)
 and the served probabilities (Predictor, calibration included), with each image's part and group.
 Two parts, for two kinds of quantity:
 
@@ -89,7 +89,7 @@ def describe_images(predictor: Predictor, images: Iterable[Image.Image], batch_s
     def flush() -> None:
         tensors = torch.stack([prepare_image(img, predictor.card.preprocess) for img in batch])
         with torch.inference_mode():
-            embeddings.append(predictor.model.backbone(tensors).float().numpy())
+            embeddings.append(predictor.model.forward_with_features(tensors)[1].float().numpy())
         probs.append(predictor.probabilities(tensors))
         stats.extend([image_stats(img)[k] for k in STAT_KEYS] for img in batch)
         batch.clear()

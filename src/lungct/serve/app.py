@@ -13,6 +13,7 @@ served concurrently and the event loop only moves bytes.
 from __future__ import annotations
 
 import base64
+import logging
 import time
 from contextlib import asynccontextmanager
 from typing import Annotated, Literal
@@ -27,6 +28,8 @@ from lungct.serve.errors import ERROR_SCHEMA, ApiError, install_error_handlers
 from lungct.serve.service import ModelService
 from lungct.serve.settings import ServeSettings
 from lungct.serve.uploads import Upload, read_uploads
+
+log = logging.getLogger("lungct.serve")
 
 ERRORS = {
     status: {"description": text, "content": {"application/json": {"schema": ERROR_SCHEMA}}}
@@ -159,6 +162,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
                     "max_batch_files": s.settings.max_batch_files,
                     "max_batch_mb": s.settings.max_batch_mb,
                     "max_pixels": s.settings.max_pixels,
+                    "explain_max_side": s.settings.explain_max_side,
                 },
             }
         )
@@ -278,5 +282,9 @@ def _run_batch(s: ModelService, uploads: list[Upload]) -> list[dict]:
             slots.append(None)
         except ApiError as exc:
             slots.append({"file": name, "error": {"code": exc.code, "message": exc.message, "status": exc.status}})
+        except Exception:  # a bug, not the client's fault: logged, and only this file fails
+            log.exception("unexpected error decoding a batch file")
+            message = "internal server error; the server log has the details"
+            slots.append({"file": name, "error": {"code": "internal_error", "message": message, "status": 500}})
     predictions = iter(s.predict(decoded))
     return [slot if slot is not None else next(predictions) for slot in slots]

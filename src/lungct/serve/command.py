@@ -21,6 +21,9 @@ def serve_command(
     max_batch_files: Annotated[int | None, typer.Option("--max-batch-files", help="default 200")] = None,
     max_batch_mb: Annotated[float | None, typer.Option("--max-batch-mb", help="default 200")] = None,
     max_pixels: Annotated[int | None, typer.Option("--max-pixels", help="default 64000000")] = None,
+    explain_max_side: Annotated[
+        int | None, typer.Option("--explain-max-side", help="largest side of an explain overlay PNG (default 1024)")
+    ] = None,
     workers: Annotated[int | None, typer.Option("--workers", help="model calls at once (default 2)")] = None,
     threads: Annotated[int | None, typer.Option("--threads", help="threads per model call")] = None,
     log: Annotated[Path | None, typer.Option("--log", help="prediction log; default RUN/predictions.sqlite")] = None,
@@ -51,6 +54,7 @@ def serve_command(
         "max_batch_files": max_batch_files,
         "max_batch_mb": max_batch_mb,
         "max_pixels": max_pixels,
+        "explain_max_side": explain_max_side,
         "workers": workers,
         "threads": threads,
         "log_path": log,

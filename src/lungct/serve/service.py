@@ -207,7 +207,8 @@ class ModelService:
                 explanation = explainer.explain_images([img], method=method, target=target, paths=[name])[0]
             except LungCTError as exc:
                 raise ApiError(400, "invalid_parameter", str(exc)) from None
-        return explanation, render_overlay(explanation, self.card.preprocess)
+        png = render_overlay(explanation, self.card.preprocess, max_side=self.settings.explain_max_side)
+        return explanation, png
 
     def close(self) -> None:
         if self.log is not None:

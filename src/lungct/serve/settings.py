@@ -2,7 +2,8 @@
 
 The defaults suit CT slices (a 512x512 JPEG is ~50 kB, a DICOM slice ~0.5 MB) with wide margins, and keep a
 hostile client from exhausting memory: at most max_batch_mb of uploads and unpacked zip content per
-request, each image at most max_pixels once decoded.
+request, each image at most max_pixels once decoded, and each explanation overlay at most explain_max_side
+pixels wide and high whatever the upload's shape.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ class ServeSettings(BaseSettings):
     max_batch_mb: float = Field(200.0, gt=0, description="largest batch request, and largest unpacked total")
     max_pixels: int = Field(64_000_000, ge=1, description="largest decoded image (width x height)")
     max_zip_ratio: float = Field(100.0, ge=1, description="highest compression ratio of a zip member over 1 MB")
+    explain_max_side: int = Field(
+        1024, ge=64, le=8192, description="largest width or height of a /v1/explain overlay PNG, in pixels"
+    )
     workers: int = Field(2, ge=1, le=64, description="model calls running at once (threadpool limiter)")
     threads: int | None = Field(None, ge=1, le=64, description="intra-op threads per model call")
     log_path: Path | None = Field(None, description="prediction log (SQLite); default RUN/predictions.sqlite")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 import random
 import shutil
 import time
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, WeightedRandomSampler
 from tqdm import tqdm
 
 from lungct.config import ExperimentConfig, save_config
@@ -55,11 +56,12 @@ def seed_everything(seed: int) -> None:
 def plan_phases(cfg: ExperimentConfig, pretrained: bool) -> list[Phase]:
     t = cfg.train
     if not pretrained:
-        return [Phase("all", t.phase1.epochs + t.phase2.epochs, t.phase1.lr, -1)]
+        return [Phase("all", max(1, t.phase1.epochs + t.phase2.epochs), t.phase1.lr, -1)]
+    probe = t.phase1.solver == "logistic"  # one closed-form fit, whatever phase1.epochs says
     return [
         p
         for p in (
-            Phase("head", t.phase1.epochs, t.phase1.lr, None),
+            Phase("head", 1 if probe else t.phase1.epochs, 0.0 if probe else t.phase1.lr, None),
             Phase("finetune", t.phase2.epochs, t.phase2.lr, t.phase2.unfreeze),
         )
         if p.epochs > 0
@@ -87,6 +89,7 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.run = RunDir(out)
         self.progress = progress
+        self.overwrite = overwrite
         summary = self.run.read_summary() if self.run.path.is_dir() else {}
         if summary.get("status") == "complete":
             if not overwrite:
@@ -94,9 +97,29 @@ class Trainer:
             shutil.rmtree(self.run.path)
         self.run.path.mkdir(parents=True, exist_ok=True)
 
+    def _resumable(self) -> bool:
+        """An interrupted run resumes only under the config it started with: mixing two recipes is refused,
+        and --overwrite starts afresh instead."""
+        if not self.run.config.is_file():
+            return True
+        from lungct.config import load_config
+
+        changed = changed_fields(load_config(self.run.config).model_dump(), self.cfg.model_dump())
+        if changed and self.overwrite:
+            log.info("%s: the interrupted run used another config (%s); starting afresh", self.run.path, changed)
+            shutil.rmtree(self.run.path)
+            self.run.path.mkdir(parents=True)
+            return False
+        if changed:
+            raise LungCTError(
+                f"{self.run.path} holds an interrupted run made with another config ({', '.join(changed)} differ); "
+                "run it again with the same config to resume, or pass --overwrite to start afresh"
+            )
+        return True
+
     # -- data ---------------------------------------------------------------------------------------
     def _items(self) -> tuple[list[SplitItem], list[dict]]:
-        if self.run.checkpoint.is_file() and self.run.split.is_file():
+        if self.run.checkpoint.is_file() and self.run.split.is_file() and self._resumable():
             log.info("resuming: reusing the split in %s", self.run.split)
             return load_split(self.run.split), self.run.read_summary().get("skipped", [])
         data = prepare_data(self.cfg, self.progress)
@@ -109,13 +132,21 @@ class Trainer:
             [i.path for i in items], [self.class_index[i.label] for i in items], self.card.preprocess, transform
         )
         gen = torch.Generator().manual_seed(self.cfg.seed)
+        sampler = None
+        if shuffle and self.cfg.train.sampler == "balanced":  # every class drawn equally often, with replacement
+            labels = np.asarray(ds.targets)
+            weights = 1.0 / np.bincount(labels)[labels]
+            sampler = WeightedRandomSampler(torch.as_tensor(weights), len(labels), replacement=True, generator=gen)
+        mixing = self.cfg.train.mixup > 0 or self.cfg.train.cutmix > 0
         return DataLoader(
             ds,
             batch_size=self.cfg.train.batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
             generator=gen,
             num_workers=self.cfg.train.num_workers,
             persistent_workers=self.cfg.train.num_workers > 0,
+            drop_last=shuffle and mixing and len(ds) > self.cfg.train.batch_size,  # timm's Mixup pairs a batch
         )
 
     # -- one epoch ----------------------------------------------------------------------------------
@@ -124,15 +155,21 @@ class Trainer:
         self.model.train(training)
         if training and self.cfg.train.freeze_batchnorm and self.card.pretrained:
             freeze_batchnorm_stats(self.model.backbone)
+        model = self.model if training or self.ema is None else self.ema.module
         total, preds, targets = 0.0, [], []
         with torch.set_grad_enabled(training):
             for x, y in tqdm(loader, desc=desc, disable=not self.progress, leave=False):
-                logits = self.model(x)
-                loss = self.criterion(logits, y)
+                target = y
+                if training and self.mixup is not None and len(y) % 2 == 0:
+                    x, target = self.mixup(x, y)  # soft targets; CrossEntropyLoss takes class probabilities
+                logits = model(x)
+                loss = self.criterion(logits, target)
                 if training:
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
+                    if self.ema is not None:
+                        self.ema.update(self.model)
                 total += loss.item() * len(y)
                 preds.append(logits.argmax(1).numpy())
                 targets.append(y.numpy())
@@ -174,6 +211,7 @@ class Trainer:
             backbone.pretrained,
             backbone.weights_source,
             cfg.data.positive_class,
+            cfg.model.pool,
         )
         if not backbone.pretrained:
             log.warning(
@@ -186,7 +224,18 @@ class Trainer:
             w = np.ones(len(classes), dtype=np.float32)
             w[present] = compute_class_weight("balanced", classes=present, y=np.asarray(train_labels))
             weights = torch.tensor(w, dtype=torch.float32)
-        self.criterion = nn.CrossEntropyLoss(weight=weights)
+        t = cfg.train
+        self.mixup = None
+        if t.mixup > 0 or t.cutmix > 0:
+            from timm.data import Mixup
+
+            # label smoothing moves into the mixed targets
+            self.mixup = Mixup(
+                mixup_alpha=t.mixup, cutmix_alpha=t.cutmix, label_smoothing=t.label_smoothing, num_classes=len(classes)
+            )
+        smoothing = 0.0 if self.mixup is not None else t.label_smoothing
+        self.criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=smoothing)
+        self.ema = None
         save_config(cfg, self.run.config)
         write_json(self.run.model_json, self.card.to_dict())
         counts = part_counts(items)
@@ -202,6 +251,9 @@ class Trainer:
 
         train_loader = self._loader(by_part["train"], train_transform(self.card.preprocess, cfg.train.augment), True)
         val_loader = self._loader(by_part["val"], eval_transform(self.card.preprocess), False)
+        if cfg.train.phase1.solver == "logistic":  # frozen features of unaugmented slices
+            self._probe_loader = self._loader(by_part["train"], eval_transform(self.card.preprocess), False)
+            self._probe_groups = [i.group for i in by_part["train"]]
         self._fit_phases(plan_phases(cfg, backbone.pretrained), train_loader, val_loader)
         self._write_summary("complete", counts, skipped, started)
         self.run.checkpoint.unlink(missing_ok=True)
@@ -214,7 +266,7 @@ class Trainer:
         monitor = self.cfg.train.early_stopping.monitor
         patience = self.cfg.train.early_stopping.patience
         state = {"phase": 0, "epoch": 0, "best": -float("inf"), "bad": 0, "history": []}
-        resume = torch.load(self.run.checkpoint, weights_only=False) if self.run.checkpoint.is_file() else None
+        resume = self._load_checkpoint()
         if resume:
             state = resume["state"]
             log.info("resuming from phase %d, epoch %d", state["phase"] + 1, state["epoch"])
@@ -224,10 +276,14 @@ class Trainer:
             if index > 0 and self.run.weights.is_file():
                 load_weights(self.model, self.run.weights)  # fine-tune from the best head
             self._set_phase(phase)
-            optimizer = build_optimizer(self.model, phase.lr, self.cfg.train)
-            scheduler = build_scheduler(optimizer, self.cfg.train)
+            decay = self.cfg.train.layer_decay if phase.name != "head" else None
+            optimizer = build_optimizer(self.model, phase.lr, self.cfg.train, decay)
+            scheduler = build_scheduler(optimizer, self.cfg.train, phase.epochs)
+            self.ema = self._new_ema(phase)
             if resume and index == state["phase"]:
                 self.model.load_state_dict(resume["model"])
+                if self.ema is not None and resume.get("ema"):
+                    self.ema.module.load_state_dict(resume["ema"])
                 optimizer.load_state_dict(resume["optimizer"])
                 if scheduler and resume.get("scheduler"):
                     scheduler.load_state_dict(resume["scheduler"])
@@ -236,25 +292,29 @@ class Trainer:
             else:
                 state.update(phase=index, epoch=0, bad=0)
             while state["epoch"] < phase.epochs and state["bad"] < patience:
-                row = self._epoch(phase, state["epoch"], train_loader, val_loader, optimizer)
+                if phase.name == "head" and self.cfg.train.phase1.solver == "logistic":
+                    row = self._probe_epoch(phase, val_loader)
+                else:
+                    row = self._epoch(phase, state["epoch"], train_loader, val_loader, optimizer)
                 if scheduler:
                     scheduler.step()
                 state["history"].append(row)
                 state["epoch"] += 1
                 if _score(row, monitor) > state["best"]:
                     state["best"], state["bad"] = _score(row, monitor), 0
-                    save_weights(self.model, self.run.weights)
+                    save_weights(self.model if self.ema is None else self.ema.module, self.run.weights)
                 else:
                     state["bad"] += 1
                 self._write_history(state["history"])
                 for callback in self.callbacks:  # tracking, pruning; may raise to stop the run (e.g. a pruned trial)
                     callback({**row, "step": len(state["history"])})
-                torch.save(
+                save_checkpoint(
                     {
                         "state": state,
                         "model": self.model.state_dict(),
                         "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict() if scheduler else None,
+                        "ema": self.ema.module.state_dict() if self.ema is not None else None,
                         "torch_rng": torch.get_rng_state(),
                         "loader_rng": train_loader.generator.get_state(),
                     },
@@ -264,6 +324,64 @@ class Trainer:
                 log.info("phase %s: early stop after %d epochs without improvement", phase.name, patience)
             resume = None
             state.update(phase=index + 1, epoch=0, bad=0)
+
+    def _new_ema(self, phase: Phase):
+        """timm's weight EMA for a gradient phase (validated and saved in place of the raw weights)."""
+        if self.cfg.train.ema is None or (phase.name == "head" and self.cfg.train.phase1.solver == "logistic"):
+            return None
+        from timm.utils import ModelEmaV3
+
+        return ModelEmaV3(self.model, decay=self.cfg.train.ema)
+
+    def _load_checkpoint(self) -> dict | None:
+        """The last epoch's state, or None; a damaged checkpoint (a kill mid-write by an older version, a
+        full disk) is set aside with a warning and training starts again rather than failing forever."""
+        path = self.run.checkpoint
+        if not path.is_file():
+            return None
+        try:
+            resume = torch.load(path, weights_only=False)
+            if not isinstance(resume, dict) or "state" not in resume:
+                raise ValueError("not a lungct checkpoint")
+            return resume
+        except Exception as exc:  # torch.load raises many types for a truncated or foreign file
+            damaged = path.with_name(path.name + ".damaged")
+            os.replace(path, damaged)
+            self.run.weights.unlink(missing_ok=True)
+            log.warning("%s is damaged (%s); moved to %s and training starts again", path, type(exc).__name__, damaged)
+            return None
+
+    def _probe_epoch(self, phase: Phase, val_loader) -> dict:
+        """The head phase as a linear probe: one logistic-regression fit on frozen features, then validation."""
+        from sklearn.metrics import balanced_accuracy_score
+
+        from lungct.training.probe import fit_probe
+
+        t0 = time.time()
+        fit = fit_probe(
+            self.model.backbone,
+            self.model.head,
+            self._probe_loader,
+            self._probe_groups,
+            len(self.class_index),
+            self.cfg.train.class_weights,
+            self.cfg.seed,
+            self.cfg.train.phase1.c,
+        )
+        val_loss, vp, vt = self._run_epoch(val_loader, None, "validating")
+        row = {
+            "phase": phase.name,
+            "epoch": 1,
+            "lr": 0.0,
+            "train_loss": fit.train_loss,
+            "train_accuracy": fit.train_accuracy,
+            "val_loss": val_loss,
+            "val_accuracy": float((vp == vt).mean()),
+            "val_balanced_accuracy": float(balanced_accuracy_score(vt, vp)),
+            "seconds": time.time() - t0,
+        }
+        log.info("linear probe: val loss %.4f bal-acc %.3f", val_loss, row["val_balanced_accuracy"])
+        return row
 
     def _epoch(self, phase: Phase, epoch: int, train_loader, val_loader, optimizer) -> dict:
         from sklearn.metrics import balanced_accuracy_score
@@ -316,6 +434,28 @@ class Trainer:
                 "train_seconds": round(time.time() - started, 1) if status == "complete" else None,
             },
         )
+
+
+def changed_fields(before: dict, now: dict, prefix: str = "") -> list[str]:
+    """Dotted names of the config fields whose values differ."""
+    out = []
+    for key in sorted(set(before) | set(now)):
+        a, b = before.get(key), now.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += changed_fields(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}")
+    return out
+
+
+def save_checkpoint(payload: dict, path: Path) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename: a kill never leaves half a checkpoint."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as fh:
+        torch.save(payload, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
 
 
 def train(

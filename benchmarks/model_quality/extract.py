@@ -1,0 +1,85 @@
+"""Screening: frozen MobileNetV2 feature maps of every IQ-OTH/NCCD slice, per resolution and field of view.
+
+Cached to runs/screen/feat_<view>_<size>.npz (pooled avg/max/GeM vectors, plus the spatial map at the
+largest size) so heads and pooling can be compared on the same 5 group folds in seconds.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lungct.config import load_config
+from lungct.data.field import lung_field_crop
+from lungct.evaluation.cv import fold_splits, pool_from_config
+from lungct.models.classifier import create_backbone
+
+OUT = Path("runs/screen")
+
+
+def main(sizes: list[int], views: list[str]) -> None:
+    torch.set_num_threads(2)
+    cfg = load_config("configs/iqothnccd.yaml")
+    pool = pool_from_config(cfg, progress=False)
+    OUT.mkdir(parents=True, exist_ok=True)
+    folds = fold_splits(pool, 5, cfg)
+    fold_of = np.zeros(len(pool.paths), dtype=int)
+    parts = np.empty((5, len(pool.paths)), dtype=object)
+    for k, items in enumerate(folds):
+        for i, it in enumerate(items):
+            parts[k, i] = it.part
+            if it.part == "test":
+                fold_of[i] = k
+    np.savez(
+        OUT / "pool.npz",
+        paths=np.array(pool.paths),
+        labels=np.array(pool.labels),
+        groups=np.array(pool.groups),
+        fold=fold_of,
+        parts=parts.astype(str),
+    )
+    bb = create_backbone(cfg.model.arch, cfg.model.weights, 0, "grey")
+    net = bb.module.eval()
+    mean = torch.tensor(bb.preprocess.mean).view(1, 3, 1, 1)
+    std = torch.tensor(bb.preprocess.std).view(1, 3, 1, 1)
+    from PIL import Image
+
+    for view in views:
+        imgs = []
+        for p in pool.paths:
+            im = Image.open(p).convert("L")
+            if view == "crop":
+                im = lung_field_crop(im)
+            imgs.append(im)
+        for size in sizes:
+            target = OUT / f"feat_{view}_{size}.npz"
+            if target.exists():
+                continue
+            t0 = time.time()
+            avg, mx, gem, maps = [], [], [], []
+            for im in imgs:
+                x = torch.from_numpy(np.asarray(im.resize((size, size), Image.BILINEAR), dtype=np.float32) / 255.0)
+                x = x.expand(1, 3, size, size)
+                x = (x - mean) / std
+                batch = torch.cat([x, x.flip(-1)])
+                with torch.no_grad():
+                    fm = net.forward_features(batch)  # (2, C, h, w)
+                avg.append(fm.mean((2, 3)).numpy())
+                mx.append(fm.amax((2, 3)).numpy())
+                gem.append(fm.clamp(min=1e-6).pow(3).mean((2, 3)).pow(1 / 3).numpy())
+                if size == max(sizes):
+                    maps.append(fm[0].numpy().astype(np.float16))
+            extra = {"maps": np.stack(maps)} if maps else {}
+            np.savez(target, avg=np.stack(avg), max=np.stack(mx), gem=np.stack(gem), **extra)
+            print(
+                f"{view} {size}: {time.time() - t0:.0f}s ({(time.time() - t0) / len(imgs) * 1000:.0f} ms/img, 2 views)",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main([int(s) for s in sys.argv[1].split(",")], sys.argv[2].split(","))

@@ -1,0 +1,27 @@
+"""`lungct ensemble`: parse, call lungct.ensemble, print (the command is registered in lungct.cli)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def ensemble_command(
+    cv: Annotated[Path, typer.Option("--cv", help="a finished `lungct cv` folder")],
+    out: Annotated[Path, typer.Option("--out", help="run directory to create")],
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace what is in --out")] = False,
+) -> None:
+    """The fold models of a cv folder as one run (mean probability), usable by every command."""
+    from lungct.cli import _setup_logging
+    from lungct.ensemble.build import build_ensemble
+
+    _setup_logging(True)
+    run = build_ensemble(cv, out, overwrite)
+    summary = run.read_summary()
+    counts = summary["counts"]
+    typer.echo(
+        f"wrote {run.path}: {summary['ensemble']['members']} members "
+        f"(shared backbone: {summary['ensemble']['shared_backbone']}); split {counts}"
+    )

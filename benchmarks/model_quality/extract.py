@@ -17,6 +17,7 @@ from lungct.config import load_config
 from lungct.data.field import lung_field_crop
 from lungct.evaluation.cv import fold_splits, pool_from_config
 from lungct.models.classifier import create_backbone
+from lungct.models.tiles import to_tiles
 
 OUT = Path("runs/screen")
 
@@ -55,6 +56,22 @@ def main(sizes: list[int], views: list[str]) -> None:
             if view == "crop":
                 im = lung_field_crop(im)
             imgs.append(im)
+        if view == "tiles":  # native 512 px, 3x3 overlapping 224 px tiles: per-tile pooled features
+            target = OUT / "feat_tiles_512.npz"
+            if not target.exists():
+                t0 = time.time()
+                feats = []
+                for im in imgs:
+                    x = torch.from_numpy(np.asarray(im.resize((512, 512), Image.BILINEAR), dtype=np.float32) / 255.0)
+                    x = (x.expand(1, 3, 512, 512) - mean) / std
+                    batch = torch.cat([x, x.flip(-1)])
+                    tiles = to_tiles(batch, 224, 144)  # (2, 9, 3, 224, 224)
+                    with torch.no_grad():
+                        f = net.forward_features(tiles.flatten(0, 1)).mean((2, 3)).view(2, 9, -1)
+                    feats.append(f.numpy())
+                np.savez(target, tiles=np.stack(feats))
+                print(f"tiles 512: {time.time() - t0:.0f}s", flush=True)
+            continue
         for size in sizes:
             target = OUT / f"feat_{view}_{size}.npz"
             if target.exists():

@@ -27,6 +27,11 @@ SCREEN_C = 0.01  # screening: the C inner group CV chose most often on full-224-
 
 def load(view: str, size: int, pool: str) -> np.ndarray:
     z = np.load(SCREEN / f"feat_{view}_{size}.npz")
+    if view == "tiles":  # (n, 2, 9, d): pool over the tiles
+        t = z["tiles"]
+        if pool == "catavgmax":
+            return np.concatenate([t.mean(2), t.max(2)], axis=-1)
+        return t.max(2) if pool == "max" else t.mean(2)
     if pool == "catavgmax":
         return np.concatenate([z["avg"], z["max"]], axis=-1)
     return z[pool]  # (n, 2 flips, C)
@@ -104,7 +109,7 @@ def main(filters: list[str]) -> None:
     results = []
     for f in sorted(SCREEN.glob("feat_*.npz")):
         _, view, size = f.stem.split("_")
-        for p in ("avg", "max", "gem", "catavgmax"):
+        for p in ("avg", "max", "catavgmax") if view == "tiles" else ("avg", "max", "gem", "catavgmax"):
             name = f"{view}-{size}-{p}"
             if filters and not any(s in name for s in filters):
                 continue

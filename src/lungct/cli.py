@@ -148,10 +148,12 @@ def predict(
     DICOM slices are named by file name only: folder names of DICOM exports often carry the patient's name.
     """
     from lungct.data.images import is_dicom_file
-    from lungct.inference import Predictor
+    from lungct.inference import Predictor, unfinished_run
 
     _setup_logging(True)
     predictor = Predictor(run, tta=tta)
+    if (reason := unfinished_run(run)) is not None:
+        typer.echo(f"lungct: warning: {reason}", err=True)
     for result in predictor.predict(paths):
         if is_dicom_file(result["path"]):
             result = {"file": Path(result.pop("path")).name, **result}

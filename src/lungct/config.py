@@ -42,6 +42,8 @@ class DataConfig(_Strict):
     color: Literal["grey", "rgb"] = "grey"  # grey: every image becomes one channel replicated to three
     # Hounsfield window for DICOM input (see lungct.dicom); stack3 = lung/mediastinal/bone as 3 channels
     dicom_window: Literal["lung", "mediastinal", "file", "stack3"] = "lung"
+    # full: the whole slice; body: each slice cropped to the body's square field of view (lungct.data.field)
+    field: Literal["full", "body"] = "full"
     positive_class: str | None = None  # for binary metrics and operating points
     max_images_per_class: int | None = Field(None, ge=1)  # small subsets for tests and quick looks
 

@@ -7,6 +7,7 @@ run's model.onnx with ONNX Runtime when that export matches the run's current we
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Iterable, Iterator
@@ -31,16 +32,43 @@ log = logging.getLogger("lungct")
 
 
 def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
-    """Folders become the image files under them (natural order); files are kept even if not images."""
+    """Folders become the image files under them (natural order); files are kept even if not images.
+
+    A folder member with an image name that is not a regular file (a FIFO, device or socket) is kept too, so
+    that its result says "not a regular file" instead of it vanishing; nothing here opens it.
+    """
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
             out += sorted(
-                (f for f in p.rglob("*") if f.is_file() and is_image_file(f)), key=lambda f: natural_key(str(f))
+                (f for f in p.rglob("*") if is_image_file(f) and f.exists() and not f.is_dir()),
+                key=lambda f: natural_key(str(f)),
             )
         else:
             out.append(p)
     return out
+
+
+def unfinished_run(run_dir: str | Path) -> str | None:
+    """Why a run is not finished (summary.json's status is not "complete"), or None when it is.
+
+    Training writes model.json and model.safetensors long before it ends, so a run that is still training
+    (or was interrupted) predicts with an intermediate checkpoint; callers warn about that. A run without
+    summary.json (made by hand, or by an older lungct) is not judged.
+    """
+    path = Path(run_dir) / "summary.json"
+    if not path.is_file():
+        return None
+    try:
+        status = json.loads(path.read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return f"{path} cannot be read, so whether training finished is unknown"
+    if status == "complete":
+        return None
+    return (
+        f"{Path(run_dir)} is an unfinished run (summary.json status {status!r}, not 'complete'): "
+        "its weights are an intermediate checkpoint"
+    )
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:

@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from lungct.config import HeadConfig
 from lungct.data.transforms import Preprocess
 from lungct.errors import LungCTError
+from lungct.files import atomic_write
 
 
 @dataclass
@@ -117,16 +118,6 @@ def model_version(run: RunDir) -> str:
 
 def write_json(path: Path, data: dict) -> None:
     atomic_write(path, json.dumps(data, indent=2).encode())
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write then rename, so an interruption never leaves a half-written file behind."""
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def save_weights(model: torch.nn.Module, path: Path) -> None:

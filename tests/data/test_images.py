@@ -1,4 +1,6 @@
 import io
+import os
+import threading
 
 import numpy as np
 import pytest
@@ -42,7 +44,7 @@ def test_bad_files_raise_a_named_reason(tmp_path, content, reason):
 
 
 def test_folder_and_missing_file(tmp_path):
-    with pytest.raises(ImageReadError, match="not a file"):
+    with pytest.raises(ImageReadError, match="not a regular file"):
         load_image(tmp_path)
     with pytest.raises(ImageReadError, match="file not found"):
         load_image(tmp_path / "nope.png")
@@ -59,3 +61,42 @@ def test_bytes_from_an_upload_decode_like_files():
     Image.new("RGB", (8, 6), (10, 20, 30)).save(buf, format="JPEG")
     buf.seek(0)
     assert open_image(buf, "upload.jpg").size == (8, 6)
+
+
+def _float_tiff(path, values):
+    Image.fromarray(np.asarray(values, dtype=np.float32), mode="F").save(path, format="TIFF")
+    return path
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_float_images_with_non_finite_pixels_are_refused(tmp_path, bad):
+    """They used to become a blank (all-zero) slice that the model still labelled with confidence."""
+    path = _float_tiff(tmp_path / "scan.tif", [[0.0, 1.0, 2.0], [3.0, bad, 5.0]])
+    with pytest.raises(ImageReadError, match="non-finite pixel values") as info:
+        load_image(path)
+    assert info.value.path == str(path)
+    with pytest.raises(ImageReadError, match="non-finite pixel values"):
+        open_image(io.BytesIO(path.read_bytes()), "upload.tif")
+
+
+def test_float_images_spanning_the_whole_float32_range_rescale(tmp_path):
+    path = _float_tiff(tmp_path / "wide.tif", [[-3e38, 0.0], [1e38, 3e38]])
+    out = np.asarray(load_image(path))
+    assert out.min() == 0 and out.max() == 255 and out[0, 1] in (127, 128)
+
+
+def test_special_files_are_not_regular_files(tmp_path):
+    fifo = tmp_path / "slice.png"
+    os.mkfifo(fifo)
+    with pytest.raises(ImageReadError, match="not a regular file"):
+        load_image(fifo)
+    # The DICOM header check used to open the FIFO and block for ever (`lungct predict` hung on it); run in a
+    # thread so that a regression fails here instead of hanging the suite.
+    answers: list[bool] = []
+    thread = threading.Thread(target=lambda: answers.append(images.is_dicom_file(fifo)), daemon=True)
+    thread.start()
+    thread.join(10)
+    if thread.is_alive():  # unblock the reader: a writer opening and closing the FIFO gives it end-of-file
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    assert answers == [False]
+    assert images.is_dicom_file("/dev/null") is False

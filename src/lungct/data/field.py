@@ -46,16 +46,21 @@ def body_box(img: Image.Image) -> tuple[int, int, int, int] | None:
     return round(left * sx), round(top * sy), round(right * sx), round(bottom * sy)
 
 
-def square_box(box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
-    """`box` grown by the margin and to a square around its centre (it may extend past the image)."""
+def padded_box(box: tuple[int, int, int, int], width: int, height: int) -> tuple[int, int, int, int]:
+    """`box` grown by the margin on every side, within the image."""
     left, top, right, bottom = box
-    side = round(max(right - left, bottom - top) * (1 + 2 * MARGIN))
-    x0 = round((left + right - side) / 2)
-    y0 = round((top + bottom - side) / 2)
-    return x0, y0, x0 + side, y0 + side
+    pad = round(max(right - left, bottom - top) * MARGIN)
+    return max(0, left - pad), max(0, top - pad), min(width, right + pad), min(height, bottom + pad)
 
 
 def lung_field_crop(img: Image.Image) -> Image.Image:
-    """The square field of view around the body (black outside the slice), or `img` itself if none is found."""
+    """The body on a black square (aspect kept; nothing outside the body's box, so no table), or `img` itself
+    if no body is found."""
     box = body_box(img)
-    return img if box is None else img.crop(square_box(box))
+    if box is None:
+        return img
+    region = img.crop(padded_box(box, *img.size))
+    side = max(region.size)
+    square = Image.new(img.mode, (side, side))
+    square.paste(region, ((side - region.width) // 2, (side - region.height) // 2))
+    return square

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -41,7 +42,7 @@ def open_image(source, name: str | Path, color: str = "grey", dicom_window: str 
                     raise ImageReadError(name, f"image too large ({w}x{h} pixels)")
                 img.load()
                 if img.mode in ("I;16", "I;16B", "I", "F"):
-                    img = _rescale_to_8bit(img)
+                    img = _rescale_to_8bit(img, name)
                 return img.convert("L" if color == "grey" else "RGB")
     except ImageReadError:
         raise
@@ -59,8 +60,8 @@ def load_image(path: str | Path, color: str = "grey", dicom_window: str | None =
     path = Path(path)
     if not path.exists():
         raise ImageReadError(path, "file not found")
-    if not path.is_file():
-        raise ImageReadError(path, "not a file")
+    if not path.is_file():  # a folder, FIFO, device or socket: opening some of them would block for ever
+        raise ImageReadError(path, "not a regular file")
     if path.stat().st_size == 0:
         raise ImageReadError(path, "empty file")
     return open_image(path, path, color, dicom_window)
@@ -78,6 +79,8 @@ def _is_dicom(source, name: str | Path) -> bool:
     if Path(str(name)).suffix.lower() in DICOM_SUFFIXES:
         return True
     if isinstance(source, (str, Path)):
+        if not os.path.isfile(source):  # only regular files are opened: a FIFO would block the read
+            return False
         try:
             with open(source, "rb") as fh:
                 return has_dicom_preamble(fh.read(132))
@@ -102,10 +105,16 @@ def _open_dicom(source, name: str | Path, color: str, dicom_window: str | None) 
         raise ImageReadError(name, f"unreadable DICOM file ({type(exc).__name__})") from None
 
 
-def _rescale_to_8bit(img: Image.Image) -> Image.Image:
+def _rescale_to_8bit(img: Image.Image, name: str | Path = "image") -> Image.Image:
+    """A 16-bit, 32-bit integer or float image stretched to 0..255; NaN or infinite pixels are refused.
+
+    float64 throughout: the span of a float32 image (e.g. -3e38..3e38) overflows float32 arithmetic.
+    """
     import numpy as np
 
-    arr = np.asarray(img, dtype=np.float32)
+    arr = np.asarray(img, dtype=np.float64)
+    if not np.isfinite(arr).all():  # they used to become a blank slice that still got a confident label
+        raise ImageReadError(name, "non-finite pixel values (NaN or infinity) in a floating-point image")
     lo, hi = float(arr.min()), float(arr.max())
     scaled = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
     return Image.fromarray(scaled.astype(np.uint8), mode="L")

@@ -15,6 +15,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
 from lungct.errors import LungCTError
+from lungct.files import atomic_csv
 
 # "calib" is optional: whole groups held out for calibration and operating points only. Validation also picks
 # the early-stopping epoch, so probabilities on it are optimistically fitted; a part no choice has touched
@@ -98,10 +99,7 @@ def part_counts(items: list[SplitItem]) -> dict[str, dict[str, int]]:
 
 
 def save_split(items: list[SplitItem], path: Path) -> None:
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["path", "label", "group", "part"])
-        writer.writerows((i.path, i.label, i.group, i.part) for i in items)
+    atomic_csv(path, ["path", "label", "group", "part"], ((i.path, i.label, i.group, i.part) for i in items))
 
 
 def load_split(path: Path) -> list[SplitItem]:

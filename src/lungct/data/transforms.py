@@ -28,6 +28,7 @@ class Preprocess:
     crop_pct: float = 1.0
     color: str = "grey"
     dicom_window: str | None = None  # lungct.dicom window; None (older runs): lung, or stack3 for rgb
+    field: str = "full"  # full: the whole slice; body: cropped to the body first (lungct.data.field)
 
     @property
     def resize_to(self) -> int:
@@ -35,13 +36,21 @@ class Preprocess:
 
     def load(self, path: str | Path) -> Image.Image:
         """Decode a file as this model sees it (grey/RGB, DICOM window): the one place callers get that from."""
-        return load_image(path, self.color, self.dicom_window)
+        return self.apply_field(load_image(path, self.color, self.dicom_window))
 
     def load_bytes(self, data: bytes, name: str = "upload") -> Image.Image:
         """Decode uploaded bytes (API, app) exactly as `load` decodes a file; `name` only labels errors."""
         if not data:
             raise ImageReadError(name, "empty file")
-        return open_image(io.BytesIO(data), name, self.color, self.dicom_window)
+        return self.apply_field(open_image(io.BytesIO(data), name, self.color, self.dicom_window))
+
+    def apply_field(self, img: Image.Image) -> Image.Image:
+        """The slice as the model sees it before resizing: whole, or cropped to the body."""
+        if self.field == "body":
+            from lungct.data.field import lung_field_crop
+
+            return lung_field_crop(img)
+        return img
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -56,6 +65,7 @@ class Preprocess:
             float(d.get("crop_pct", 1.0)),
             d.get("color", "grey"),
             d.get("dicom_window"),
+            d.get("field", "full"),
         )
 
 

@@ -38,6 +38,8 @@ def is_dicom_path(path: str | Path) -> bool:
     path = Path(path)
     if path.suffix.lower() in DICOM_SUFFIXES:
         return True
+    if not path.is_file():  # never open a FIFO or device: the read would block
+        return False
     try:
         with path.open("rb") as fh:
             return has_dicom_preamble(fh.read(_PREAMBLE + 4))

@@ -75,7 +75,7 @@ def predict_series(
     probs: list[np.ndarray] = []
     for start in range(0, len(series.slices), batch_size):
         chunk = series.slices[start : start + batch_size]
-        tensors = [prepare_image(to_image(s.dataset, window, pre.color, s.name), pre) for s in chunk]
+        tensors = [prepare_image(pre.apply_field(to_image(s.dataset, window, pre.color, s.name)), pre) for s in chunk]
         probs.append(predictor.probabilities(torch.stack(tensors)))
     all_probs = np.concatenate(probs)
     scores = all_probs[:, classes.index(positive)]

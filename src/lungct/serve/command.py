@@ -21,8 +21,26 @@ def serve_command(
     max_batch_files: Annotated[int | None, typer.Option("--max-batch-files", help="default 200")] = None,
     max_batch_mb: Annotated[float | None, typer.Option("--max-batch-mb", help="default 200")] = None,
     max_pixels: Annotated[int | None, typer.Option("--max-pixels", help="default 64000000")] = None,
+    max_request_pixels: Annotated[
+        int | None, typer.Option("--max-request-pixels", help="decoded pixels per request (default 128000000)")
+    ] = None,
+    max_zip_ratio: Annotated[
+        float | None, typer.Option("--max-zip-ratio", help="highest zip compression ratio (default 100)")
+    ] = None,
     explain_max_side: Annotated[
         int | None, typer.Option("--explain-max-side", help="largest side of an explain overlay PNG (default 1024)")
+    ] = None,
+    explain_concurrency: Annotated[
+        int | None, typer.Option("--explain-concurrency", help="explanations at once (default 1)")
+    ] = None,
+    explain_queue: Annotated[
+        int | None, typer.Option("--explain-queue", help="explanations waiting; past it 503 (default 4)")
+    ] = None,
+    explain_timeout_s: Annotated[
+        float | None, typer.Option("--explain-timeout-s", help="time limit per explanation; past it 504 (default 300)")
+    ] = None,
+    shutdown_timeout_s: Annotated[
+        float | None, typer.Option("--shutdown-timeout-s", help="grace for open requests on shutdown (default 5)")
     ] = None,
     workers: Annotated[int | None, typer.Option("--workers", help="model calls at once (default 2)")] = None,
     threads: Annotated[int | None, typer.Option("--threads", help="threads per model call")] = None,
@@ -54,7 +72,13 @@ def serve_command(
         "max_batch_files": max_batch_files,
         "max_batch_mb": max_batch_mb,
         "max_pixels": max_pixels,
+        "max_request_pixels": max_request_pixels,
+        "max_zip_ratio": max_zip_ratio,
         "explain_max_side": explain_max_side,
+        "explain_concurrency": explain_concurrency,
+        "explain_queue": explain_queue,
+        "explain_timeout_s": explain_timeout_s,
+        "shutdown_timeout_s": shutdown_timeout_s,
         "workers": workers,
         "threads": threads,
         "log_path": log,
@@ -79,6 +103,7 @@ def serve(settings) -> None:
     import torch
     import uvicorn
 
+    from lungct.inference import unfinished_run
     from lungct.serve.app import create_app
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -97,4 +122,21 @@ def serve(settings) -> None:
     )
     if settings.host not in ("127.0.0.1", "localhost", "::1"):
         logging.getLogger("lungct.serve").warning("listening beyond loopback: the API has no authentication")
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", access_log=False)
+    if (reason := unfinished_run(settings.run)) is not None:
+        logging.getLogger("lungct.serve").warning("%s", reason)
+    uvicorn.Server(uvicorn_config(app, settings)).run()
+
+
+def uvicorn_config(app, settings):
+    """uvicorn's settings for `app`: on SIGTERM, open requests get settings.shutdown_timeout_s, then are cancelled
+    (a running explanation's daemon thread is abandoned, never waited for)."""
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        access_log=False,
+        timeout_graceful_shutdown=settings.shutdown_timeout_s,
+    )

@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import logging
+import queue
 import threading
 import time
 import warnings
@@ -45,6 +46,33 @@ class Decoded:
     tensor: torch.Tensor
     stats: dict[str, float]
     decode_ms: float
+
+
+class PixelBudget:
+    """The decoded pixels one request may still use (settings.max_request_pixels), all its images together.
+
+    max_pixels bounds one image; this bounds the request, so that a batch or zip of 200 images each just
+    under max_pixels (a few kB each as PNG) cannot buy minutes of decoding.
+    """
+
+    CODE = "too_many_pixels"
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.used = 0
+
+    def error(self, total: int) -> ApiError:
+        return ApiError(
+            413,
+            self.CODE,
+            f"the images in this request decode to {total:,} pixels, over the {self.limit:,} pixel limit per "
+            "request (max_request_pixels); send fewer or smaller images per request",
+        )
+
+    def take(self, pixels: int) -> None:
+        self.used += pixels
+        if self.used > self.limit:
+            raise self.error(self.used)
 
 
 def check_content_type(name: str, content_type: str) -> None:
@@ -108,17 +136,17 @@ class ModelService:
         self.log = PredictionLog(path) if path is not None else None
         if settings.keep_uploads is not None:
             settings.keep_uploads.mkdir(parents=True, exist_ok=True)
-        self._explainer = None
-        self._explain_lock = threading.Lock()  # Grad-CAM hooks its model, so explanations take turns
+        self._idle_explainers: queue.SimpleQueue = queue.SimpleQueue()  # see _borrow_explainer
+        self._explainer_load = threading.Lock()  # one model load at a time
 
     # -- decoding -------------------------------------------------------------------------------------------
-    def decode(self, name: str, data: bytes, content_type: str = "") -> Decoded:
+    def decode(self, name: str, data: bytes, content_type: str = "", budget: PixelBudget | None = None) -> Decoded:
         """An upload to a model input, or ApiError naming the problem (empty, wrong type, too big, unreadable)."""
         start = time.perf_counter()
         if not data:
             raise ApiError(400, "empty_file", f"{name}: the file is empty (0 bytes)")
         check_content_type(name, content_type)
-        img = self.decode_image(name, data)
+        img = self.decode_image(name, data, budget)
         tensor = prepare_image(img, self.card.preprocess)
         sha256 = hashlib.sha256(data).hexdigest()
         if self.settings.keep_uploads is not None:  # opt-in only; named by content, never by the client's name
@@ -126,14 +154,18 @@ class ModelService:
             (self.settings.keep_uploads / f"{sha256}{suffix}").write_bytes(data)
         return Decoded(name, sha256, tensor, image_stats(img), (time.perf_counter() - start) * 1000)
 
-    def decode_image(self, name: str, data: bytes) -> Image.Image:
+    def decode_image(self, name: str, data: bytes, budget: PixelBudget | None = None) -> Image.Image:
+        """The decoded slice; ApiError 413 past max_pixels (judged on the header first) or the request's budget."""
         limit = self.settings.max_pixels
+        budget = budget or PixelBudget(self.settings.max_request_pixels)
         size = probe_pixels(data)
         if size is not None and size[0] * size[1] > limit:
             w, h = size
             raise ApiError(
                 413, "image_too_large", f"{name}: {w}x{h} pixels is over the {limit / 1e6:g} megapixel limit"
             )
+        if size is not None:
+            budget.take(size[0] * size[1])
         try:
             img = self.card.preprocess.load_bytes(data, name)
         except ImageReadError as exc:
@@ -142,6 +174,8 @@ class ModelService:
             raise ApiError(422, "unreadable_image", f"{name}: {exc.reason}") from None
         if img.width * img.height > limit:  # formats whose header the probe could not read
             raise ApiError(413, "image_too_large", f"{name}: {img.width}x{img.height} pixels is over the limit")
+        if size is None:
+            budget.take(img.width * img.height)
         return img
 
     # -- prediction -----------------------------------------------------------------------------------------
@@ -185,13 +219,17 @@ class ModelService:
         }
 
     # -- explanation ----------------------------------------------------------------------------------------
-    @property
-    def explainer(self):
+    def _borrow_explainer(self):
+        """An idle Explainer, or a new one. Grad-CAM hooks its model, so each running explanation has its own;
+        the app's ExplainGate runs at most explain_concurrency at once, which bounds how many are made."""
         from lungct.explain.explainer import Explainer
 
-        if self._explainer is None:
-            self._explainer = Explainer(self.settings.run, batch_size=1)
-        return self._explainer
+        try:
+            return self._idle_explainers.get_nowait()
+        except queue.Empty:
+            pass
+        with self._explainer_load:
+            return Explainer(self.settings.run, batch_size=1)
 
     def explain(self, name: str, data: bytes, content_type: str, method: str, target: str | None):
         """(Explanation, PNG overlay bytes) for one upload; Grad-CAM runs on the PyTorch model."""
@@ -201,12 +239,13 @@ class ModelService:
             raise ApiError(400, "empty_file", f"{name}: the file is empty (0 bytes)")
         check_content_type(name, content_type)
         img = self.decode_image(name, data)
-        with self._explain_lock:
-            explainer = self.explainer
-            try:
-                explanation = explainer.explain_images([img], method=method, target=target, paths=[name])[0]
-            except LungCTError as exc:
-                raise ApiError(400, "invalid_parameter", str(exc)) from None
+        explainer = self._borrow_explainer()
+        try:
+            explanation = explainer.explain_images([img], method=method, target=target, paths=[name])[0]
+        except LungCTError as exc:
+            raise ApiError(400, "invalid_parameter", str(exc)) from None
+        finally:
+            self._idle_explainers.put(explainer)
         png = render_overlay(explanation, self.card.preprocess, max_side=self.settings.explain_max_side)
         return explanation, png
 

@@ -1,9 +1,11 @@
 """Serving settings: one pydantic object, filled from LUNGCT_SERVE_* environment variables and CLI options.
 
 The defaults suit CT slices (a 512x512 JPEG is ~50 kB, a DICOM slice ~0.5 MB) with wide margins, and keep a
-hostile client from exhausting memory: at most max_batch_mb of uploads and unpacked zip content per
-request, each image at most max_pixels once decoded, and each explanation overlay at most explain_max_side
-pixels wide and high whatever the upload's shape.
+hostile client from exhausting memory or time: at most max_batch_mb of uploads and unpacked zip content per
+request, each image at most max_pixels once decoded and all of a request's images at most max_request_pixels,
+each explanation overlay at most explain_max_side pixels wide and high whatever the upload's shape, and at most
+explain_concurrency explanations at work (explain_queue more waiting, each answered within explain_timeout_s)
+beside the prediction workers.
 """
 
 from __future__ import annotations
@@ -30,9 +32,24 @@ class ServeSettings(BaseSettings):
     max_batch_files: int = Field(200, ge=1, description="most images per batch request, zip members included")
     max_batch_mb: float = Field(200.0, gt=0, description="largest batch request, and largest unpacked total")
     max_pixels: int = Field(64_000_000, ge=1, description="largest decoded image (width x height)")
-    max_zip_ratio: float = Field(100.0, ge=1, description="highest compression ratio of a zip member over 1 MB")
+    max_request_pixels: int = Field(
+        128_000_000, ge=1, description="most decoded pixels per request, all its images and zip members together"
+    )
+    max_zip_ratio: float = Field(
+        100.0, ge=1, description="highest compression ratio of a zip member, or of a whole zip, over 1 MB unpacked"
+    )
     explain_max_side: int = Field(
         1024, ge=64, le=8192, description="largest width or height of a /v1/explain overlay PNG, in pixels"
+    )
+    explain_concurrency: int = Field(
+        1, ge=1, le=16, description="explanations running at once, on their own threads (not the prediction workers)"
+    )
+    explain_queue: int = Field(4, ge=0, le=1000, description="explanations waiting for a slot; past it 503")
+    explain_timeout_s: float = Field(
+        300.0, gt=0, le=86_400, description="time limit of one explanation request, waiting included; past it 504"
+    )
+    shutdown_timeout_s: float = Field(
+        5.0, ge=0, le=3600, description="on SIGTERM, how long unfinished requests get before they are cancelled"
     )
     workers: int = Field(2, ge=1, le=64, description="model calls running at once (threadpool limiter)")
     threads: int | None = Field(None, ge=1, le=64, description="intra-op threads per model call")

@@ -9,11 +9,11 @@ read and dropped (up to DRAIN_BYTES more) so that the client receives the 413 ra
 
 from __future__ import annotations
 
-import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
-from python_multipart.exceptions import MultipartParseError
+from python_multipart.exceptions import FormParserError, MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
@@ -21,7 +21,8 @@ from lungct.serve.errors import ApiError
 
 DRAIN_BYTES = 64 * 1024 * 1024
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers on top of the file bytes themselves
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
+MAX_BOUNDARY = 70  # RFC 2046 section 5.1.1: 1 to 70 characters
+NAME_CHARS = 100  # file names echoed in answers are cut to this many characters
 
 
 @dataclass
@@ -35,9 +36,16 @@ class Upload:
 
 
 def safe_name(filename: str | None, fallback: str) -> str:
-    """The last path component of a client-supplied name, without control characters, at most 200 chars."""
+    """What answers and messages echo of a client-supplied name (an upload's or a zip member's).
+
+    Its last path component only (folders of DICOM exports are often named after the patient), without
+    control or format characters (Unicode category C: newlines, ANSI escapes, right-to-left overrides), at most
+    NAME_CHARS characters; `fallback` when nothing is left.
+    """
     name = PurePosixPath((filename or "").replace("\\", "/")).name
-    name = _UNSAFE.sub("", name).strip()[:200]
+    name = "".join(ch for ch in name if not unicodedata.category(ch).startswith("C")).strip()
+    if len(name) > NAME_CHARS:
+        name = name[: NAME_CHARS - 3] + "..."
     return name or fallback
 
 
@@ -52,14 +60,21 @@ class _PartState:
     header_value: bytearray = field(default_factory=bytearray)
     chunks: list[bytes] = field(default_factory=list)
     size: int = 0
+    is_file: bool = False
 
 
 class _Collector:
-    """python-multipart callbacks that build Uploads and record the first limit broken."""
+    """python-multipart callbacks that build Uploads and record the first limit broken.
 
-    def __init__(self, max_file_bytes: int, max_parts: int):
+    Only parts named in `fields` and carrying a filename (RFC 7578: how every client sends a file) are files;
+    any other form field (a note, a checkbox, a client's extra metadata) is read and dropped: it neither counts
+    as a file nor is kept in memory.
+    """
+
+    def __init__(self, max_file_bytes: int, max_parts: int, fields: tuple[str, ...]):
         self.max_file_bytes = max_file_bytes
         self.max_parts = max_parts
+        self.fields = fields
         self.uploads: list[Upload] = []
         self.part = _PartState()
         self.error: ApiError | None = None
@@ -72,13 +87,11 @@ class _Collector:
             "on_header_field": lambda d, s, e: self.part.header_field.extend(d[s:e]),
             "on_header_value": lambda d, s, e: self.part.header_value.extend(d[s:e]),
             "on_header_end": self.on_header_end,
+            "on_headers_finished": self.on_headers_finished,
         }
 
     def on_part_begin(self) -> None:
         self.part = _PartState()
-        if len(self.uploads) >= self.max_parts and self.error is None:
-            hint = "; use /v1/predict/batch for several" if self.max_parts == 1 else ""
-            self.error = ApiError(413, "too_many_files", f"too many files: at most {self.max_parts} per request{hint}")
 
     def on_header_end(self) -> None:
         key = self.part.header_field.decode("latin-1").strip().lower()
@@ -86,8 +99,15 @@ class _Collector:
         self.part.header_field.clear()
         self.part.header_value.clear()
 
+    def on_headers_finished(self) -> None:
+        field_name, filename = self._disposition()
+        self.part.is_file = field_name in self.fields and filename is not None
+        if self.part.is_file and len(self.uploads) >= self.max_parts and self.error is None:
+            hint = "; use /v1/predict/batch for several" if self.max_parts == 1 else ""
+            self.error = ApiError(413, "too_many_files", f"too many files: at most {self.max_parts} per request{hint}")
+
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
-        if self.error is not None:
+        if self.error is not None or not self.part.is_file:
             return
         self.part.size += end - start
         if self.part.size > self.max_file_bytes:
@@ -102,7 +122,7 @@ class _Collector:
         self.part.chunks.append(bytes(data[start:end]))
 
     def on_part_end(self) -> None:
-        if self.error is not None:
+        if self.error is not None or not self.part.is_file:
             return
         field_name, filename = self._disposition()
         content_type = self.part.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -123,8 +143,11 @@ class _Collector:
         return name, None if filename is None else filename.decode("utf-8", "replace")
 
 
-async def read_uploads(request: Request, max_file_bytes: int, max_total_bytes: int, max_parts: int) -> list[Upload]:
-    """Every part of a multipart/form-data body, or an ApiError (415, 400, 413) naming what is wrong."""
+async def read_uploads(
+    request: Request, max_file_bytes: int, max_total_bytes: int, max_parts: int, fields: tuple[str, ...]
+) -> list[Upload]:
+    """The parts named in `fields` of a multipart/form-data body (other form fields are dropped), or an
+    ApiError (415, 400, 413) naming what is wrong."""
     ctype, options = parse_options_header(request.headers.get("content-type", ""))
     if ctype != b"multipart/form-data":
         shown = ctype.decode("latin-1") or "none"
@@ -134,12 +157,21 @@ async def read_uploads(request: Request, max_file_bytes: int, max_total_bytes: i
     boundary = options.get(b"boundary")
     if not boundary:
         raise ApiError(400, "malformed_multipart", "the multipart/form-data content type has no boundary")
+    if len(boundary) > MAX_BOUNDARY:
+        raise ApiError(
+            400,
+            "malformed_multipart",
+            f"the multipart boundary is {len(boundary)} characters long; RFC 2046 allows at most {MAX_BOUNDARY}",
+        )
     limit = max_total_bytes + MULTIPART_OVERHEAD
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit + DRAIN_BYTES:
         raise ApiError(413, "request_too_large", f"the request is larger than the {_mb(max_total_bytes)} limit")
-    collector = _Collector(max_file_bytes, max_parts)
-    parser = MultipartParser(boundary, collector.callbacks(), max_header_count=16)
+    collector = _Collector(max_file_bytes, max_parts, fields)
+    try:
+        parser = MultipartParser(boundary, collector.callbacks(), max_header_count=16)
+    except (MultipartParseError, FormParserError, ValueError) as exc:
+        raise ApiError(400, "malformed_multipart", f"the multipart boundary is not usable ({exc})") from None
     total = 0
     try:
         async for chunk in request.stream():

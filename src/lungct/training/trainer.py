@@ -7,7 +7,6 @@ Backbones without pretrained weights train whole in one phase ("all").
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 import random
@@ -30,6 +29,7 @@ from lungct.data.prepare import prepare_data, split_items
 from lungct.data.splits import SplitItem, load_split, part_counts, save_split
 from lungct.data.transforms import eval_transform, train_transform
 from lungct.errors import LungCTError
+from lungct.files import atomic_csv
 from lungct.models.classifier import build_classifier
 from lungct.run import ModelCard, RunDir, load_weights, save_weights, write_json
 from lungct.training.freezing import count_trainable, freeze_batchnorm_stats, set_trainable, unfreeze_top
@@ -74,6 +74,15 @@ def _score(row: dict, monitor: str) -> float:
 
 
 EpochCallback = Callable[[dict], None]
+
+
+# A seam for crash-safety tests: called with the name of each place a kill could land (a batch, each file a
+# run writes, a checkpoint written but not yet renamed). tests/training/test_kill_resume.py kills there.
+def _no_kill(point: str) -> None:
+    return None
+
+
+KILL_POINT: Callable[[str], None] = _no_kill
 
 
 class Trainer:
@@ -168,6 +177,7 @@ class Trainer:
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
+                    KILL_POINT("batch")
                     if self.ema is not None:
                         self.ema.update(self.model)
                 total += loss.item() * len(y)
@@ -206,7 +216,7 @@ class Trainer:
             cfg.model.arch,
             backbone.timm_name,
             classes,
-            replace(backbone.preprocess, dicom_window=cfg.data.dicom_window),
+            replace(backbone.preprocess, dicom_window=cfg.data.dicom_window, field=cfg.data.field),
             cfg.model.head,
             backbone.pretrained,
             backbone.weights_source,
@@ -291,6 +301,9 @@ class Trainer:
                 train_loader.generator.set_state(resume["loader_rng"])
             else:
                 state.update(phase=index, epoch=0, bad=0)
+                # The phase's starting point (the best head, for fine-tuning) is a checkpoint of its own: a kill
+                # before its first epoch ends must not resume from weights that phase already overwrote.
+                self._checkpoint(state, optimizer, scheduler, train_loader)
             while state["epoch"] < phase.epochs and state["bad"] < patience:
                 if phase.name == "head" and self.cfg.train.phase1.solver == "logistic":
                     row = self._probe_epoch(phase, val_loader)
@@ -303,27 +316,33 @@ class Trainer:
                 if _score(row, monitor) > state["best"]:
                     state["best"], state["bad"] = _score(row, monitor), 0
                     save_weights(self.model if self.ema is None else self.ema.module, self.run.weights)
+                    KILL_POINT("weights")
                 else:
                     state["bad"] += 1
                 self._write_history(state["history"])
+                KILL_POINT("history")
                 for callback in self.callbacks:  # tracking, pruning; may raise to stop the run (e.g. a pruned trial)
                     callback({**row, "step": len(state["history"])})
-                save_checkpoint(
-                    {
-                        "state": state,
-                        "model": self.model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict() if scheduler else None,
-                        "ema": self.ema.module.state_dict() if self.ema is not None else None,
-                        "torch_rng": torch.get_rng_state(),
-                        "loader_rng": train_loader.generator.get_state(),
-                    },
-                    self.run.checkpoint,
-                )
+                self._checkpoint(state, optimizer, scheduler, train_loader)
             if state["bad"] >= patience:
                 log.info("phase %s: early stop after %d epochs without improvement", phase.name, patience)
             resume = None
             state.update(phase=index + 1, epoch=0, bad=0)
+
+    def _checkpoint(self, state: dict, optimizer, scheduler, train_loader: DataLoader) -> None:
+        save_checkpoint(
+            {
+                "state": state,
+                "model": self.model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler else None,
+                "ema": self.ema.module.state_dict() if self.ema is not None else None,
+                "torch_rng": torch.get_rng_state(),
+                "loader_rng": train_loader.generator.get_state(),
+            },
+            self.run.checkpoint,
+        )
+        KILL_POINT("checkpoint")
 
     def _new_ema(self, phase: Phase):
         """timm's weight EMA for a gradient phase (validated and saved in place of the raw weights)."""
@@ -414,10 +433,8 @@ class Trainer:
         return row
 
     def _write_history(self, history: list[dict]) -> None:
-        with self.run.history.open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(history[0]))
-            writer.writeheader()
-            writer.writerows(history)
+        header = list(history[0])
+        atomic_csv(self.run.history, header, ([row.get(k) for k in header] for row in history))
 
     def _write_summary(self, status: str, counts: dict, skipped: list[dict], started: float) -> None:
         write_json(
@@ -454,7 +471,9 @@ def save_checkpoint(payload: dict, path: Path) -> None:
     with tmp.open("wb") as fh:
         torch.save(payload, fh)
         fh.flush()
+        KILL_POINT("checkpoint-half-written")
         os.fsync(fh.fileno())
+    KILL_POINT("checkpoint-before-rename")
     os.replace(tmp, path)
 
 

@@ -1,10 +1,11 @@
-"""Train and evaluate the default config under a group split and under a random split of the same images.
+"""Train and evaluate the default config, and the previous default beside it, under a group split and under a
+random split of the same images.
 
-Writes benchmarks/results/train_iqothnccd.json: per split mode, wall time and peak resident memory of the
-train+evaluate process, and the test metrics. The gap between the two is the leakage that a random
-image-level split hides (slices of one patient on both sides).
+Writes benchmarks/results/train_iqothnccd.json: per config and split mode, wall time and peak resident memory
+of the train+evaluate process, and the test metrics. The gap between the two modes is the leakage that a
+random image-level split hides (slices of one patient on both sides).
 
-    .venv/bin/python benchmarks/train_iqothnccd.py [--config configs/iqothnccd.yaml] [--modes group,random]
+    .venv/bin/python benchmarks/train_iqothnccd.py [--configs A.yaml,B.yaml] [--modes group,random]
 """
 
 from __future__ import annotations
@@ -53,7 +54,12 @@ def worker(config: str, mode: str, out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=str(ROOT / "configs" / "iqothnccd.yaml"))
+    parser.add_argument(
+        "--configs",
+        default=f"{ROOT / 'configs' / 'iqothnccd.yaml'},{ROOT / 'configs' / 'model_quality' / 'default_224.yaml'}",
+        help="comma-separated: the default, then the previous default (configs/model_quality/default_224.yaml)",
+    )
+    parser.add_argument("--config", help=argparse.SUPPRESS)  # the worker's one config
     parser.add_argument("--modes", default="group,random")
     parser.add_argument("--runs", default=str(ROOT / "runs" / "bench"))
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "train_iqothnccd.json"))
@@ -63,20 +69,23 @@ def main() -> None:
         worker(args.config, args.worker[0], Path(args.worker[1]))
         return
     results = []
-    for mode in args.modes.split(","):
-        out = Path(args.runs) / mode
-        t0 = time.perf_counter()
-        subprocess.run([sys.executable, __file__, "--config", args.config, "--worker", mode, str(out)], check=True)
-        result = json.loads((out / "benchmark.json").read_text())
-        result["wall_seconds"] = round(time.perf_counter() - t0, 1)
-        results.append(result)
-        print(
-            f"{mode:6s} wall {result['wall_seconds']:.0f}s  peak {result['peak_rss_mb']:.0f} MB  "
-            f"test {json.dumps(result['test_metrics'])}",
-            flush=True,
-        )
+    configs = [c for c in args.configs.split(",") if c]
+    for config in configs:
+        for mode in args.modes.split(","):
+            out = Path(args.runs) / Path(config).stem / mode
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, __file__, "--config", config, "--worker", mode, str(out)], check=True)
+            result = json.loads((out / "benchmark.json").read_text())
+            result["config"] = os.path.relpath(config, ROOT)
+            result["wall_seconds"] = round(time.perf_counter() - t0, 1)
+            results.append(result)
+            print(
+                f"{Path(config).stem} {mode:6s} wall {result['wall_seconds']:.0f}s  peak {result['peak_rss_mb']:.0f} MB"
+                f"  test {json.dumps(result['test_metrics'])}",
+                flush=True,
+            )
     report = {
-        "config": os.path.relpath(args.config, ROOT),
+        "configs": [os.path.relpath(c, ROOT) for c in configs],
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "results": results,

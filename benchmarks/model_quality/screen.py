@@ -20,7 +20,7 @@ from sklearn.preprocessing import StandardScaler
 
 from lungct.evaluation.metrics import ece_of_bins, reliability_bins
 
-SCREEN = Path("runs/screen")
+SCREEN = Path(__file__).resolve().parents[2] / "runs" / "screen"
 CS = (0.003, 0.01, 0.03, 0.1)
 SCREEN_C = 0.01  # screening: the C inner group CV chose most often on full-224-avg; finalists get the inner search
 

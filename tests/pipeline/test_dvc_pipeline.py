@@ -4,6 +4,7 @@ The project's dvc.yaml and src/ are copied into a temporary DVC project whose pa
 tiny data and settings (the real data is never needed). Tracking is off (see tests/conftest.py).
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -55,12 +56,14 @@ def test_repro_runs_once_then_skips_and_a_parameter_stales_train(tmp_path, fake_
     _dvc(project, "init", "--no-scm", "-q")
 
     first = _dvc(project, "repro")
-    for stage in ("audit", "split", "train", "evaluate", "export"):
+    for stage in ("audit", "split", "train", "calibrate", "evaluate", "export"):
         assert f"Running stage '{stage}'" in first
     out = project / "runs" / "pipeline"
     assert (out / "model" / "model.safetensors").is_file() and (out / "eval" / "metrics.json").is_file()
     assert (out / "audit").is_dir() and (out / "split.csv").is_file()
     assert (out / "export" / "model.onnx").is_file() and not (out / "model" / "model.onnx").exists()
+    assert (out / "calibrated" / "calibration.json").is_file() and not (out / "model" / "calibration.json").exists()
+    assert json.loads((out / "eval" / "metrics.json").read_text())["calibrated"] is True
 
     second = _dvc(project, "repro")
     assert "Running stage" not in second
@@ -73,3 +76,4 @@ def test_repro_runs_once_then_skips_and_a_parameter_stales_train(tmp_path, fake_
     status = _dvc(project, "status")
     assert "train:" in status and "params.yaml" in status and "modified:           train" in status
     assert "split:" not in status and "audit:" not in status and "evaluate:" not in status and "export:" not in status
+    assert "calibrate:" not in status

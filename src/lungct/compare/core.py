@@ -23,6 +23,10 @@ from lungct.run import RunDir, write_json
 
 log = logging.getLogger("lungct")
 
+# "mobilenetv2_100+probe": that backbone frozen, its head a logistic regression on the frozen features
+# (lungct.training.probe), no fine-tuning: the baseline every fine-tuning recipe has to beat.
+PROBE_SUFFIX = "+probe"
+
 
 @dataclass
 class CompareSettings:
@@ -45,7 +49,7 @@ class CompareSettings:
         if len(self.archs) < 2:
             raise LungCTError("--archs needs at least two backbones to compare, e.g. mobilenetv2_100,small_cnn")
         for arch in self.archs:
-            get_spec(arch)
+            get_spec(arch.removesuffix(PROBE_SUFFIX))
         if self.threads < 1:
             raise LungCTError(f"--threads must be at least 1, got {self.threads}")
 
@@ -57,12 +61,18 @@ def arch_config(cfg: ExperimentConfig, arch: str, weights: str | None = None) ->
     backbone's own published weights, so it applies to all of them.
     """
     out = cfg.model_copy(deep=True)
+    probe = arch.endswith(PROBE_SUFFIX)
+    name, arch = arch, arch.removesuffix(PROBE_SUFFIX)
+    if probe:
+        out.train.phase1.solver = "logistic"
+        out.train.phase2.epochs = 0
+        out.model.head.hidden = []
     if arch == cfg.model.arch:
         out.model.weights = weights if weights is not None else cfg.model.weights
     else:
         out.model.weights = "hub" if cfg.model.weights == "hub" else None
     out.model.arch = arch
-    out.name = f"{cfg.name}-{arch}"
+    out.name = f"{cfg.name}-{name}"
     return out
 
 
@@ -144,7 +154,7 @@ def compare(cfg: ExperimentConfig, settings: CompareSettings) -> dict[str, Any]:
     from lungct.run import load_model
     from lungct.tracking import log_evaluation, log_training_run, tracked_run
 
-    if settings.weights is not None and cfg.model.arch not in settings.archs:
+    if settings.weights is not None and cfg.model.arch not in {a.removesuffix(PROBE_SUFFIX) for a in settings.archs}:
         raise LungCTError(f"--weights is for the config's backbone {cfg.model.arch}, which is not in --archs")
     started = time.time()
     out = settings.out

@@ -288,7 +288,8 @@ class Trainer:
             self._set_phase(phase)
             decay = self.cfg.train.layer_decay if phase.name != "head" else None
             optimizer = build_optimizer(self.model, phase.lr, self.cfg.train, decay)
-            scheduler = build_scheduler(optimizer, self.cfg.train, phase.epochs)
+            probe = phase.name == "head" and self.cfg.train.phase1.solver == "logistic"
+            scheduler = None if probe else build_scheduler(optimizer, self.cfg.train, phase.epochs)
             self.ema = self._new_ema(phase)
             if resume and index == state["phase"]:
                 self.model.load_state_dict(resume["model"])
@@ -305,7 +306,7 @@ class Trainer:
                 # before its first epoch ends must not resume from weights that phase already overwrote.
                 self._checkpoint(state, optimizer, scheduler, train_loader)
             while state["epoch"] < phase.epochs and state["bad"] < patience:
-                if phase.name == "head" and self.cfg.train.phase1.solver == "logistic":
+                if probe:
                     row = self._probe_epoch(phase, val_loader)
                 else:
                     row = self._epoch(phase, state["epoch"], train_loader, val_loader, optimizer)

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from lungct.config import HeadConfig
 from lungct.data.transforms import Preprocess
@@ -121,11 +120,7 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def save_weights(model: torch.nn.Module, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    with tmp.open("rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, save({k: v.detach().contiguous() for k, v in model.state_dict().items()}))
 
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:

@@ -288,7 +288,7 @@ class Trainer:
             self._set_phase(phase)
             decay = self.cfg.train.layer_decay if phase.name != "head" else None
             optimizer = build_optimizer(self.model, phase.lr, self.cfg.train, decay)
-            probe = phase.name == "head" and self.cfg.train.phase1.solver == "logistic"
+            probe = self._is_probe(phase)
             scheduler = None if probe else build_scheduler(optimizer, self.cfg.train, phase.epochs)
             self.ema = self._new_ema(phase)
             if resume and index == state["phase"]:
@@ -345,9 +345,12 @@ class Trainer:
         )
         KILL_POINT("checkpoint")
 
+    def _is_probe(self, phase: Phase) -> bool:
+        return phase.name == "head" and self.cfg.train.phase1.solver == "logistic"
+
     def _new_ema(self, phase: Phase):
         """timm's weight EMA for a gradient phase (validated and saved in place of the raw weights)."""
-        if self.cfg.train.ema is None or (phase.name == "head" and self.cfg.train.phase1.solver == "logistic"):
+        if self.cfg.train.ema is None or self._is_probe(phase):
             return None
         from timm.utils import ModelEmaV3
 

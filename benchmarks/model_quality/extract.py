@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from lungct.config import load_config
+from lungct.crossval.folds import fold_splits, pool_from_config
 from lungct.data.field import lung_field_crop
-from lungct.evaluation.cv import fold_splits, pool_from_config
 from lungct.models.classifier import create_backbone
 from lungct.models.tiles import to_tiles
 

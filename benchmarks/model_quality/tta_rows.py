@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lungct.crossval.folds import summarise
 from lungct.data.splits import load_split
-from lungct.evaluation.cv import summarise
 from lungct.evaluation.study_level import study_metrics
 from lungct.inference import Predictor
 from lungct.run import RunDir

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -28,3 +29,8 @@ def atomic_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence]) -> N
     writer.writerow(header)
     writer.writerows(rows)
     atomic_write(path, buffer.getvalue().encode())
+
+
+def natural_key(text: str) -> list:
+    """Sort "case (2)" before "case (10)", as slice numbers are meant."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", text)]

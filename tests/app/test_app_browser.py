@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from lungct.app.command import streamlit_argv
+from lungct.app.launch import streamlit_argv
 from lungct.monitoring.predlog import open_existing_log
 from tests.conftest import synthetic_slice
 

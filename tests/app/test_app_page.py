@@ -9,7 +9,7 @@ import sys
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from lungct.app.command import PAGE, streamlit_argv
+from lungct.app.launch import PAGE, streamlit_argv
 from lungct.app.model_info import card_rows, eval_info, history_info
 from lungct.cli import main
 
@@ -95,7 +95,7 @@ def test_streamlit_command_line(tmp_path):
 
 def test_app_command_execs_streamlit_on_the_page(monkeypatch, capsys, app_run, tmp_path):
     calls = []
-    monkeypatch.setattr("lungct.app.command.os.execv", lambda exe, argv: calls.append((exe, argv)))
+    monkeypatch.setattr("lungct.cli.app.os.execv", lambda exe, argv: calls.append((exe, argv)))
     log = tmp_path / "logs" / "p.sqlite"
     assert main(["app", "--run", str(app_run), "--log", str(log), "--port", "8765"]) == 0
     assert calls == [(sys.executable, streamlit_argv(app_run.resolve(), log.resolve(), 8765))]

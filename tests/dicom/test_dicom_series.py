@@ -8,8 +8,9 @@ import zipfile
 import numpy as np
 import pytest
 
-from lungct.dicom import DicomError, aggregate, load_series, read_hu, to_hu
+from lungct.dicom import DicomError, load_series, read_hu, to_hu
 from lungct.errors import LungCTError
+from lungct.inference.study import aggregate
 from tests.dicom.dicom_factory import ct_dataset, write
 
 N = 7

@@ -11,9 +11,9 @@ import torch
 from starlette.testclient import TestClient
 
 from lungct.cli import main
+from lungct.crossval.folds import cross_validate
 from lungct.ensemble import build_ensemble
 from lungct.errors import LungCTError
-from lungct.evaluation.cv import cross_validate
 from lungct.explain import Explainer
 from lungct.export import export_onnx
 from lungct.inference import Predictor

@@ -11,13 +11,9 @@ import torch
 from lungct.cli import main
 from lungct.errors import LungCTError
 from lungct.evaluation.calibrate import calibrate_run
-from lungct.evaluation.calibration import (
-    calibration_metrics,
-    fit_calibrator,
-    fit_temperature,
-    load_calibration,
-)
+from lungct.evaluation.metrics import calibration_metrics
 from lungct.inference import Predictor
+from lungct.inference.calibration import fit_calibrator, fit_temperature, load_calibration
 from lungct.training import train
 from tests.conftest import tiny_config
 

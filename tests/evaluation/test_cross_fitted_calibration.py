@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from lungct.cli import main
+from lungct.crossval.folds import cross_validate
 from lungct.data.splits import load_split
 from lungct.errors import LungCTError
 from lungct.evaluation.calibrate import calibrate_run
-from lungct.evaluation.cv import OOF_FILE, cross_validate, load_oof
+from lungct.evaluation.oof import OOF_FILE, load_oof
 from lungct.training import train
 from tests.conftest import tiny_config, write_dataset
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from lungct.cli import main
+from lungct.crossval.folds import cross_validate, fold_splits, pool_from_config, summarise
 from lungct.errors import LungCTError
-from lungct.evaluation.cv import cross_validate, fold_splits, pool_from_config, summarise
 from tests.conftest import tiny_config
 
 

@@ -151,7 +151,7 @@ SERVE_SCRIPT = textwrap.dedent(
     import sys, time
     from pathlib import Path
     import lungct.serve.app as app_module
-    from lungct.serve.command import serve
+    from lungct.cli.serve import serve
     from lungct.serve.settings import ServeSettings
 
     run, port, marker = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lungct.app.command import MAX_UPLOAD_MB  # also Streamlit's server.maxUploadSize
+from lungct.app.launch import MAX_UPLOAD_MB  # also Streamlit's server.maxUploadSize
 from lungct.data.images import ImageReadError
 from lungct.errors import LungCTError
 from lungct.explain.explainer import Explainer

@@ -12,46 +12,16 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lungct.config import ExperimentConfig, load_config
+from lungct.compare.settings import PROBE_SUFFIX, CompareSettings
+from lungct.config import ExperimentConfig
 from lungct.data.splits import load_split
 from lungct.errors import LungCTError
 from lungct.run import RunDir, write_json
 
 log = logging.getLogger("lungct")
-
-# "mobilenetv2_100+probe": that backbone frozen, its head a logistic regression on the frozen features
-# (lungct.training.probe), no fine-tuning: the baseline every fine-tuning recipe has to beat.
-PROBE_SUFFIX = "+probe"
-
-
-@dataclass
-class CompareSettings:
-    archs: list[str]
-    out: Path
-    weights: str | None = None  # pretrained weights for the config's own backbone only
-    threads: int = 1  # torch threads for the latency measurement
-    latency_budget_ms: float = 50.0  # per image, for the CPU-only recommendation
-    accuracy_tolerance: float = 0.05  # "acceptable accuracy" for the mobile recommendation: this close to the best
-    n_bootstrap: int = 1000
-    progress: bool = True
-    track: bool = False  # one nested MLflow run per backbone (the CLI opens the parent run)
-    rows: list[dict[str, Any]] = field(default_factory=list, init=False)
-
-    def __post_init__(self) -> None:
-        from lungct.models.registry import get_spec
-
-        self.out = Path(self.out)
-        self.archs = list(dict.fromkeys(a.strip() for a in self.archs if a.strip()))
-        if len(self.archs) < 2:
-            raise LungCTError("--archs needs at least two backbones to compare, e.g. mobilenetv2_100,small_cnn")
-        for arch in self.archs:
-            get_spec(arch.removesuffix(PROBE_SUFFIX))
-        if self.threads < 1:
-            raise LungCTError(f"--threads must be at least 1, got {self.threads}")
 
 
 def arch_config(cfg: ExperimentConfig, arch: str, weights: str | None = None) -> ExperimentConfig:
@@ -109,40 +79,34 @@ def verify_split(run_dir: Path, reference: Path) -> None:
         )
 
 
-def _same_config(run: RunDir, cfg: ExperimentConfig) -> bool:
-    return run.config.is_file() and load_config(run.config).model_dump() == cfg.model_dump()
-
-
 def _train(cfg: ExperimentConfig, run_dir: Path, split_file: Path, settings: CompareSettings, callbacks) -> bool:
     """Train unless a complete run with this config is there; True if it trained."""
-    from lungct.pipeline.split import train_with_split
+    from lungct.pipeline.split import read_split_file
+    from lungct.training import train_or_reuse
 
-    run = RunDir(run_dir)
-    overwrite = False
-    if run.read_summary().get("status") == "complete":
-        if _same_config(run, cfg):
-            log.info("%s: reusing the finished run in %s", cfg.model.arch, run_dir)
-            return False
-        log.warning("%s: %s was trained with another config; training it again", cfg.model.arch, run_dir)
-        overwrite = True
-    log.info("%s: training (%s)", cfg.model.arch, "pretrained weights" if cfg.model.weights else "from scratch")
-    train_with_split(cfg, run_dir, split_file, settings.progress, overwrite=overwrite, callbacks=callbacks)
-    return True
+    log.info("%s: %s", cfg.model.arch, "pretrained weights" if cfg.model.weights else "trained from scratch")
+    return train_or_reuse(cfg, run_dir, read_split_file(split_file), settings.progress, callbacks)[1]
 
 
 def _evaluate(run_dir: Path, settings: CompareSettings, trained: bool) -> dict[str, Any]:
     """metrics.json of the run's test part (lungct.evaluation.evaluate), reused when it is newer than the model."""
-    from lungct.evaluation.evaluate import evaluate
+    from lungct.evaluation.evaluate import SETTINGS_FILE, evaluate
 
     eval_dir = run_dir / "eval"
-    metrics_file = eval_dir / "metrics.json"
+    metrics_file, settings_file = eval_dir / "metrics.json", eval_dir / SETTINGS_FILE
+    wanted = {"n_bootstrap": settings.n_bootstrap, "tta": False, "data": "test part of the run's split"}
     if (
         not trained
         and metrics_file.is_file()
+        and settings_file.is_file()
         and metrics_file.stat().st_mtime >= (run_dir / "model.safetensors").stat().st_mtime
     ):
-        metrics = json.loads(metrics_file.read_text())
-        if f"{settings.n_bootstrap} resamples" in metrics.get("ci95_method", ""):
+        try:
+            same = json.loads(settings_file.read_text()) == wanted
+            metrics = json.loads(metrics_file.read_text())
+        except json.JSONDecodeError:
+            same = False
+        if same:
             return metrics
     return evaluate(run_dir, eval_dir, None, settings.progress, settings.n_bootstrap)
 

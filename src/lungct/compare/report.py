@@ -16,7 +16,7 @@ from sklearn.metrics import RocCurveDisplay
 from lungct.data.splits import load_split, part_counts
 
 if TYPE_CHECKING:
-    from lungct.compare.core import CompareSettings
+    from lungct.compare.settings import CompareSettings
     from lungct.run import ModelCard, RunDir
 
 # Test metrics shown with their 95% bootstrap interval; per-class ones are the positive class against the rest.

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import random
-import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from lungct.config import DataConfig, SourceConfig
 from lungct.data.images import is_image_file
 from lungct.data.labels import normalise_label
 from lungct.errors import LungCTError
+from lungct.files import natural_key
 
 SPLIT_DIR_NAMES = {
     "train": "train",
@@ -36,11 +36,6 @@ class Sample:
     group: str | None = None  # patient / source id when the data says so
     preset_part: str | None = None  # train/val/test for layouts that arrive pre-split
     source: str = ""
-
-
-def natural_key(text: str) -> list:
-    """Sort "case (2)" before "case (10)", as slice numbers are meant."""
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", text)]
 
 
 def collect_samples(config: DataConfig, seed: int = 0) -> list[Sample]:

@@ -1,4 +1,4 @@
-"""DICOM input: slices to Hounsfield units and windows, series in slice order, study-level results."""
+"""DICOM input: slices to Hounsfield units and windows, series in slice order (study results: lungct.inference)."""
 
 import lazy_loader
 
@@ -10,7 +10,6 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "image": ["load_dicom_image"],
         "read": ["has_dicom_preamble", "is_dicom_path", "read_dataset", "read_hu", "slice_id", "to_hu"],
         "series": ["Series", "SeriesSlice", "load_series"],
-        "study": ["StudyResult", "aggregate", "predict_series"],
         "window": ["BONE", "LUNG", "MEDIASTINAL", "STACK3", "WINDOW_NAMES", "Window", "default_window", "to_image"],
     },
 )

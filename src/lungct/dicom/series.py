@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset
 
-from lungct.data.sources import natural_key
 from lungct.dicom.errors import DicomError
 from lungct.dicom.read import DICOM_SUFFIXES, has_dicom_preamble, read_dataset, slice_id
+from lungct.files import natural_key
 
 MAX_ZIP_BYTES = 4 * 1024**3  # uncompressed; a zip claiming more is refused as a possible zip bomb
 MAX_SLICES = 5000

@@ -18,14 +18,9 @@ import numpy as np
 from lungct.data.splits import load_split, tuning_part
 from lungct.errors import LungCTError
 from lungct.evaluation.bootstrap import paired_delta_ci
-from lungct.evaluation.calibration import (
-    CALIBRATION_FILE,
-    calibration_metrics,
-    fit_calibrator,
-    fit_temperature,
-    reliability_bins,
-)
+from lungct.evaluation.metrics import calibration_metrics, reliability_bins
 from lungct.inference import Predictor
+from lungct.inference.calibration import CALIBRATION_FILE, fit_calibrator, fit_temperature
 from lungct.run import write_json
 
 log = logging.getLogger("lungct")
@@ -106,7 +101,7 @@ def cross_fitted(predictor: Predictor, cv_dir: str | Path) -> tuple[np.ndarray, 
     Refused when any of them is one of the run's test images: a temperature fitted on those would be judged on
     the images it was fitted on.
     """
-    from lungct.evaluation.cv import load_oof
+    from lungct.evaluation.oof import load_oof
 
     oof = load_oof(cv_dir)
     if oof.classes != predictor.classes:

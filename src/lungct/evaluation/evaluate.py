@@ -15,11 +15,13 @@ from lungct.data.splits import load_split
 from lungct.errors import LungCTError
 from lungct.evaluation.bootstrap import N_RESAMPLES, bootstrap_ci
 from lungct.evaluation.metrics import compute_metrics, text_report
-from lungct.evaluation.plots import plot_confusion, plot_roc
 from lungct.inference import Predictor
+from lungct.plots import plot_confusion, plot_roc
 from lungct.run import write_json
 
 log = logging.getLogger("lungct")
+
+SETTINGS_FILE = "evaluation.json"  # beside metrics.json: n_bootstrap, tta, data
 
 
 def evaluation_items(predictor: Predictor, data: list[str] | None, progress: bool) -> tuple[list[str], list[str], list]:
@@ -79,6 +81,8 @@ def evaluate(
     metrics["data"] = "test part of the run's split" if not data else [str(d) for d in data]
     metrics["skipped"] = [{"path": s.path, "reason": s.reason} for s in skipped]
     write_json(out / "metrics.json", metrics)
+    # How these figures were made, as fields: whoever reuses metrics.json (compare) decides from them.
+    write_json(out / SETTINGS_FILE, {"n_bootstrap": n_bootstrap, "tta": tta, "data": metrics["data"]})
     (out / "classification_report.txt").write_text(text_report(y, probs, classes))
     plot_confusion(metrics["confusion_matrix"]["matrix"], classes, out / "confusion_matrix.png")
     plot_roc(y, probs, classes, out / "roc.png")

@@ -8,9 +8,11 @@ import numpy as np
 from sklearn.metrics import (
     accuracy_score,
     balanced_accuracy_score,
+    brier_score_loss,
     classification_report,
     confusion_matrix,
     f1_score,
+    log_loss,
     precision_recall_fscore_support,
     roc_auc_score,
 )
@@ -47,6 +49,24 @@ def ece_of_bins(table: list[dict]) -> float:
 
 def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, bins: int = 15) -> float:
     return ece_of_bins(reliability_bins(y_true, probs, bins))
+
+
+def calibration_metrics(y_true: np.ndarray, probs: np.ndarray, bins: int = 15) -> dict:
+    """ECE and MCE (top label, equal-width bins), multi-class Brier score and NLL."""
+    y_true = np.asarray(y_true)
+    probs = np.asarray(probs, dtype=np.float64)
+    probs = probs / probs.sum(1, keepdims=True)  # float32 softmax rows sum to 1 only within 1e-7
+    table = reliability_bins(y_true, probs, bins)
+    n = len(y_true)
+    gaps = [abs(b["accuracy"] - b["confidence"]) for b in table]
+    labels = list(range(probs.shape[1]))
+    return {
+        "n": n,
+        "ece": ece_of_bins(table),
+        "mce": float(max(gaps)) if gaps else 0.0,
+        "brier": float(brier_score_loss(y_true, probs, labels=labels)),
+        "nll": float(log_loss(y_true, np.clip(probs, 1e-12, 1.0), labels=labels)),
+    }
 
 
 def _auc(y_bin: np.ndarray, score: np.ndarray) -> float | None:

@@ -2,7 +2,7 @@
 
 IQ-OTH/NCCD labels whole cases, so a benign case's slices without a visible nodule are still "benign" and
 look normal: slice-level recall understates what a per-study decision gets right. Each group's slices are
-aggregated with the mean of their probability vectors (the multi-class counterpart of lungct.dicom.study's
+aggregated with the mean of their probability vectors (the multi-class counterpart of lungct.inference.study's
 "mean"); the group's label is its slices' majority label (groups are single-label in practice).
 """
 

@@ -12,11 +12,11 @@ import numpy as np
 from tqdm import tqdm
 
 from lungct.data.images import ImageReadError
-from lungct.data.sources import natural_key
 from lungct.data.splits import load_split
 from lungct.errors import LungCTError
 from lungct.explain.explainer import Explainer
 from lungct.explain.overlay import save_overlay
+from lungct.files import natural_key
 from lungct.run import RunDir
 
 

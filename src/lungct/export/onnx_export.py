@@ -7,7 +7,7 @@ softmax(logits / T), so it lives inside the graph and `probabilities` are the ca
 calibration is a per-class lookup table that ONNX has no tidy operator for: the graph then gives the
 uncalibrated softmax and lungct.inference.Predictor applies calibration.json in numpy. export.json says
 which of the two the graph holds, and records model.onnx's sha256 and the weights hash that
-lungct.export.runtime checks before the graph is used.
+lungct.inference.onnx_runtime checks before the graph is used.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from lungct.data.images import ImageReadError
 from lungct.data.splits import load_split
 from lungct.data.transforms import prepare_image
 from lungct.errors import LungCTError
-from lungct.evaluation.calibration import TemperatureScaling, load_calibration
-from lungct.export.runtime import (
+from lungct.inference.calibration import TemperatureScaling, load_calibration
+from lungct.inference.onnx_runtime import (
     EXPORT_FILE,
     INPUT_NAME,
     ONNX_FILE,

@@ -51,20 +51,6 @@ def read_split_file(path: str | Path) -> list[SplitItem]:
     return items
 
 
-class _GivenSplitTrainer(Trainer):
-    """A Trainer that takes its split from a file instead of drawing it (a resumed run keeps its own copy)."""
-
-    def __init__(self, cfg: ExperimentConfig, out: Path, items: list[SplitItem], **kwargs):
-        super().__init__(cfg, out, **kwargs)
-        self._given = items
-
-    def _items(self) -> tuple[list[SplitItem], list[dict]]:
-        if self.run.checkpoint.is_file() and self.run.split.is_file():
-            return super()._items()
-        save_split(self._given, self.run.split)
-        return self._given, []
-
-
 def train_with_split(
     cfg: ExperimentConfig,
     out: str | Path,
@@ -77,5 +63,5 @@ def train_with_split(
     items = read_split_file(split_file)
     counts = part_counts(items)
     log.info("split from %s: %s", split_file, {p: sum(c.values()) for p, c in counts.items()})
-    trainer = _GivenSplitTrainer(cfg, Path(out), items, progress=progress, overwrite=overwrite, callbacks=callbacks)
+    trainer = Trainer(cfg, Path(out), progress=progress, overwrite=overwrite, callbacks=callbacks, items=items)
     return trainer.fit()

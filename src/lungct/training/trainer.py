@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, WeightedRandomSampler
 from tqdm import tqdm
 
-from lungct.config import ExperimentConfig, save_config
+from lungct.config import ExperimentConfig, load_config, save_config
 from lungct.data.dataset import CTImageDataset
 from lungct.data.prepare import prepare_data, split_items
 from lungct.data.splits import SplitItem, load_split, part_counts, save_split
@@ -93,8 +93,11 @@ class Trainer:
         progress: bool = True,
         overwrite: bool = False,
         callbacks: Sequence[EpochCallback] = (),
+        items: list[SplitItem] | None = None,
     ):
+        """`items`: a given split (a cv fold, a split file) instead of one drawn from the config's data."""
         self.cfg = cfg
+        self.given_items = items
         self.callbacks = list(callbacks)
         self.run = RunDir(out)
         self.progress = progress
@@ -111,8 +114,6 @@ class Trainer:
         and --overwrite starts afresh instead."""
         if not self.run.config.is_file():
             return True
-        from lungct.config import load_config
-
         changed = changed_fields(load_config(self.run.config).model_dump(), self.cfg.model_dump())
         if changed and self.overwrite:
             log.info("%s: the interrupted run used another config (%s); starting afresh", self.run.path, changed)
@@ -131,6 +132,9 @@ class Trainer:
         if self.run.checkpoint.is_file() and self.run.split.is_file() and self._resumable():
             log.info("resuming: reusing the split in %s", self.run.split)
             return load_split(self.run.split), self.run.read_summary().get("skipped", [])
+        if self.given_items is not None:
+            save_split(self.given_items, self.run.split)
+            return self.given_items, []
         data = prepare_data(self.cfg, self.progress)
         items = split_items(data, self.cfg)
         save_split(items, self.run.split)
@@ -267,7 +271,7 @@ class Trainer:
         self._fit_phases(plan_phases(cfg, backbone.pretrained), train_loader, val_loader)
         self._write_summary("complete", counts, skipped, started)
         self.run.checkpoint.unlink(missing_ok=True)
-        from lungct.evaluation.plots import plot_history
+        from lungct.plots import plot_history
 
         plot_history(self.run.history, self.run.curves)
         return self.run
@@ -487,6 +491,27 @@ def train(
     progress: bool = True,
     overwrite: bool = False,
     callbacks: Sequence[EpochCallback] = (),
+    items: list[SplitItem] | None = None,
 ) -> RunDir:
-    """Train and return the run. `callbacks` get each epoch's history row (plus a global `step`) as it ends."""
-    return Trainer(cfg, out, progress, overwrite, callbacks).fit()
+    """Train and return the run. `callbacks` get each epoch's history row (plus a global `step`) as it ends;
+    `items` is a given split instead of one drawn from the config's data."""
+    return Trainer(cfg, out, progress, overwrite, callbacks, items).fit()
+
+
+def train_or_reuse(
+    cfg: ExperimentConfig,
+    out: str | Path,
+    items: list[SplitItem] | None = None,
+    progress: bool = True,
+    callbacks: Sequence[EpochCallback] = (),
+) -> tuple[RunDir, bool]:
+    """The finished run in `out` if it was trained with this very config, else a new one (an unfinished run
+    resumes, a finished one with another config is trained again); (run, trained). One rule for cv folds,
+    compared backbones and tuning trials, decided from the saved config, not from report text."""
+    run = RunDir(out)
+    if run.read_summary().get("status") == "complete":
+        if run.config.is_file() and not changed_fields(load_config(run.config).model_dump(), cfg.model_dump()):
+            log.info("%s: reusing the finished run", run.path)
+            return run, False
+        log.warning("%s was trained with another config; training it again", run.path)
+    return train(cfg, out, progress, overwrite=True, callbacks=callbacks, items=items), True

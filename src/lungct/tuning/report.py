@@ -21,7 +21,7 @@ from lungct.data.splits import load_split, part_counts
 from lungct.tuning.space import apply_params
 
 if TYPE_CHECKING:
-    from lungct.tuning.study import TuneSettings
+    from lungct.tuning.settings import TuneSettings
 
 log = logging.getLogger("lungct")
 

@@ -14,7 +14,6 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +23,12 @@ from optuna.trial import TrialState
 from lungct.config import ExperimentConfig
 from lungct.errors import LungCTError
 from lungct.run import RunDir
+from lungct.training import train_or_reuse
+from lungct.tuning.settings import TuneSettings
 from lungct.tuning.space import active_knobs, apply_params, grid_space, suggest
 
 log = logging.getLogger("lungct")
 
-SAMPLERS = ("tpe", "random", "grid")
-METRICS = ("val_balanced_accuracy", "val_accuracy", "val_loss")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
@@ -63,29 +62,6 @@ def pruning_callback(trial: optuna.Trial, metric: str):
             raise optuna.TrialPruned(f"trial {trial.number} pruned after epoch {step}: {metric} {value:.4f}")
 
     return on_epoch
-
-
-@dataclass
-class TuneSettings:
-    trials: int
-    study_dir: Path
-    sampler: str = "tpe"
-    metric: str = "val_balanced_accuracy"
-    prune: bool = True
-    keep: str = "all"  # "all" run directories, or only the "best"
-    progress: bool = True
-    track: bool = False  # log each trial as a nested MLflow run (the CLI opens the parent run)
-
-    def __post_init__(self) -> None:
-        if self.sampler not in SAMPLERS:
-            raise LungCTError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
-        if self.metric not in METRICS:
-            raise LungCTError(f"unknown metric {self.metric!r}; choose one of {', '.join(METRICS)}")
-        if self.keep not in ("all", "best"):
-            raise LungCTError(f"--keep must be 'all' or 'best', not {self.keep!r}")
-        if self.trials < 1:
-            raise LungCTError(f"--trials must be at least 1, got {self.trials}")
-        self.study_dir = Path(self.study_dir)
 
 
 def _sampler(settings: TuneSettings, cfg: ExperimentConfig, n_existing: int) -> optuna.samplers.BaseSampler:
@@ -172,7 +148,7 @@ class Objective:
         self.knobs = active_knobs(cfg, settings.sampler)
 
     def __call__(self, trial: optuna.Trial) -> float:
-        from lungct.pipeline.split import train_with_split
+        from lungct.pipeline.split import read_split_file
         from lungct.tracking import log_training_run, tracked_run
 
         params = suggest(trial, self.knobs)
@@ -190,10 +166,7 @@ class Objective:
                 callbacks.append(pruning_callback(trial, self.settings.metric))
             run = RunDir(run_dir)
             try:
-                if run.read_summary().get("status") == "complete":
-                    log.info("trial %d: reusing the finished run in %s", trial.number, run_dir)
-                else:
-                    train_with_split(cfg, run_dir, self.split_file, self.settings.progress, callbacks=callbacks)
+                train_or_reuse(cfg, run_dir, read_split_file(self.split_file), self.settings.progress, callbacks)
             except optuna.TrialPruned as exc:
                 pruned = exc
                 t.set_tags({"lungct.trial_state": "pruned"})

@@ -16,15 +16,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.special import softmax
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from lungct.data.dataset import CTImageDataset
 from lungct.data.images import ImageReadError, is_image_file
-from lungct.data.sources import natural_key
 from lungct.data.transforms import eval_transform, prepare_image
 from lungct.errors import LungCTError
-from lungct.evaluation.calibration import load_calibration
+from lungct.files import natural_key
+from lungct.inference.calibration import load_calibration
 from lungct.run import RunDir, load_model, model_version
 
 BACKENDS = ("auto", "onnx", "torch")
@@ -69,12 +70,6 @@ def unfinished_run(run_dir: str | Path) -> str | None:
         f"{Path(run_dir)} is an unfinished run (summary.json status {status!r}, not 'complete'): "
         "its weights are an intermediate checkpoint"
     )
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
 
 
 def _read_error(exc: Exception) -> str:
@@ -142,7 +137,7 @@ class Predictor:
     def _choose_backend(self, wanted: str, threads: int | None) -> tuple[str, str]:
         if wanted == "torch":
             return "torch", "PyTorch requested"
-        from lungct.export.runtime import OnnxModel, export_status, onnx_path
+        from lungct.inference.onnx_runtime import OnnxModel, export_status, onnx_path
 
         info, reason = export_status(self.run, self.model_version)
         if info is not None:
@@ -186,9 +181,9 @@ class Predictor:
             out = self._onnx.run(batch)
             if self.calibration is not None and self._graph_holds(self.calibration):
                 return out["probabilities"], out["features"]
-            return _softmax(out["logits"].astype(np.float64)).astype(np.float32), out["features"]
+            return softmax(out["logits"].astype(np.float64), axis=1).astype(np.float32), out["features"]
         out = self._onnx.run(np.concatenate([batch, batch[:, :, :, ::-1]]))  # one call for both views
-        probs = _softmax(out["logits"].astype(np.float64)).astype(np.float32)
+        probs = softmax(out["logits"].astype(np.float64), axis=1).astype(np.float32)
         return (probs[:n] + probs[n:]) / 2, out["features"][:n]
 
     @torch.inference_mode()

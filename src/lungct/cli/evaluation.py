@@ -7,23 +7,13 @@ from typing import Annotated
 
 import typer
 
-from lungct.tracking.options import NoTrack, TrackingUri
-
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars or info messages")]
-
-
-def _setup_logging(quiet: bool) -> None:
-    from lungct.cli import _setup_logging as setup
-
-    setup(quiet)
+from lungct.cli.options import ConfigFile, NoTrack, Quiet, TrackingUri, setup_logging
 
 
 def cv_command(
     folds: Annotated[int, typer.Option("--folds", help="number of folds K")],
     out: Annotated[Path, typer.Option("--out", help="folder for fold runs, cv.json, cv.csv and cv.md")],
-    config: Annotated[
-        Path | None, typer.Option("--config", exists=True, dir_okay=False, help="experiment YAML")
-    ] = None,
+    config: ConfigFile = None,
     within: Annotated[
         Path | None,
         typer.Option(
@@ -40,11 +30,11 @@ def cv_command(
 ) -> None:
     """Stratified group k-fold cross-validation: mean and spread of every metric over K folds."""
     from lungct.config import load_config
-    from lungct.evaluation.cv import cross_validate
+    from lungct.crossval.folds import cross_validate
     from lungct.run import RunDir
     from lungct.tracking import log_cv, tracked_run
 
-    _setup_logging(quiet)
+    setup_logging(quiet)
     if config is None and within is not None:
         config = RunDir(within).config
     cfg = load_config(config)
@@ -90,7 +80,7 @@ def calibrate_command(
     """Fit calibration on the run's calibration part (or validation) and save it in the run (predict uses it)."""
     from lungct.evaluation.calibrate import calibrate_run
 
-    _setup_logging(quiet)
+    setup_logging(quiet)
     report = calibrate_run(run, method, progress=not quiet, from_cv=from_cv)
     if method == "temperature":
         images = "" if report["cross_fitted"] else " images"
@@ -125,7 +115,7 @@ def threshold_command(
     """Pick the threshold reaching a target sensitivity on validation; report it on test, with a refer band."""
     from lungct.evaluation.operating_points import operating_points
 
-    _setup_logging(quiet)
+    setup_logging(quiet)
     r = operating_points(run, out, positive, sensitivity, refer_below, progress=not quiet)
 
     def f(v: float | None) -> str:

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from lungct.cli.options import setup_logging
+
 
 def ensemble_command(
     cv: Annotated[Path, typer.Option("--cv", help="a finished `lungct cv` folder")],
@@ -14,10 +16,9 @@ def ensemble_command(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace what is in --out")] = False,
 ) -> None:
     """The fold models of a cv folder as one run (mean probability), usable by every command."""
-    from lungct.cli import _setup_logging
     from lungct.ensemble.build import build_ensemble
 
-    _setup_logging(True)
+    setup_logging(True)
     run = build_ensemble(cv, out, overwrite)
     summary = run.read_summary()
     counts = summary["counts"]

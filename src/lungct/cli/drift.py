@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from lungct.cli.options import Quiet, setup_logging
 from lungct.errors import LungCTError
 
 EXIT_RETRAIN = 3  # with --fail-on-drift, for cron jobs and CI
@@ -28,14 +29,13 @@ def drift_command(
     fail_on_drift: Annotated[
         bool, typer.Option("--fail-on-drift", help=f"exit with code {EXIT_RETRAIN} when retraining is due")
     ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars or info messages")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Has the served model's data drifted? Recent inputs, embeddings, confidence, class mix vs the run (PSI, KS)."""
-    from lungct.cli import _setup_logging
     from lungct.monitoring.drift import DriftSettings
     from lungct.monitoring.drift_report import drift_report
 
-    _setup_logging(quiet)
+    setup_logging(quiet)
     if min_rows < 2:
         raise LungCTError(f"--min-rows must be at least 2, got {min_rows}")
     if last is not None and last < 1:

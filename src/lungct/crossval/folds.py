@@ -14,7 +14,6 @@ as scikit-learn's CalibratedClassifierCV(ensemble=False) fits its calibrator on 
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -25,18 +24,18 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from lungct.config import ExperimentConfig
 from lungct.data.prepare import prepare_data
-from lungct.data.splits import SplitItem, load_split, make_split, save_split
+from lungct.data.splits import SplitItem, load_split, make_split
 from lungct.errors import LungCTError
 from lungct.evaluation.bootstrap import paired_delta_ci
 from lungct.evaluation.calibrate import HeldOutCheck, plot_reliability, temperature_check
-from lungct.evaluation.calibration import calibration_metrics
+from lungct.evaluation.metrics import calibration_metrics
+from lungct.evaluation.oof import write_oof
 from lungct.evaluation.study_level import study_metrics
 from lungct.run import RunDir, write_json
-from lungct.training.trainer import Trainer
+from lungct.training.trainer import train_or_reuse
 
 log = logging.getLogger("lungct")
 
-OOF_FILE = "oof_predictions.csv"
 
 # Scalar metrics of metrics.json summarised across folds (per-class ones are added by name).
 HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "ece")
@@ -46,18 +45,6 @@ STUDY_COLUMNS = ("study.accuracy", "study.balanced_accuracy")
 CALIBRATION_COLUMNS = ("temperature", "ece_calibrated")
 CALIBRATION_KEYS = ("ece", "nll", "brier")
 BOOKKEEPING = ("fold", "n_test", "seconds", "train_seconds", "reused")
-
-
-class _FoldTrainer(Trainer):
-    """A Trainer whose split is given (the fold) instead of drawn from the config."""
-
-    def __init__(self, cfg: ExperimentConfig, out: Path, items: list[SplitItem], progress: bool):
-        super().__init__(cfg, out, progress, overwrite=True)
-        self._given = items
-
-    def _items(self) -> tuple[list[SplitItem], list[dict]]:
-        save_split(self._given, self.run.split)
-        return self._given, []
 
 
 @dataclass(frozen=True)
@@ -101,13 +88,6 @@ def fold_splits(pool: Pool, folds: int, cfg: ExperimentConfig) -> list[list[Spli
         parts = make_split(pool.labels, pool.groups, cfg.split.val_fraction, 0.2, cfg.seed + k, preset)
         out.append([SplitItem(*row) for row in zip(pool.paths, pool.labels, pool.groups, parts, strict=True)])
     return out
-
-
-def _same_config(run: RunDir, cfg: ExperimentConfig) -> bool:
-    """A finished fold is reused only if it was trained with this very config."""
-    from lungct.config import load_config
-
-    return run.config.is_file() and load_config(run.config).model_dump() == cfg.model_dump()
 
 
 def _flatten(metrics: dict) -> dict[str, float | None]:
@@ -156,14 +136,10 @@ def cross_validate(
     rows, checks = [], []
     for k, items in enumerate(fold_splits(pool, folds, cfg), start=1):
         fold_dir = out / f"fold_{k}"
-        run = RunDir(fold_dir)
         t0 = time.time()
-        reused = run.read_summary().get("status") == "complete" and _same_config(run, cfg)
-        if reused:
-            log.info("fold %d/%d: reusing the finished run in %s", k, folds, fold_dir)
-        else:
-            log.info("fold %d/%d: training", k, folds)
-            _FoldTrainer(cfg, fold_dir, items, progress).fit()
+        log.info("fold %d/%d", k, folds)
+        run, trained = train_or_reuse(cfg, fold_dir, items, progress)
+        reused = not trained
         metrics = evaluate(fold_dir, fold_dir / "eval", None, progress, n_bootstrap)
         check = temperature_check(fold_dir)
         checks.append(check)
@@ -233,49 +209,6 @@ def fold_calibration(checks: list[HeldOutCheck]) -> dict:
         "mean_after": {key: mean_over_folds(everything, after, key) for key in CALIBRATION_KEYS},
         "change": {key: paired_delta_ci(delta(key), len(y), groups, n_resamples=300) for key in CALIBRATION_KEYS},
     }
-
-
-def write_oof(out: Path, folds: int) -> None:
-    """Pool every fold's test predictions (uncalibrated: fold runs are never calibrated) into one table."""
-    rows: list[dict] = []
-    for k in range(1, folds + 1):
-        groups = {i.path: i.group for i in load_split(RunDir(out / f"fold_{k}").split)}
-        with (out / f"fold_{k}" / "eval" / "predictions.csv").open(newline="") as fh:
-            rows += [{"fold": k, "group": groups[r["path"]], **r} for r in csv.DictReader(fh)]
-    with (out / OOF_FILE).open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-@dataclass(frozen=True)
-class OutOfFold:
-    """Pooled held-out predictions of a cv folder."""
-
-    paths: list[str]
-    labels: list[str]
-    probs: np.ndarray  # columns in `classes` order
-    classes: list[str]
-    within_run: str | None
-
-
-def load_oof(cv_dir: str | Path) -> OutOfFold:
-    cv_dir = Path(cv_dir)
-    table, summary = cv_dir / OOF_FILE, cv_dir / "cv.json"
-    if not table.is_file() or not summary.is_file():
-        raise LungCTError(f"{cv_dir} is not a finished `lungct cv` folder: {OOF_FILE} or cv.json is missing")
-    with table.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        classes = [c[2:] for c in reader.fieldnames or [] if c.startswith("p_")]
-        rows = list(reader)
-    if not rows or not classes:
-        raise LungCTError(f"{table} holds no predictions")
-    try:
-        probs = np.array([[float(r[f"p_{c}"]) for c in classes] for r in rows])
-        within = json.loads(summary.read_text()).get("within_run")
-    except (ValueError, json.JSONDecodeError) as exc:
-        raise LungCTError(f"{cv_dir} is damaged: {exc}") from exc
-    return OutOfFold([r["path"] for r in rows], [r["label"] for r in rows], probs, classes, within)
 
 
 def _fmt(v: float | None) -> str:

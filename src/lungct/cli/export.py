@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from lungct.cli.options import setup_logging
+
 
 def export_command(
     run: Annotated[Path, typer.Option("--run", help="run directory (from lungct train)")],
@@ -15,10 +17,9 @@ def export_command(
     samples: Annotated[int, typer.Option("--samples", min=2, max=256, help="inputs compared with PyTorch")] = 8,
 ) -> None:
     """Export a run to RUN/model.onnx (dynamic batch, calibration included) and check it against PyTorch."""
-    from lungct.cli import _setup_logging
     from lungct.export.onnx_export import export_onnx
 
-    _setup_logging(True)
+    setup_logging(True)
     info = export_onnx(run, fmt.lower(), opset, samples)
     diff = info["check"]["max_abs_diff"]
     cal = info["calibration"]

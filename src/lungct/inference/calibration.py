@@ -15,11 +15,10 @@ from pathlib import Path
 
 import numpy as np
 from scipy.optimize import minimize_scalar
+from scipy.special import softmax
 from sklearn.isotonic import IsotonicRegression
-from sklearn.metrics import brier_score_loss, log_loss
 
 from lungct.errors import LungCTError
-from lungct.evaluation.metrics import ece_of_bins, reliability_bins
 
 CALIBRATION_FILE = "calibration.json"
 METHODS = ("temperature", "isotonic")
@@ -29,12 +28,6 @@ def _log(probs: np.ndarray) -> np.ndarray:
     return np.log(np.clip(probs, 1e-12, 1.0))
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
-
-
 @dataclass
 class TemperatureScaling:
     """softmax(logits / T). Works from probabilities too: log-softmax differs from the logits by a constant."""
@@ -42,7 +35,7 @@ class TemperatureScaling:
     temperature: float
 
     def apply(self, probs: np.ndarray) -> np.ndarray:
-        return _softmax(_log(np.asarray(probs, dtype=np.float64)) / self.temperature)
+        return softmax(_log(np.asarray(probs, dtype=np.float64)) / self.temperature, axis=1)
 
     def to_dict(self) -> dict:
         return {"method": "temperature", "temperature": self.temperature}
@@ -116,21 +109,3 @@ def load_calibration(run_dir: str | Path) -> Calibrator | None:
         return calibrator_from_dict(json.loads(path.read_text()))
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise LungCTError(f"{path} is damaged: {exc}") from exc
-
-
-def calibration_metrics(y_true: np.ndarray, probs: np.ndarray, bins: int = 15) -> dict:
-    """ECE and MCE (top label, equal-width bins), multi-class Brier score and NLL."""
-    y_true = np.asarray(y_true)
-    probs = np.asarray(probs, dtype=np.float64)
-    probs = probs / probs.sum(1, keepdims=True)  # float32 softmax rows sum to 1 only within 1e-7
-    table = reliability_bins(y_true, probs, bins)
-    n = len(y_true)
-    gaps = [abs(b["accuracy"] - b["confidence"]) for b in table]
-    labels = list(range(probs.shape[1]))
-    return {
-        "n": n,
-        "ece": ece_of_bins(table),
-        "mce": float(max(gaps)) if gaps else 0.0,
-        "brier": float(brier_score_loss(y_true, probs, labels=labels)),
-        "nll": float(log_loss(y_true, np.clip(probs, 1e-12, 1.0), labels=labels)),
-    }

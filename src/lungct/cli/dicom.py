@@ -41,8 +41,8 @@ def predict_series_command(
 ) -> None:
     """Predict one DICOM series: per-slice JSON lines in slice order, then one study-level JSON line."""
     from lungct.dicom.series import load_series
-    from lungct.dicom.study import predict_series
     from lungct.inference import Predictor
+    from lungct.inference.study import predict_series
 
     series = load_series(path, force=force)
     result = predict_series(

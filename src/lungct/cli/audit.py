@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from lungct.cli.options import Quiet, setup_logging
+
 
 def audit_command(
     data: Annotated[list[Path], typer.Argument(exists=True, help="dataset folders or CSV manifests")],
@@ -14,13 +16,12 @@ def audit_command(
     split: Annotated[
         Path | None, typer.Option("--split", exists=True, help="split.csv (or a run directory) to check for leaks")
     ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Audit a dataset: duplicates, look-alike groups, leaks in a split, shortcuts, class balance."""
     from lungct.audit.core import run_audit
-    from lungct.cli import _setup_logging
 
-    _setup_logging(quiet)
+    setup_logging(quiet)
     a = run_audit(data, out, split, progress=not quiet)
     d = a["duplicate_summary"]
     typer.echo(f"images: {a['counts']['total']} {a['counts']['per_class']} imbalance {a['counts']['imbalance_ratio']}")

@@ -1,53 +1,19 @@
-"""The command line: a thin shell that parses arguments, calls lungct's functions and prints.
-
-Every problem a user can fix ends as one line on stderr and a non-zero exit code, never a traceback.
-"""
+"""`lungct train`, `evaluate`, `predict` and `backbones`: parse, call the library, print."""
 
 from __future__ import annotations
 
 import json
-import logging
-import sys
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from lungct.errors import LungCTError
-from lungct.tracking.options import NoTrack, TrackingUri
-
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-    help="Lung CT classification: train, evaluate, predict.",
-)
-log = logging.getLogger("lungct")
-
-ExistingPaths = Annotated[list[Path], typer.Argument(exists=True, help="image files or folders")]
+from lungct.cli.options import ConfigFile, ExistingPaths, NoTrack, Quiet, SplitMode, TrackingUri, log, setup_logging
 
 
-class SplitMode(StrEnum):
-    group = "group"
-    random = "random"
-
-
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars or info messages")]
-
-
-def _setup_logging(quiet: bool) -> None:
-    logging.basicConfig(format="%(message)s", stream=sys.stderr, level=logging.WARNING if quiet else logging.INFO)
-    log.setLevel(logging.WARNING if quiet else logging.INFO)
-
-
-@app.command()
-def train(
+def train_command(
     out: Annotated[Path, typer.Option("--out", help="run directory to create (or resume)")],
-    config: Annotated[
-        Path | None, typer.Option("--config", exists=True, dir_okay=False, help="experiment YAML")
-    ] = None,
+    config: ConfigFile = None,
     data: Annotated[
         list[Path] | None, typer.Option("--data", exists=True, help="dataset root or CSV manifest; repeat to merge")
     ] = None,
@@ -76,7 +42,7 @@ def train(
     from lungct.tracking import log_training_run, tracked_run
     from lungct.training import train as run_training
 
-    _setup_logging(quiet)
+    setup_logging(quiet)
     cfg = load_config_with_params(config, params)
     if data:
         aliases = {k: v for s in cfg.data.sources for k, v in s.aliases.items()}
@@ -109,8 +75,7 @@ def train(
     typer.echo(f"run written to {run.path}")
 
 
-@app.command()
-def evaluate(
+def evaluate_command(
     run: Annotated[Path, typer.Option("--run", exists=True, file_okay=False, help="run directory")],
     out: Annotated[Path, typer.Option("--out", help="folder for metrics.json and plots")],
     data: Annotated[
@@ -125,7 +90,7 @@ def evaluate(
     from lungct.evaluation.evaluate import evaluate as run_evaluation
     from lungct.tracking import log_evaluation, run_config, tracked_run
 
-    _setup_logging(quiet)
+    setup_logging(quiet)
     name = f"{run.resolve().name}-eval"
     with tracked_run("evaluate", name, config=run_config(run), tracking_uri=tracking_uri, enabled=not no_track) as t:
         m = run_evaluation(run, out, [str(d) for d in data] if data else None, progress=not quiet, tta=tta)
@@ -137,8 +102,7 @@ def evaluate(
     typer.echo(f"report written to {out}/metrics.json")
 
 
-@app.command()
-def predict(
+def predict_command(
     run: Annotated[Path, typer.Option("--run", exists=True, file_okay=False, help="run directory")],
     paths: ExistingPaths,
     tta: Annotated[bool, typer.Option("--tta", help="average each slice with its mirror image")] = False,
@@ -150,7 +114,7 @@ def predict(
     from lungct.data.images import is_dicom_file
     from lungct.inference import Predictor, unfinished_run
 
-    _setup_logging(True)
+    setup_logging(True)
     predictor = Predictor(run, tta=tta)
     if (reason := unfinished_run(run)) is not None:
         typer.echo(f"lungct: warning: {reason}", err=True)
@@ -160,79 +124,9 @@ def predict(
         typer.echo(json.dumps(result))
 
 
-@app.command()
-def backbones() -> None:
+def backbones_command() -> None:
     """List the registered backbones."""
     from lungct.models.registry import BACKBONES
 
     for name, spec in sorted(BACKBONES.items()):
         typer.echo(f"{name:24s} {spec.description}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    try:
-        result = app(args=argv, standalone_mode=False)
-    except typer.TyperException as exc:  # typer's usage errors: unknown option, missing path, bad value
-        if type(exc).__name__ == "NoArgsIsHelpError":
-            typer.echo(str(exc))
-            return 0
-        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-        typer.echo(f"lungct: error: {' '.join(message.split())}", err=True)
-        return getattr(exc, "exit_code", 2)
-    except (typer.Abort, KeyboardInterrupt):
-        typer.echo("lungct: interrupted; run the same command again to resume", err=True)
-        return 130
-    except LungCTError as exc:
-        typer.echo(f"lungct: error: {exc}", err=True)
-        return 1
-    return result if isinstance(result, int) else 0
-
-
-def run() -> None:
-    """Console-script entry point."""
-    sys.exit(main())
-
-
-# Commands of other concerns register below, one import and one app.command line each.
-from lungct.evaluation.commands import cv_command  # noqa: E402
-
-app.command("cv")(cv_command)
-from lungct.audit.command import audit_command  # noqa: E402
-
-app.command("audit")(audit_command)
-from lungct.dicom.cli import predict_series_command  # noqa: E402
-
-app.command("predict-series")(predict_series_command)
-from lungct.explain.commands import explain_command  # noqa: E402
-
-app.command("explain")(explain_command)
-from lungct.evaluation.commands import calibrate_command  # noqa: E402
-
-app.command("calibrate")(calibrate_command)
-from lungct.evaluation.commands import threshold_command  # noqa: E402
-
-app.command("threshold")(threshold_command)
-from lungct.app.command import app_command  # noqa: E402
-
-app.command("app")(app_command)
-from lungct.pipeline.commands import split_command  # noqa: E402
-
-app.command("split")(split_command)
-from lungct.tuning.command import tune_command  # noqa: E402
-
-app.command("tune")(tune_command)
-from lungct.compare.command import compare_command  # noqa: E402
-
-app.command("compare")(compare_command)
-from lungct.monitoring.drift_command import drift_command  # noqa: E402
-
-app.command("drift")(drift_command)
-from lungct.export.command import export_command  # noqa: E402
-
-app.command("export")(export_command)
-from lungct.serve.command import serve_command  # noqa: E402
-
-app.command("serve")(serve_command)
-from lungct.ensemble.command import ensemble_command  # noqa: E402
-
-app.command("ensemble")(ensemble_command)

@@ -7,24 +7,23 @@ from typing import Annotated
 
 import typer
 
+from lungct.cli.options import ConfigFile, Quiet, setup_logging
+
 
 def split_command(
     out: Annotated[Path, typer.Option("--out", help="split.csv to write (path,label,group,part)")],
-    config: Annotated[
-        Path | None, typer.Option("--config", exists=True, dir_okay=False, help="experiment YAML")
-    ] = None,
+    config: ConfigFile = None,
     params: Annotated[
         Path | None, typer.Option("--params", exists=True, dir_okay=False, help="params.yaml laid over the config")
     ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars or info messages")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Split the config's data into train/val/test (by look-alike group) as training would; write split.csv."""
-    from lungct.cli import _setup_logging
     from lungct.data.splits import part_counts
     from lungct.pipeline.params import load_config_with_params
     from lungct.pipeline.split import write_split
 
-    _setup_logging(quiet)
+    setup_logging(quiet)
     items, skipped = write_split(load_config_with_params(config, params), out, progress=not quiet)
     for part, counts in part_counts(items).items():
         if not counts:

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from lungct.cli.options import Quiet, setup_logging
 from lungct.errors import LungCTError
 
 
@@ -41,15 +42,14 @@ def explain_command(
     ] = None,
     per_class: Annotated[int, typer.Option("--per-class", min=1, help="slices per class with --from-split")] = 2,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="images per forward pass")] = 8,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Heatmaps (Grad-CAM, Grad-CAM++, EigenCAM, Score-CAM) and overlay PNGs for image files or folders."""
-    from lungct.cli import _setup_logging
     from lungct.explain.batch import explain_to_folder, held_out_paths
     from lungct.explain.explainer import Explainer
     from lungct.inference import expand_paths
 
-    _setup_logging(quiet)
+    setup_logging(quiet)
     files = expand_paths(paths or [])
     if from_split:
         files += held_out_paths(run, from_split, per_class)

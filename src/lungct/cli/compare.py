@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from lungct.tracking.options import NoTrack, TrackingUri
+from lungct.cli.options import NoTrack, Quiet, TrackingUri, setup_logging
 
 
 def compare_command(
@@ -27,15 +27,15 @@ def compare_command(
     bootstrap: Annotated[int, typer.Option("--bootstrap", help="bootstrap resamples for the 95% intervals")] = 1000,
     tracking_uri: TrackingUri = None,
     no_track: NoTrack = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars or info messages")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Train and test several backbones on one group split; leaderboard, ROC overlay and recommendations."""
-    from lungct.cli import _setup_logging
-    from lungct.compare.core import CompareSettings, compare
+    from lungct.compare.core import compare
+    from lungct.compare.settings import CompareSettings
     from lungct.config import load_config
     from lungct.tracking import tracked_run
 
-    _setup_logging(quiet)
+    setup_logging(quiet)
     cfg = load_config(config)
     if weights is not None and weights not in ("hub",):
         weights = str(Path(weights).expanduser().resolve())

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from lungct.tracking.options import NoTrack, TrackingUri
+from lungct.cli.options import NoTrack, Quiet, TrackingUri, setup_logging
 
 
 class Sampler(StrEnum):
@@ -46,15 +46,15 @@ def tune_command(
     ),
     tracking_uri: TrackingUri = None,
     no_track: NoTrack = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars or info messages")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Search training settings with Optuna on one fixed group split's validation part; resumable."""
-    from lungct.cli import _setup_logging
     from lungct.config import load_config
     from lungct.tracking import tracked_run
-    from lungct.tuning.study import TuneSettings, tune
+    from lungct.tuning.settings import TuneSettings
+    from lungct.tuning.study import tune
 
-    _setup_logging(quiet)
+    setup_logging(quiet)
     cfg = load_config(config)
     settings = TuneSettings(
         trials=trials,

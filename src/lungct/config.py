@@ -12,11 +12,13 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from lungct.contracts import DicomWindow
 from lungct.errors import LungCTError
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # enum fields keep their plain string value, so configs compare, dump and print as before
+    model_config = ConfigDict(extra="forbid", use_enum_values=True)
 
 
 class GroupsFile(_Strict):
@@ -41,7 +43,7 @@ class DataConfig(_Strict):
     label_map: dict[str, str] = Field(default_factory=dict)  # applied after normalisation (e.g. binary tasks)
     color: Literal["grey", "rgb"] = "grey"  # grey: every image becomes one channel replicated to three
     # Hounsfield window for DICOM input (see lungct.dicom); stack3 = lung/mediastinal/bone as 3 channels
-    dicom_window: Literal["lung", "mediastinal", "file", "stack3"] = "lung"
+    dicom_window: DicomWindow = DicomWindow.lung
     # full: the whole slice; body: each slice cropped to the body's square field of view (lungct.data.field)
     field: Literal["full", "body"] = "full"
     positive_class: str | None = None  # for binary metrics and operating points

@@ -29,7 +29,7 @@ def test_report_metrics_turn_intervals_into_low_and_high():
     }
     got = report_metrics(metrics)
     assert got["accuracy_ci95_low"] == 0.6 and got["accuracy_ci95_high"] == 0.95
-    assert got["malignant.recall_ci95_low"] == 0.5 and got["classes.malignant.recall"] == 0.9
+    assert got["malignant.recall_ci95_low"] == 0.5 and got["malignant.recall"] == 0.9 and got["n"] == 10
     assert "macro_auc_ci95_low" not in got and not any(k.startswith("confusion") for k in got)
 
 

@@ -9,18 +9,13 @@ from typing import Annotated
 
 import typer
 
+from lungct.contracts import DicomWindow
+
 
 class AggregateChoice(StrEnum):
     max = "max"
     mean = "mean"
     topk = "topk"
-
-
-class WindowChoice(StrEnum):
-    lung = "lung"
-    mediastinal = "mediastinal"
-    file = "file"
-    stack3 = "stack3"
 
 
 def predict_series_command(
@@ -35,7 +30,7 @@ def predict_series_command(
     ] = None,
     threshold: Annotated[float, typer.Option("--threshold", help="study score at or above which it is positive")] = 0.5,
     window: Annotated[
-        WindowChoice | None, typer.Option("--window", help="Hounsfield window (default: the model's)")
+        DicomWindow | None, typer.Option("--window", help="Hounsfield window (default: the model's)")
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="accept modalities other than CT")] = False,
 ) -> None:

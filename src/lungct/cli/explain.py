@@ -9,14 +9,8 @@ from typing import Annotated
 import typer
 
 from lungct.cli.options import Quiet, setup_logging
+from lungct.contracts import CamMethod
 from lungct.errors import LungCTError
-
-
-class Method(StrEnum):
-    gradcam = "gradcam"
-    gradcampp = "gradcam++"
-    eigencam = "eigencam"
-    scorecam = "scorecam"
 
 
 class Group(StrEnum):
@@ -29,7 +23,7 @@ def explain_command(
     run: Annotated[Path, typer.Option("--run", exists=True, file_okay=False, help="run directory")],
     out: Annotated[Path, typer.Option("--out", help="folder for <name>.npy heatmaps and <name>.png overlays")],
     paths: Annotated[list[Path] | None, typer.Argument(help="image files or folders")] = None,
-    method: Annotated[Method, typer.Option("--method", help="CAM method")] = Method.gradcam,
+    method: Annotated[CamMethod, typer.Option("--method", help="CAM method")] = CamMethod.gradcam,
     layer: Annotated[
         list[str] | None, typer.Option("--layer", help="layer name (model.named_modules()); repeat to average")
     ] = None,

@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.metrics import RocCurveDisplay
 
+from lungct.contracts import interval_items
 from lungct.data.splits import load_split, part_counts
 
 if TYPE_CHECKING:
@@ -312,10 +313,8 @@ def write_reports(
 
 
 def _flat(row: dict[str, Any]) -> dict[str, Any]:
-    out = {}
+    """A leaderboard row for CSV: each `<metric>_ci95` pair as two columns (lungct.contracts.interval_items)."""
+    out: dict[str, Any] = {}
     for k, v in row.items():
-        if k.endswith("_ci95"):
-            out[f"{k}_low"], out[f"{k}_high"] = (v[0], v[1]) if v else (None, None)
-        else:
-            out[k] = v
+        out.update(interval_items(k.removesuffix("_ci95"), v) if k.endswith("_ci95") else {k: v})
     return out

@@ -23,6 +23,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
 from lungct.config import ExperimentConfig
+from lungct.contracts import flat_metrics
 from lungct.data.prepare import prepare_data
 from lungct.data.splits import SplitItem, load_split, make_split
 from lungct.errors import LungCTError
@@ -90,12 +91,11 @@ def fold_splits(pool: Pool, folds: int, cfg: ExperimentConfig) -> list[list[Spli
     return out
 
 
-def _flatten(metrics: dict) -> dict[str, float | None]:
-    row = {m: metrics.get(m) for m in HEADLINE}
-    for name, c in metrics["classes"].items():
-        for key in ("recall", "specificity", "auc"):
-            row[f"{name}.{key}"] = c.get(key)
-    return row
+def _fold_columns(metrics: dict) -> dict[str, float | None]:
+    """The headline metrics and each class's recall, specificity and AUC, from the one flattening."""
+    flat = flat_metrics(metrics)
+    keys = [*HEADLINE, *(f"{c}.{k}" for c in metrics["classes"] for k in ("recall", "specificity", "auc"))]
+    return {k: flat.get(k) for k in keys}
 
 
 def summarise(rows: list[dict[str, float | None]]) -> dict[str, dict[str, float | None]]:
@@ -148,7 +148,7 @@ def cross_validate(
         row = {
             "fold": k,
             "n_test": metrics["n"],
-            **_flatten(metrics),
+            **_fold_columns(metrics),
             **study_metrics(check.y, check.before, check.groups, run.card().classes),
             "temperature": check.temperature,
             "ece_calibrated": calibration_metrics(check.y, check.after)["ece"],

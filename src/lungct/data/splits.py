@@ -14,13 +14,14 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
+from lungct.contracts import SplitPart
 from lungct.errors import LungCTError
 from lungct.files import atomic_csv
 
 # "calib" is optional: whole groups held out for calibration and operating points only. Validation also picks
 # the early-stopping epoch, so probabilities on it are optimistically fitted; a part no choice has touched
 # gives an honest temperature and threshold.
-PARTS = ("train", "val", "calib", "test")
+PARTS = tuple(SplitPart)  # train, val, calib, test (lungct.contracts.SplitPart)
 
 
 @dataclass(frozen=True)

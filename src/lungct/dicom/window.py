@@ -8,18 +8,17 @@ and the output must be 8-bit).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
+from lungct.contracts import DicomWindow
 from lungct.dicom.errors import DicomError
 from lungct.dicom.read import to_hu
 
-WindowName = Literal["lung", "mediastinal", "file", "stack3"]
-WINDOW_NAMES: tuple[str, ...] = ("lung", "mediastinal", "file", "stack3")
+WINDOW_NAMES: tuple[str, ...] = tuple(DicomWindow)  # lungct.contracts.DicomWindow is the one list
 
 
 @dataclass(frozen=True)

@@ -13,21 +13,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from lungct.contracts import flat_metrics
 from lungct.evaluation.metrics import compute_metrics
 
 N_RESAMPLES = 1000
-
-
-def flat_metrics(metrics: dict) -> dict[str, float | None]:
-    """The scalar metrics of a compute_metrics dict, per-class ones as "<class>.<metric>"."""
-    flat: dict[str, float | None] = {
-        k: v for k, v in metrics.items() if k != "n" and isinstance(v, (int, float)) and not isinstance(v, bool)
-    }
-    for name, per_class in metrics["classes"].items():
-        for key, value in per_class.items():
-            if key != "support":
-                flat[f"{name}.{key}"] = value
-    return flat
 
 
 def _clusters(n: int, groups: Sequence[str] | None) -> list[np.ndarray]:

@@ -9,11 +9,23 @@ from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, ScoreCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
+from lungct.contracts import CamMethod
 from lungct.data.transforms import Preprocess
 from lungct.errors import LungCTError
 
-METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "eigencam": EigenCAM, "scorecam": ScoreCAM}
-METHOD_TITLES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "eigencam": "EigenCAM", "scorecam": "Score-CAM"}
+# pytorch-grad-cam class and display title of each lungct.contracts.CamMethod
+METHODS = {
+    CamMethod.gradcam: GradCAM,
+    CamMethod.gradcampp: GradCAMPlusPlus,
+    CamMethod.eigencam: EigenCAM,
+    CamMethod.scorecam: ScoreCAM,
+}
+METHOD_TITLES = {
+    CamMethod.gradcam: "Grad-CAM",
+    CamMethod.gradcampp: "Grad-CAM++",
+    CamMethod.eigencam: "EigenCAM",
+    CamMethod.scorecam: "Score-CAM",
+}
 SCORECAM_MAX_CHANNELS = 4096  # Score-CAM runs one forward pass per channel: groups of layers would take hours
 
 

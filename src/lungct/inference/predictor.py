@@ -20,6 +20,7 @@ from scipy.special import softmax
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from lungct.contracts import Backend
 from lungct.data.dataset import CTImageDataset
 from lungct.data.images import ImageReadError, is_image_file
 from lungct.data.transforms import eval_transform, prepare_image
@@ -28,7 +29,7 @@ from lungct.files import natural_key
 from lungct.inference.calibration import load_calibration
 from lungct.run import RunDir, load_model, model_version
 
-BACKENDS = ("auto", "onnx", "torch")
+BACKENDS = tuple(Backend)  # lungct.contracts.Backend is the one list
 log = logging.getLogger("lungct")
 
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lungct.config import ExperimentConfig
-from lungct.data.splits import SplitItem, load_split, part_counts, save_split
+from lungct.data.splits import PARTS, SplitItem, load_split, part_counts, save_split
 from lungct.errors import LungCTError
 from lungct.run import RunDir
 from lungct.training.trainer import EpochCallback, Trainer
@@ -42,7 +42,7 @@ def read_split_file(path: str | Path) -> list[SplitItem]:
         raise LungCTError(f"{path} is not a split file: it needs the columns path,label,group,part") from exc
     if not items:
         raise LungCTError(f"{path} lists no images")
-    unknown = sorted({i.part for i in items} - {"train", "val", "test", "calib"})
+    unknown = sorted({i.part for i in items} - set(PARTS))
     if unknown:
         raise LungCTError(f"{path}: unknown parts {unknown}; expected train, val, test, calib")
     missing = [i.path for i in items if not Path(i.path).is_file()]

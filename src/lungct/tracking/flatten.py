@@ -10,6 +10,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from lungct.contracts import flat_metrics
+
 MAX_KEY = 250
 MAX_PARAM_VALUE = 6000
 _BAD_KEY_CHARS = re.compile(r"[^\w\-./ ]")
@@ -51,14 +53,7 @@ def metric_items(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 
 def report_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """metrics.json of `lungct evaluate` as MLflow metrics, its ci95 intervals as `<name>_ci95_low/high`.
-
-    Per-class metrics become `<class>.<metric>` (e.g. `malignant.recall`); the confusion matrix is left to the
-    artifacts.
-    """
-    flat = {k: v for k, v in metrics.items() if k not in ("ci95", "confusion_matrix", "skipped", "data")}
-    out = metric_items(flat)
-    for name, interval in (metrics.get("ci95") or {}).items():
-        if isinstance(interval, list | tuple) and len(interval) == 2:
-            out.update(metric_items({f"{name}_ci95_low": interval[0], f"{name}_ci95_high": interval[1]}))
-    return out
+    """metrics.json of `lungct evaluate` as MLflow metrics (lungct.contracts.flat_metrics): per-class ones as
+    `<class>.<metric>` (e.g. `malignant.recall`), ci95 intervals as `<name>_ci95_low/high`, plus the count `n`;
+    the confusion matrix is left to the artifacts."""
+    return metric_items({"n": metrics.get("n"), **flat_metrics(metrics, intervals=True)})

@@ -20,13 +20,35 @@ import torch
 from safetensors.torch import load_file, save
 
 from lungct.config import HeadConfig
+from lungct.contracts import RunSummary
 from lungct.data.transforms import Preprocess
 from lungct.errors import LungCTError
 from lungct.files import atomic_write
 
+# model.json's format. 1: before the field existed; 2: adds schema_version and versions. A card newer than this
+# lungct is refused with a clear message instead of being half-read.
+CARD_SCHEMA_VERSION = 2
+VERSIONED_LIBRARIES = ("lungct", "torch", "timm", "torchvision", "numpy", "onnx", "onnxruntime")
+
+
+def library_versions() -> dict[str, str]:
+    """The versions of Python and of the libraries that shape a model, as MONAI bundles record them."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in VERSIONED_LIBRARIES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return out
+
 
 @dataclass
 class ModelCard:
+    """model.json: what rebuilds and describes a trained model."""
+
     arch: str
     timm_name: str
     classes: list[str]
@@ -38,9 +60,12 @@ class ModelCard:
     global_pool: str = "avg"  # timm's pooling of the last feature map (model.pool)
     members: int = 0  # > 0: an ensemble of this many classifiers (lungct ensemble)
     shared_backbone: bool = False  # an ensemble whose members share one frozen backbone
+    versions: dict[str, str] = field(default_factory=library_versions)  # of the software that made the model
+    schema_version: int = CARD_SCHEMA_VERSION
 
     def to_dict(self) -> dict:
         return {
+            "schema_version": self.schema_version,
             "arch": self.arch,
             "timm_name": self.timm_name,
             "classes": self.classes,
@@ -52,10 +77,17 @@ class ModelCard:
             "global_pool": self.global_pool,
             "members": self.members,
             "shared_backbone": self.shared_backbone,
+            "versions": self.versions,
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelCard:
+        schema = int(d.get("schema_version", 1))
+        if schema > CARD_SCHEMA_VERSION:
+            raise LungCTError(
+                f"model.json has schema version {schema}, newer than this lungct reads ({CARD_SCHEMA_VERSION}): "
+                "upgrade lungct to use this run"
+            )
         return cls(
             d["arch"],
             d["timm_name"],
@@ -68,6 +100,8 @@ class ModelCard:
             d.get("global_pool", "avg"),
             int(d.get("members", 0)),
             bool(d.get("shared_backbone", False)),
+            dict(d.get("versions") or {}),
+            schema,
         )
 
 
@@ -98,8 +132,14 @@ class RunDir:
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise LungCTError(f"{self.model_json} is damaged: {exc}") from exc
 
-    def read_summary(self) -> dict:
-        return json.loads(self.summary.read_text()) if self.summary.is_file() else {}
+    def read_summary(self) -> RunSummary:
+        """summary.json as its typed record; a run without one has status None."""
+        if not self.summary.is_file():
+            return RunSummary()
+        try:
+            return RunSummary.model_validate_json(self.summary.read_bytes())
+        except ValueError as exc:
+            raise LungCTError(f"{self.summary} is damaged: {' '.join(str(exc).split())[:200]}") from None
 
 
 def model_version(run: RunDir) -> str:

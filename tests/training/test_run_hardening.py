@@ -26,7 +26,7 @@ def test_damaged_checkpoint_starts_afresh_with_a_warning(tiny_dataset, fake_pret
         Trainer(cfg, out, progress=False).fit()
     trainer.run.split.unlink()
     run = train(cfg, out, progress=False)
-    assert run.read_summary()["status"] == "complete"
+    assert run.read_summary().complete
     assert "damaged" in caplog.text
     assert (out / "checkpoint_last.pt.damaged").read_bytes() == content
 
@@ -63,7 +63,7 @@ def test_resume_under_another_config_is_refused_and_overwrite_starts_afresh(tiny
     with pytest.raises(LungCTError, match=r"another config.*seed"):
         train(other, out, progress=False)
     run = train(other, out, progress=False, overwrite=True)
-    assert run.read_summary()["status"] == "complete"
+    assert run.read_summary().complete
 
 
 def test_cli_reports_a_config_value_in_one_line(tmp_path, capsys):

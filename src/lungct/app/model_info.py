@@ -134,8 +134,7 @@ def card_rows(run_dir: str | Path) -> list[dict]:
     calibration = run.path / "calibration.json"
     rows.append({"item": "calibration", "value": "calibration.json" if calibration.is_file() else "none"})
     summary = run.read_summary()
-    counts = summary.get("counts") if isinstance(summary, dict) else None
-    for part, per_class in (counts or {}).items() if isinstance(counts, dict) else ():
+    for part, per_class in summary.counts.items():
         if isinstance(per_class, dict) and any(per_class.values()):
             total = sum(int(v) for v in per_class.values())
             detail = ", ".join(f"{k} {v}" for k, v in per_class.items())

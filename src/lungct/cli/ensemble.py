@@ -21,8 +21,8 @@ def ensemble_command(
     setup_logging(True)
     run = build_ensemble(cv, out, overwrite)
     summary = run.read_summary()
-    counts = summary["counts"]
+    counts, ensemble = summary.counts, (summary.model_extra or {}).get("ensemble", {})
     typer.echo(
-        f"wrote {run.path}: {summary['ensemble']['members']} members "
-        f"(shared backbone: {summary['ensemble']['shared_backbone']}); split {counts}"
+        f"wrote {run.path}: {ensemble.get('members')} members "
+        f"(shared backbone: {ensemble.get('shared_backbone')}); split {counts}"
     )

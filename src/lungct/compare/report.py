@@ -77,7 +77,7 @@ def build_row(arch: str, run: RunDir, card: ModelCard, metrics: dict[str, Any], 
         mflops=round(profile["mflops"], 1),
         latency_ms=round(profile["latency_ms"]["median"], 2),
         latency_p90_ms=round(profile["latency_ms"]["p90"], 2),
-        train_seconds=summary.get("train_seconds"),
+        train_seconds=summary.train_seconds,
         epochs=epochs,
         run_dir=str(run.path),
     )

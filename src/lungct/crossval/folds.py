@@ -153,7 +153,7 @@ def cross_validate(
             "temperature": check.temperature,
             "ece_calibrated": calibration_metrics(check.y, check.after)["ece"],
             "seconds": round(time.time() - t0, 1),
-            "train_seconds": run.read_summary().get("train_seconds"),
+            "train_seconds": run.read_summary().train_seconds,
             "reused": reused,
         }
         rows.append(row)

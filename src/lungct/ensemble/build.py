@@ -40,7 +40,7 @@ def finished_folds(cv_dir: Path) -> tuple[dict, list[RunDir]]:
         raise LungCTError(f"{summary} is damaged: {exc}") from exc
     runs = [RunDir(cv_dir / f"fold_{k}") for k in range(1, folds + 1)]
     for run in runs:
-        if run.read_summary().get("status") != "complete":
+        if not run.read_summary().complete:
             raise LungCTError(f"{run.path} is not a finished fold; run the same `lungct cv` command again")
         run.require_model()
     return info, runs

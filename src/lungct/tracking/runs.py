@@ -90,11 +90,11 @@ def log_training_run(tracker: Tracker, run_dir: str | Path, monitor: str = "val_
     log_history(tracker, history)
     summary = run.read_summary()
     metrics = best_epoch_metrics(history, monitor)
-    if summary.get("train_seconds") is not None:
-        metrics["train_seconds"] = summary["train_seconds"]
-    for part, counts in (summary.get("counts") or {}).items():
-        metrics[f"n_{part}"] = sum(counts.values()) if isinstance(counts, dict) else counts
-    metrics["n_skipped"] = len(summary.get("skipped") or [])
+    if summary.train_seconds is not None:
+        metrics["train_seconds"] = summary.train_seconds
+    for part, counts in summary.counts.items():
+        metrics[f"n_{part}"] = sum(counts.values())
+    metrics["n_skipped"] = len(summary.skipped)
     tracker.log_metrics(metrics)
     _tag_run(tracker, run.path)
     for name in RUN_FILES:

@@ -102,8 +102,7 @@ class Trainer:
         self.run = RunDir(out)
         self.progress = progress
         self.overwrite = overwrite
-        summary = self.run.read_summary() if self.run.path.is_dir() else {}
-        if summary.get("status") == "complete":
+        if self.run.read_summary().complete:
             if not overwrite:
                 raise LungCTError(f"{self.run.path} already holds a finished run; use --overwrite or another --out")
             shutil.rmtree(self.run.path)
@@ -131,7 +130,7 @@ class Trainer:
     def _items(self) -> tuple[list[SplitItem], list[dict]]:
         if self.run.checkpoint.is_file() and self.run.split.is_file() and self._resumable():
             log.info("resuming: reusing the split in %s", self.run.split)
-            return load_split(self.run.split), self.run.read_summary().get("skipped", [])
+            return load_split(self.run.split), self.run.read_summary().skipped
         if self.given_items is not None:
             save_split(self.given_items, self.run.split)
             return self.given_items, []
@@ -509,7 +508,7 @@ def train_or_reuse(
     resumes, a finished one with another config is trained again); (run, trained). One rule for cv folds,
     compared backbones and tuning trials, decided from the saved config, not from report text."""
     run = RunDir(out)
-    if run.read_summary().get("status") == "complete":
+    if run.read_summary().complete:
         if run.config.is_file() and not changed_fields(load_config(run.config).model_dump(), cfg.model_dump()):
             log.info("%s: reusing the finished run", run.path)
             return run, False

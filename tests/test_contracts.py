@@ -1,0 +1,76 @@
+"""The shared contracts: one metrics flattening, the run summary and the versioned model card."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lungct.contracts import CamMethod, DicomWindow, Metrics, RunSummary, flat_metrics
+from lungct.errors import LungCTError
+from lungct.run import CARD_SCHEMA_VERSION, ModelCard, RunDir
+
+REPORT = {
+    "n": 10,
+    "accuracy": 0.8,
+    "balanced_accuracy": 0.7,
+    "macro_auc": None,
+    "classes": {"benign": {"recall": 0.5, "auc": None, "support": 4}, "normal": {"recall": 0.9, "support": 6}},
+    "confusion_matrix": {"labels": ["benign", "normal"], "matrix": [[2, 2], [1, 5]]},
+    "ci95": {"accuracy": [0.6, 0.95], "benign.recall": None},
+    "ci95_method": "percentile bootstrap, 50 resamples of images",
+    "tta": True,
+}
+
+
+def test_flat_metrics_names_per_class_values_and_splits_intervals():
+    flat = flat_metrics(REPORT, intervals=True)
+    assert flat["benign.recall"] == 0.5 and flat["normal.recall"] == 0.9 and flat["benign.auc"] is None
+    assert flat["accuracy_ci95_low"] == 0.6 and flat["accuracy_ci95_high"] == 0.95
+    assert flat["benign.recall_ci95_low"] is None
+    # the count, booleans, support and non-scalars are not metrics
+    assert not {"n", "tta", "benign.support", "confusion_matrix", "ci95_method"} & flat.keys()
+    assert "accuracy_ci95_low" not in flat_metrics(REPORT)
+
+
+def test_metrics_model_reads_a_report_and_flattens_it_the_same_way():
+    metrics = Metrics.model_validate(REPORT)
+    assert metrics.classes["benign"].support == 4
+    assert metrics.flat(intervals=True) == flat_metrics(metrics.model_dump(), intervals=True)
+    assert metrics.flat()["balanced_accuracy"] == 0.7
+
+
+def test_enums_hold_the_names_users_type():
+    assert [m.value for m in CamMethod] == ["gradcam", "gradcam++", "eigencam", "scorecam"]
+    assert DicomWindow("stack3") == "stack3"
+
+
+def test_run_summary_of_a_missing_and_a_damaged_file(tmp_path):
+    run = RunDir(tmp_path)
+    assert run.read_summary() == RunSummary() and not run.read_summary().complete
+    run.summary.write_text(json.dumps({"status": "complete", "counts": {"train": {"a": 3}}, "extra": 1}))
+    assert run.read_summary().complete and run.read_summary().counts == {"train": {"a": 3}}
+    run.summary.write_text("{not json")
+    with pytest.raises(LungCTError, match=r"summary\.json is damaged"):
+        run.read_summary()
+
+
+def _card_dict() -> dict:
+    from lungct.data.transforms import Preprocess
+
+    return ModelCard("small_cnn", "small_cnn", ["a", "b"], Preprocess(64, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))).to_dict()
+
+
+def test_model_card_records_its_schema_and_the_library_versions_that_made_it():
+    card = _card_dict()
+    assert card["schema_version"] == CARD_SCHEMA_VERSION
+    assert {"python", "lungct", "torch", "timm"} <= card["versions"].keys()
+    old = {k: v for k, v in card.items() if k not in ("schema_version", "versions")}
+    read = ModelCard.from_dict(old)  # a card written before the fields existed still reads
+    assert read.schema_version == 1 and read.versions == {}
+
+
+def test_a_model_card_newer_than_this_lungct_is_refused():
+    card = {**_card_dict(), "schema_version": CARD_SCHEMA_VERSION + 1}
+    with pytest.raises(LungCTError, match="upgrade lungct"):
+        ModelCard.from_dict(card)

@@ -12,7 +12,7 @@ import typer
 
 from lungct.cli import app as app_cmd
 from lungct.cli import audit, compare, core, dicom, drift, ensemble, evaluation, explain, export, pipeline, serve, tune
-from lungct.errors import LungCTError
+from lungct.errors import LungCTError, missing_extra
 
 app = typer.Typer(
     add_completion=False,
@@ -63,7 +63,18 @@ def main(argv: list[str] | None = None) -> int:
     except LungCTError as exc:
         typer.echo(f"lungct: error: {exc}", err=True)
         return 1
+    except ModuleNotFoundError as exc:  # an optional extra is not installed: name it, in one line
+        missing = missing_extra(exc, f"`lungct {_command_name(argv)}`")
+        if missing is None:
+            raise
+        typer.echo(f"lungct: error: {missing}", err=True)
+        return 1
     return result if isinstance(result, int) else 0
+
+
+def _command_name(argv: list[str] | None) -> str:
+    args = sys.argv[1:] if argv is None else argv
+    return next((a for a in args if a in COMMANDS), "command")
 
 
 def run() -> None:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from lungct.errors import MissingExtraError
+
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".dcm"})
 MAX_PIXELS = 64_000_000  # far above any CT slice; larger files are treated as decompression bombs
 
@@ -74,7 +76,7 @@ def is_dicom_file(path: str | Path) -> bool:
 
 def _is_dicom(source, name: str | Path) -> bool:
     """A .dcm/.dicom name, or a DICOM Part 10 header ("DICM" at byte 128) for extensionless files."""
-    from lungct.dicom.read import DICOM_SUFFIXES, has_dicom_preamble
+    from lungct.dicom.detect import DICOM_SUFFIXES, has_dicom_preamble
 
     if Path(str(name)).suffix.lower() in DICOM_SUFFIXES:
         return True
@@ -95,8 +97,10 @@ def _is_dicom(source, name: str | Path) -> bool:
 
 
 def _open_dicom(source, name: str | Path, color: str, dicom_window: str | None) -> Image.Image:
-    from lungct.dicom import DicomError, load_dicom_image
-
+    try:
+        from lungct.dicom import DicomError, load_dicom_image
+    except ModuleNotFoundError as exc:
+        raise MissingExtraError("dicom", exc.name, f"reading the DICOM file {name}") from None
     try:
         return load_dicom_image(source, name, color, dicom_window)
     except DicomError as exc:

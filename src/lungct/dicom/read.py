@@ -22,29 +22,8 @@ from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, get_decoder
 from pydicom.tag import Tag
 
+from lungct.dicom.detect import DICOM_SUFFIXES, has_dicom_preamble, is_dicom_path  # noqa: F401 (re-exported)
 from lungct.dicom.errors import DicomError
-
-DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
-_PREAMBLE = 128
-
-
-def has_dicom_preamble(head: bytes) -> bool:
-    """True when the first 132 bytes are a DICOM Part 10 preamble followed by "DICM"."""
-    return len(head) >= _PREAMBLE + 4 and head[_PREAMBLE : _PREAMBLE + 4] == b"DICM"
-
-
-def is_dicom_path(path: str | Path) -> bool:
-    """A .dcm/.dicom file, or any file whose header says DICM (DICOM files often have no extension)."""
-    path = Path(path)
-    if path.suffix.lower() in DICOM_SUFFIXES:
-        return True
-    if not path.is_file():  # never open a FIFO or device: the read would block
-        return False
-    try:
-        with path.open("rb") as fh:
-            return has_dicom_preamble(fh.read(_PREAMBLE + 4))
-    except OSError:
-        return False
 
 
 def slice_id(ds: Dataset, name: str | Path) -> str:

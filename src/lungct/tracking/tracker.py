@@ -7,6 +7,8 @@ as always. mlflow is imported only when a run is actually tracked: it takes seco
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
 import logging
 import os
@@ -36,8 +38,19 @@ _active: ContextVar[tuple[Tracker, ...]] = ContextVar("lungct_tracking_runs", de
 
 
 def tracking_enabled(enabled: bool = True) -> bool:
-    """False when the caller said so (--no-track) or LUNGCT_TRACKING=off."""
-    return enabled and os.environ.get(SWITCH_ENV, "on").strip().lower() not in _OFF
+    """False when the caller said so (--no-track), LUNGCT_TRACKING=off, or MLflow is not installed (the
+    `mlops` extra): tracking is optional, so a training-only install trains untracked, with one warning."""
+    if not enabled or os.environ.get(SWITCH_ENV, "on").strip().lower() in _OFF:
+        return False
+    if importlib.util.find_spec("mlflow") is None:
+        _warn_untracked()
+        return False
+    return True
+
+
+@functools.cache
+def _warn_untracked() -> None:
+    log.warning("MLflow is not installed, so this run is not tracked: pip install 'lungct[mlops]' to track it")
 
 
 def default_tracking_uri(project: str | Path | None = None) -> str:

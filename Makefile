@@ -12,7 +12,7 @@ CONFIG ?= configs/iqothnccd.yaml
 $(STAMP): pyproject.toml
 	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet uv
 	uv venv --quiet --allow-existing $(VENV)
-	uv pip install --quiet --python $(PY) -e '.[dev]'
+	uv pip install --quiet --python $(PY) -e '.[all,dev]'
 	@touch $(STAMP)
 
 setup: $(STAMP)
@@ -37,6 +37,7 @@ demo: setup
 
 test: setup
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest -q --durations=15
 
 test-fast: setup

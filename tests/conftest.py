@@ -14,7 +14,10 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 IQ_OTH = SHARED / "datasets" / "iq-othnccd"
 MOBILENET_WEIGHTS = SHARED / "weights" / "mobilenetv2_100.imagenet.safetensors"
 
-needs_shared = pytest.mark.skipif(not IQ_OTH.is_dir(), reason="../shared datasets not present")
+
+def needs_shared(test):
+    """A test that reads ../shared: marked `realdata`, and skipped where the shared data are absent."""
+    return pytest.mark.realdata(pytest.mark.skipif(not IQ_OTH.is_dir(), reason="../shared datasets not present")(test))
 
 
 @pytest.fixture(autouse=True)

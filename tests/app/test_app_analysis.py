@@ -96,11 +96,13 @@ def test_bad_uploads_become_one_message_and_are_not_logged(model, tmp_path, data
 def test_app_prediction_matches_the_predictor(model):
     """The app reports the same (calibrated) probabilities as `lungct predict` for the same slice."""
     from lungct.data.transforms import prepare_image
+    from lungct.inference import Predictor
 
     data = slice_png(kind=2, seed=11)
     result = analyse_upload(model, data, "x.png")
-    pre = model.explainer.card.preprocess
-    expected = model.explainer.predictor.probabilities(prepare_image(pre.load_bytes(data), pre).unsqueeze(0))[0]
+    predictor = Predictor(model.run.path)  # what `lungct predict` loads, apart from the app's service
+    pre = predictor.card.preprocess
+    expected = predictor.probabilities(prepare_image(pre.load_bytes(data), pre).unsqueeze(0))[0]
     got = np.array([result["probabilities"][c] for c in model.classes])
     assert np.allclose(got, expected, atol=1e-5)
 

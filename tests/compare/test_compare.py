@@ -6,12 +6,14 @@ import json
 import pytest
 
 from lungct.cli import main
-from lungct.compare.core import CompareSettings, arch_config, compare
+from lungct.compare.core import arch_config, compare
 from lungct.compare.profile import count_parameters, flops_per_image
 from lungct.compare.report import recommend
+from lungct.compare.settings import CompareSettings
 from lungct.config import save_config
 from lungct.data.splits import load_split, save_split
 from lungct.errors import LungCTError
+from lungct.run import RunDir, load_model
 from tests.conftest import tiny_config
 
 
@@ -33,7 +35,11 @@ def test_two_backbones_share_one_split_and_are_marked_honestly(tiny_dataset, fak
     assert rows["small_cnn"]["pretrained"] is False and rows["small_cnn"]["init"] == "from scratch"
     for r in rows.values():
         assert r["positive_class"] == "malignant"
-        assert 0.0 <= r["accuracy"] <= 1.0 and r["params"] > 0 and r["mflops"] > 0 and r["latency_ms"] > 0
+        metrics = json.loads((tmp_path / "cmp" / "runs" / r["arch"] / "eval" / "metrics.json").read_text())
+        assert r["accuracy"] == pytest.approx(metrics["accuracy"])  # the leaderboard reports the run's own test
+        model, card = load_model(RunDir(tmp_path / "cmp" / "runs" / r["arch"]))
+        assert r["params"] == sum(p.numel() for p in model.parameters())
+        assert r["mflops"] == pytest.approx(flops_per_image(model, card.preprocess.input_size) / 1e6, abs=0.05)
         assert r["n_test"] == result["split"]["test"]
     assert rows["small_cnn"]["params"] < rows["mobilenetv2_100"]["params"]
 

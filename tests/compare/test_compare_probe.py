@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from lungct.compare.core import CompareSettings, arch_config
+from lungct.compare.core import arch_config
+from lungct.compare.settings import CompareSettings
 from lungct.errors import LungCTError
 from tests.conftest import tiny_config
 

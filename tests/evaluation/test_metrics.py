@@ -22,7 +22,15 @@ def test_metrics_match_hand_computed_values():
     assert m["classes"]["b"]["specificity"] == pytest.approx(4 / 5)
     assert m["classes"]["c"]["specificity"] == pytest.approx(1.0)
     assert m["n"] == 8
-    assert 0 < m["macro_auc"] <= 1
+
+    # AUC by its definition (Mann-Whitney: a positive scored above a negative, ties count half), one class
+    # against the rest, averaged over classes: independent of scikit-learn, which compute_metrics uses
+    def auc(k: int) -> float:
+        pos, neg = probs[y == k, k], probs[y != k, k]
+        return float(np.mean([(p > q) + 0.5 * (p == q) for p in pos for q in neg]))
+
+    assert m["macro_auc"] == pytest.approx(np.mean([auc(k) for k in range(3)]))
+    assert m["classes"]["a"]["auc"] == pytest.approx(auc(0))
     # all predictions have confidence 0.8; 6/8 correct -> ECE = |0.75 - 0.8|
     assert m["ece"] == pytest.approx(0.05)
 

@@ -52,6 +52,7 @@ def test_timm_preprocessing_used_without_weights_metadata():
     assert b.preprocess.mean == pytest.approx((0.485, 0.456, 0.406))
 
 
+@pytest.mark.realdata
 @pytest.mark.skipif(not MOBILENET_WEIGHTS.is_file(), reason="shared weights not present")
 def test_shared_mobilenet_weights_say_egyptian_cat():
     b = create_backbone("mobilenetv2_100", str(MOBILENET_WEIGHTS), num_classes=1000, color="rgb")
@@ -67,6 +68,7 @@ def test_shared_mobilenet_weights_say_egyptian_cat():
     assert names[int(top.indices[1])] == "tabby, tabby cat"
 
 
+@pytest.mark.realdata
 @pytest.mark.skipif(not MOBILENET_WEIGHTS.is_file(), reason="shared weights not present")
 def test_weights_for_another_arch_are_refused():
     with pytest.raises(LungCTError, match="is for 'mobilenetv2_100'"):

@@ -47,3 +47,23 @@ def test_stale_export_falls_back_to_pytorch(onnx_run, tmp_path):
     assert "no model.onnx" in Predictor(run).backend_reason
     with pytest.raises(LungCTError, match="unknown inference backend"):
         Predictor(run, backend="tensorrt")
+
+
+def test_uncalibrated_probabilities_without_touching_the_calibration(onnx_run, slice_dir, tmp_path):
+    """calibrated=False gives the model's own softmax on both backends, also when the ONNX graph holds the
+    temperature, and leaves `predictor.calibration` alone (lungct calibrate used to set it aside)."""
+    from lungct.export import export_onnx
+
+    run = tmp_path / "calibrated"
+    shutil.copytree(onnx_run, run, ignore=shutil.ignore_patterns("predictions.sqlite*"))
+    (run / "calibration.json").write_text(json.dumps({"method": "temperature", "temperature": 3.0}))
+    assert export_onnx(run, samples=2)["calibration"]["in_graph"]
+    plain = Predictor(onnx_run, backend="torch")
+    batch = _batch(plain, slice_dir)
+    raw = plain.probabilities(batch)
+    for backend in ("onnx", "torch"):
+        predictor = Predictor(run, backend=backend)
+        saved = predictor.calibration
+        assert np.abs(predictor.probabilities(batch, calibrated=False) - raw).max() < 1e-4, backend
+        assert np.abs(predictor.probabilities(batch) - raw).max() > 1e-3, backend  # T = 3 does change them
+        assert predictor.calibration is saved

@@ -42,7 +42,7 @@ def _wait_for(condition, what: str, timeout: float = 30.0) -> None:
 
 
 class SlowExplain:
-    """Stands in for ModelService.explain: blocks until released (30 s at most), then explains for real."""
+    """Stands in for InferenceService.explain: blocks until released (30 s at most), then explains for real."""
 
     def __init__(self, real):
         self.real = real
@@ -353,7 +353,7 @@ def test_a_zip_of_many_small_members_of_zeros_is_refused_as_a_whole(onnx_run, tm
 def test_the_decoded_pixels_of_a_request_are_bounded(onnx_run, tmp_path):
     settings = ServeSettings(run=onnx_run, log_path=tmp_path / "log.sqlite")
     assert settings.max_request_pixels == 128_000_000
-    bomb = pixel_bomb(7000)  # 49 megapixels each, a few kB: each under max_pixels, three over the request limit
+    bomb = pixel_bomb(7000)  # 49 megapixels each, a few kB: three over the request limit, judged before any one
     archive = make_zip({f"{i}.png": bomb for i in range(3)})
     small = ServeSettings(run=onnx_run, log_path=tmp_path / "log2.sqlite", max_request_pixels=10_000)
     slices = [("files", (f"{i}.png", png(seed=i), "image/png")) for i in range(5)]  # 48 x 48 = 2304 pixels each

@@ -11,8 +11,9 @@ from lungct.config import load_config, save_config
 from lungct.data.splits import load_split
 from lungct.errors import LungCTError
 from lungct.tuning import study as study_mod
+from lungct.tuning.settings import TuneSettings
 from lungct.tuning.space import active_knobs, apply_params, grid_space
-from lungct.tuning.study import TuneSettings, open_study, pruning_callback, tune
+from lungct.tuning.study import open_study, pruning_callback, tune
 from tests.conftest import tiny_config
 
 

@@ -10,7 +10,6 @@ from lungct.cli import main
 from lungct.config import load_config, save_config
 from lungct.data.splits import load_split
 from lungct.errors import LungCTError
-from lungct.tuning import study as study_mod
 from lungct.tuning.settings import TuneSettings
 from lungct.tuning.space import active_knobs, apply_params, grid_space
 from lungct.tuning.study import open_study, pruning_callback, tune
@@ -78,10 +77,11 @@ def test_pruning_callback_raises_trial_pruned_only_when_the_pruner_says_so():
     assert keep_all.trials[0].intermediate_values == {1: 0.5}
 
 
-def test_all_trials_pruned_still_reports_gracefully(tiny_dataset, fake_pretrained, tmp_path, monkeypatch):
-    monkeypatch.setattr(study_mod, "_pruner", lambda settings: optuna.pruners.ThresholdPruner(lower=2.0))
+def test_all_trials_pruned_still_reports_gracefully(tiny_dataset, fake_pretrained, tmp_path):
     cfg = _quick(tiny_dataset, fake_pretrained)
-    result = tune(cfg, TuneSettings(trials=2, study_dir=tmp_path / "s", sampler="tpe", progress=False))
+    prune_everything = optuna.pruners.ThresholdPruner(lower=2.0)
+    settings = TuneSettings(trials=2, study_dir=tmp_path / "s", sampler="tpe", progress=False, pruner=prune_everything)
+    result = tune(cfg, settings)
     assert result["n_pruned"] == 2 and result["n_complete"] == 0
     assert result["best_trial"] is None and not (tmp_path / "s" / "best_config.yaml").exists()
     assert "importances need at least two" in result["importances_note"]

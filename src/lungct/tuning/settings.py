@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lungct.errors import LungCTError
 
@@ -21,6 +22,8 @@ class TuneSettings:
     keep: str = "all"  # "all" run directories, or only the "best"
     progress: bool = True
     track: bool = False  # log each trial as a nested MLflow run (the CLI opens the parent run)
+    # an optuna pruner instead of the default (MedianPruner after two epochs; none with prune=False)
+    pruner: Any = None
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:

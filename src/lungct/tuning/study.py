@@ -75,6 +75,8 @@ def _sampler(settings: TuneSettings, cfg: ExperimentConfig, n_existing: int) -> 
 
 
 def _pruner(settings: TuneSettings) -> optuna.pruners.BasePruner:
+    if settings.pruner is not None:
+        return settings.pruner
     if not settings.prune:
         return optuna.pruners.NopPruner()
     # Judge from the second epoch on (steps count from 1; optuna skips steps below n_warmup_steps), and only

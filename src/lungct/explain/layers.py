@@ -9,7 +9,6 @@ backbone were fine-tuned, the rest stayed frozen; a backbone without pretrained 
 from __future__ import annotations
 
 import difflib
-import math
 from dataclasses import dataclass
 
 import torch
@@ -18,7 +17,7 @@ from torch import nn
 from lungct.config import ExperimentConfig
 from lungct.errors import LungCTError
 from lungct.models.registry import get_spec
-from lungct.training.freezing import parameter_layers
+from lungct.training.freezing import parameter_layers, top_layer_count
 
 GROUPS = ("frozen", "finetuned", "all")
 
@@ -95,14 +94,12 @@ def check_feature_maps(model: nn.Module, names: list[str], input_size: int) -> N
 
 
 def finetuned_count(cfg: ExperimentConfig, pretrained: bool, total: int) -> int:
-    """How many top backbone parameter layers training changed (same arithmetic as `unfreeze_top`)."""
+    """How many top backbone parameter layers training changed (the count `unfreeze_top` unfroze)."""
     if not pretrained:
         return total
     if cfg.train.phase2.epochs <= 0:
         return 0
-    amount = cfg.train.phase2.unfreeze
-    n = int(amount) if amount >= 1 else math.ceil(amount * total)
-    return max(0, min(n, total))
+    return top_layer_count(cfg.train.phase2.unfreeze, total)
 
 
 def layer_group(model: nn.Module, group: str, cfg: ExperimentConfig, pretrained: bool, input_size: int) -> list[str]:

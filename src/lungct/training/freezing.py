@@ -20,11 +20,16 @@ def set_trainable(module: nn.Module, trainable: bool) -> None:
         p.requires_grad_(trainable)
 
 
+def top_layer_count(amount: float, total: int) -> int:
+    """How many of `total` top layers `amount` names: >= 1 a count, below 1 a fraction (rounded up)."""
+    n = int(amount) if amount >= 1 else math.ceil(amount * total)
+    return max(0, min(n, total))
+
+
 def unfreeze_top(backbone: nn.Module, amount: float) -> int:
     """Make the top layers trainable: `amount` >= 1 is a count, below 1 a fraction. Returns the count."""
     layers = parameter_layers(backbone)
-    n = int(amount) if amount >= 1 else math.ceil(amount * len(layers))
-    n = max(0, min(n, len(layers)))
+    n = top_layer_count(amount, len(layers))
     set_trainable(backbone, False)
     for layer in layers[len(layers) - n :]:
         for p in layer.parameters(recurse=False):

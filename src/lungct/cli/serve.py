@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from lungct.contracts import Backend
 from lungct.errors import LungCTError
 
 
@@ -15,7 +16,7 @@ def serve_command(
     run: Annotated[Path | None, typer.Option("--run", help="run directory (from lungct train)")] = None,
     host: Annotated[str, typer.Option("--host", help="address to listen on (0.0.0.0: every interface)")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="port (0 picks a free one)")] = 8000,
-    backend: Annotated[str | None, typer.Option("--backend", help="auto | onnx | torch")] = None,
+    backend: Annotated[Backend | None, typer.Option("--backend", help="ONNX Runtime, PyTorch, or auto")] = None,
     tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="average with the mirrored slice")] = None,
     max_file_mb: Annotated[float | None, typer.Option("--max-file-mb", help="largest upload (default 20)")] = None,
     max_batch_files: Annotated[int | None, typer.Option("--max-batch-files", help="default 200")] = None,
@@ -66,7 +67,7 @@ def serve_command(
     from lungct.serve.settings import ServeSettings
 
     options = {
-        "backend": backend,
+        "backend": backend.value if backend else None,
         "tta": tta,
         "max_file_mb": max_file_mb,
         "max_batch_files": max_batch_files,

@@ -60,36 +60,36 @@ def make_split(
     """
     y = np.asarray(labels)
     g = np.asarray(groups)
-    parts = np.array(["train"] * len(y), dtype=object)
+    parts = np.array([SplitPart.train.value] * len(y), dtype=object)
     if preset_parts is not None and all(p is not None for p in preset_parts):
         parts[:] = preset_parts
-        if "val" not in set(preset_parts):
-            train = np.flatnonzero(parts == "train")
+        if SplitPart.val not in set(preset_parts):
+            train = np.flatnonzero(parts == SplitPart.train)
             held = _hold_out(y[train], g[train], val_fraction, seed)
-            parts[train[held]] = "val"
+            parts[train[held]] = SplitPart.val.value
         return _carve_calib(parts, y, g, calib_fraction, seed)
     test = _hold_out(y, g, test_fraction, seed)
-    parts[test] = "test"
+    parts[test] = SplitPart.test.value
     rest = np.flatnonzero(~test)
     val = _hold_out(y[rest], g[rest], val_fraction / (1.0 - test_fraction), seed + 1)
-    parts[rest[val]] = "val"
+    parts[rest[val]] = SplitPart.val.value
     return _carve_calib(parts, y, g, calib_fraction, seed)
 
 
 def _carve_calib(parts: np.ndarray, y: np.ndarray, g: np.ndarray, fraction: float, seed: int) -> list[str]:
     if fraction > 0:
-        train = np.flatnonzero(parts == "train")
+        train = np.flatnonzero(parts == SplitPart.train)
         share = fraction * len(parts) / max(len(train), 1)
         if share >= 0.5:
             raise LungCTError(f"calib_fraction {fraction} would take {share:.0%} of the training part")
         held = _hold_out(y[train], g[train], share, seed + 2)
-        parts[train[held]] = "calib"
+        parts[train[held]] = SplitPart.calib.value
     return list(parts)
 
 
 def tuning_part(items: list[SplitItem]) -> str:
     """Where calibration and thresholds are fitted: the calibration part if the split has one, else val."""
-    return "calib" if any(i.part == "calib" for i in items) else "val"
+    return SplitPart.calib.value if any(i.part == SplitPart.calib for i in items) else SplitPart.val.value
 
 
 def part_counts(items: list[SplitItem]) -> dict[str, dict[str, int]]:

@@ -18,6 +18,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from lungct.contracts import SplitPart
 from lungct.data.splits import SplitItem, load_split, part_counts, save_split
 from lungct.errors import LungCTError
 from lungct.models.ensemble import from_members
@@ -103,5 +104,5 @@ def _split(info: dict, runs: list[RunDir]) -> list[SplitItem]:
     seen: dict[str, SplitItem] = {}
     for run in runs:
         for item in load_split(run.split):
-            seen.setdefault(item.path, replace(item, part="train"))
+            seen.setdefault(item.path, replace(item, part=SplitPart.train.value))
     return list(seen.values())

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from lungct.config import SourceConfig, load_config
+from lungct.contracts import SplitPart
 from lungct.data.scan import scan_samples
 from lungct.data.sources import collect_samples
 from lungct.data.splits import load_split
@@ -28,7 +29,7 @@ def evaluation_items(predictor: Predictor, data: list[str] | None, progress: boo
     """(paths, labels, skipped) of the run's test part, or of the given data roots or manifests."""
     run = predictor.run
     if not data:
-        items = [i for i in load_split(run.split) if i.part == "test"]
+        items = [i for i in load_split(run.split) if i.part == SplitPart.test]
         if not items:
             raise LungCTError(f"{run.split} has no test part; pass --data to evaluate on other data")
         return [i.path for i in items], [i.label for i in items], []

@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.metrics import confusion_matrix, roc_curve
 
+from lungct.contracts import SplitPart
 from lungct.data.splits import load_split, tuning_part
 from lungct.errors import LungCTError
 from lungct.evaluation.calibrate import raw_part
@@ -102,10 +103,10 @@ def operating_points(
     calibrator = predictor.calibration
     parts = {}
     fit_part = tuning_part(load_split(predictor.run.split))
-    for part in (fit_part, "test"):
+    for part in (fit_part, SplitPart.test):
         y, raw, _ = raw_part(predictor, part, progress)
         parts[part] = (y, raw if calibrator is None else calibrator.apply(raw))
-    (y_val, p_val), (y_test, p_test) = parts[fit_part], parts["test"]
+    (y_val, p_val), (y_test, p_test) = parts[fit_part], parts[SplitPart.test]
     if len(y_test) == 0:
         raise LungCTError(f"{predictor.run.split} has no test part")
     threshold = threshold_for_sensitivity(y_val == k, p_val[:, k], target_sensitivity)

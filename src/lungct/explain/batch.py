@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from lungct.contracts import SplitPart
 from lungct.data.images import ImageReadError
 from lungct.data.splits import load_split
 from lungct.errors import LungCTError
@@ -26,7 +27,7 @@ class BatchResult:
     errors: list[ImageReadError] = field(default_factory=list)
 
 
-def held_out_paths(run_dir: str | Path, part: str = "test", per_class: int = 2) -> list[Path]:
+def held_out_paths(run_dir: str | Path, part: str = SplitPart.test, per_class: int = 2) -> list[Path]:
     """`per_class` files of each class in the run's `part`: one per look-alike group first, natural order.
 
     Distinct groups avoid picking near-duplicate neighbouring slices of one scan; the order is reproducible.

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lungct.contracts import SplitPart
 from lungct.data.images import ImageReadError
 from lungct.data.splits import load_split
 from lungct.data.transforms import prepare_image
@@ -65,7 +66,7 @@ def sample_inputs(run: RunDir, preprocess, n: int, seed: int = 0) -> tuple[torch
     """Up to n preprocessed slices from the run's split (test part first), topped up with random tensors."""
     tensors: list[torch.Tensor] = []
     if run.split.is_file():
-        items = sorted(load_split(run.split), key=lambda i: i.part != "test")
+        items = sorted(load_split(run.split), key=lambda i: i.part != SplitPart.test)
         for item in items:
             if len(tensors) >= n // 2:
                 break

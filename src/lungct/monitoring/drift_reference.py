@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from lungct.contracts import SplitPart
 from lungct.data.images import ImageReadError
 from lungct.data.splits import SplitItem, load_split
 from lungct.data.transforms import prepare_image
@@ -39,8 +40,11 @@ log = logging.getLogger("lungct")
 
 REFERENCE_FILE = "drift_reference.npz"
 STAT_KEYS = ("mean", "std", "p5", "p50", "p95", "width", "height")
-INPUT_PARTS = ("train",)  # intensity and embedding reference
-PREDICTION_PARTS = ("val", "calib")  # confidence and class-mix reference: images the model was not fitted on
+INPUT_PARTS = (SplitPart.train,)  # intensity and embedding reference
+PREDICTION_PARTS = (
+    SplitPart.val,
+    SplitPart.calib,
+)  # confidence and class-mix reference: images the model was not fitted on
 
 
 @dataclass

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 from tqdm import tqdm
 
 from lungct.config import ExperimentConfig, load_config, save_config
+from lungct.contracts import SplitPart
 from lungct.data.dataset import CTImageDataset
 from lungct.data.prepare import prepare_data, split_items
 from lungct.data.splits import SplitItem, load_split, part_counts, save_split
@@ -210,8 +211,8 @@ class Trainer:
         items, skipped = self._items()
         classes = sorted({i.label for i in items})
         self.class_index = {c: k for k, c in enumerate(classes)}
-        by_part = {p: [i for i in items if i.part == p] for p in ("train", "val", "test")}
-        if not by_part["train"] or not by_part["val"]:
+        by_part = {p: [i for i in items if i.part == p] for p in (SplitPart.train, SplitPart.val, SplitPart.test)}
+        if not by_part[SplitPart.train] or not by_part[SplitPart.val]:
             raise LungCTError("the split left the training or validation part empty; add data or change fractions")
 
         self.model, backbone = build_classifier(cfg.model, len(classes), cfg.data.color)
@@ -230,7 +231,7 @@ class Trainer:
             log.warning(
                 "%s starts from random weights: it is trained from scratch, not transfer-learned", cfg.model.arch
             )
-        train_labels = [self.class_index[i.label] for i in by_part["train"]]
+        train_labels = [self.class_index[i.label] for i in by_part[SplitPart.train]]
         weights = None
         if cfg.train.class_weights:
             present = np.unique(train_labels)
@@ -256,17 +257,19 @@ class Trainer:
         log.info(
             "classes %s; train %d, val %d, test %d images; %d skipped",
             classes,
-            len(by_part["train"]),
-            len(by_part["val"]),
-            len(by_part["test"]),
+            len(by_part[SplitPart.train]),
+            len(by_part[SplitPart.val]),
+            len(by_part[SplitPart.test]),
             len(skipped),
         )
 
-        train_loader = self._loader(by_part["train"], train_transform(self.card.preprocess, cfg.train.augment), True)
-        val_loader = self._loader(by_part["val"], eval_transform(self.card.preprocess), False)
+        train_loader = self._loader(
+            by_part[SplitPart.train], train_transform(self.card.preprocess, cfg.train.augment), True
+        )
+        val_loader = self._loader(by_part[SplitPart.val], eval_transform(self.card.preprocess), False)
         if cfg.train.phase1.solver == "logistic":  # frozen features of unaugmented slices
-            self._probe_loader = self._loader(by_part["train"], eval_transform(self.card.preprocess), False)
-            self._probe_groups = [i.group for i in by_part["train"]]
+            self._probe_loader = self._loader(by_part[SplitPart.train], eval_transform(self.card.preprocess), False)
+            self._probe_groups = [i.group for i in by_part[SplitPart.train]]
         self._fit_phases(plan_phases(cfg, backbone.pretrained), train_loader, val_loader)
         self._write_summary("complete", counts, skipped, started)
         self.run.checkpoint.unlink(missing_ok=True)

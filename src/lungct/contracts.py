@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class SplitPart(StrEnum):
@@ -137,3 +137,84 @@ class RunSummary(BaseModel):
 
 # -- predictions (one shape for the CLI, the API, the app, DICOM series and the prediction log) -------------
 # (section owned by the inference-service work)
+
+# Served predictions name the engine that ran; "auto" is a request, never an answer.
+ServedBackend = Literal[Backend.onnx, Backend.torch]
+
+
+def _unknown(value: object) -> bool:
+    return value is None
+
+
+class Prediction(BaseModel):
+    """One image's prediction: the predicted class, its probability, every class's probability (calibrated
+    when the run is, rounded to 6 decimals), and, when known, the input and the model that answered.
+
+    One model for every producer (Predictor, the inference service behind the REST API and the web app, DICOM
+    series, the prediction log), so none can drift from another. Its JSON spelling is the REST API's, which
+    is a public contract: attribute `name` is `file`, `predicted` is `label` and `probability` is
+    `confidence` (serialization aliases; dumps use them by default, and both spellings are accepted on input).
+    `model_dump(by_alias=False)` gives the attribute names (the web app's result). Context that is not known
+    (None) is left out of every dump: a batch item carries no model_version, a `lungct predict` line no sha256.
+    """
+
+    model_config = ConfigDict(frozen=True, validate_by_name=True, validate_by_alias=True, serialize_by_alias=True)
+
+    name: str | None = Field(
+        None,
+        alias="file",
+        exclude_if=_unknown,
+        description="the upload's file name, last path component only; shown back, never logged",
+    )
+    predicted: str = Field(alias="label", description="the predicted class (the highest probability)")
+    probability: float = Field(alias="confidence", description="calibrated probability of label")
+    probabilities: dict[str, float] = Field(description="every class's probability, calibrated when the run is")
+    sha256: str | None = Field(None, exclude_if=_unknown, description="of the uploaded bytes; the prediction log's key")
+    latency_ms: float | None = Field(None, exclude_if=_unknown)
+    model_version: str | None = Field(None, exclude_if=_unknown)
+    backend: ServedBackend | None = Field(None, exclude_if=_unknown)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _probability_of_label(cls, data: Any) -> Any:
+        """`confidence` is probabilities[label]: given both, the record needs neither twice."""
+        if isinstance(data, dict) and "probability" not in data and "confidence" not in data:
+            label, probabilities = data.get("predicted", data.get("label")), data.get("probabilities")
+            if isinstance(probabilities, Mapping) and label in probabilities:
+                data = {**data, "probability": probabilities[label]}
+        return data
+
+    @model_validator(mode="after")
+    def _label_is_a_class(self) -> Prediction:
+        if self.predicted not in self.probabilities:
+            raise ValueError(f"label {self.predicted!r} is not one of the classes {list(self.probabilities)}")
+        return self
+
+    @classmethod
+    def from_probabilities(cls, classes: Sequence[str], probabilities: Sequence[float], **context: Any) -> Prediction:
+        """The prediction for one row of model output (any sequence of floats, a numpy row included): the
+        first class with the highest probability, as numpy's argmax picks it; `context` sets name, sha256, ..."""
+        values = [float(p) for p in probabilities]
+        if len(values) != len(classes) or not values:
+            raise ValueError(f"{len(values)} probabilities for {len(classes)} classes")
+        best = classes[max(range(len(values)), key=values.__getitem__)]
+        rounded = {c: round(v, 6) for c, v in zip(classes, values, strict=True)}
+        return cls(predicted=best, probability=rounded[best], probabilities=rounded, **context)
+
+
+class ErrorDetail(BaseModel):
+    """Why one file was not predicted: a stable code, a message naming the file, and the HTTP status it has
+    when it is the whole answer."""
+
+    code: str
+    message: str
+    status: int
+
+
+class FileError(BaseModel):
+    """A file of a batch that could not be predicted; the other files still are. `name` is `file` in JSON."""
+
+    model_config = ConfigDict(frozen=True, validate_by_name=True, validate_by_alias=True, serialize_by_alias=True)
+
+    name: str = Field(alias="file", description="the upload's (or zip member's) file name, last component only")
+    error: ErrorDetail

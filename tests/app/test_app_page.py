@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 import sys
@@ -95,7 +96,8 @@ def test_streamlit_command_line(tmp_path):
 
 def test_app_command_execs_streamlit_on_the_page(monkeypatch, capsys, app_run, tmp_path):
     calls = []
-    monkeypatch.setattr("lungct.cli.app.os.execv", lambda exe, argv: calls.append((exe, argv)))
+    command = importlib.import_module("lungct.cli.app")  # not `lungct.cli.app`: lungct.cli binds `app` to its Typer
+    monkeypatch.setattr(command.os, "execv", lambda exe, argv: calls.append((exe, argv)))
     log = tmp_path / "logs" / "p.sqlite"
     assert main(["app", "--run", str(app_run), "--log", str(log), "--port", "8765"]) == 0
     assert calls == [(sys.executable, streamlit_argv(app_run.resolve(), log.resolve(), 8765))]

@@ -34,7 +34,6 @@ def test_openapi_out_writes_the_schema(tmp_path, capsys):
     [
         (["serve"], "--run is required"),
         (["serve", "--run", "/nonexistent/run"], "run directory not found"),
-        (["serve", "--run", ".", "--backend", "tpu"], "invalid serve settings: backend"),
         (["serve", "--run", ".", "--max-file-mb", "-1"], "invalid serve settings: max_file_mb"),
         (["serve", "--run", ".", "--explain-max-side", "10"], "invalid serve settings: explain_max_side"),
     ],
@@ -43,6 +42,12 @@ def test_serve_errors_are_one_line(capsys, argv, message):
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_an_unknown_backend_is_a_usage_error_naming_the_choices(capsys):
+    assert main(["serve", "--run", ".", "--backend", "tpu"]) == 2
+    err = capsys.readouterr().err
+    assert "'tpu' is not one of 'auto', 'onnx', 'torch'" in err and len(err.strip().splitlines()) == 1
 
 
 def test_settings_read_the_environment(monkeypatch, tmp_path):

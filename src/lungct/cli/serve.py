@@ -21,7 +21,7 @@ def serve_command(
     max_file_mb: Annotated[float | None, typer.Option("--max-file-mb", help="largest upload (default 20)")] = None,
     max_batch_files: Annotated[int | None, typer.Option("--max-batch-files", help="default 200")] = None,
     max_batch_mb: Annotated[float | None, typer.Option("--max-batch-mb", help="default 200")] = None,
-    max_pixels: Annotated[int | None, typer.Option("--max-pixels", help="default 64000000")] = None,
+    max_pixels: Annotated[int | None, typer.Option("--max-pixels", help="default 16777216 (4096 x 4096)")] = None,
     max_request_pixels: Annotated[
         int | None, typer.Option("--max-request-pixels", help="decoded pixels per request (default 128000000)")
     ] = None,

@@ -15,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from lungct.contracts import SplitPart
 from lungct.data.splits import load_split, tuning_part
 from lungct.errors import LungCTError
 from lungct.evaluation.bootstrap import paired_delta_ci
@@ -30,11 +31,7 @@ def raw_part(predictor: Predictor, part: str, progress: bool) -> tuple[np.ndarra
     """(labels, uncalibrated probabilities, groups) of one part of the run's split."""
     items = [i for i in load_split(predictor.run.split) if i.part == part]
     y = np.array([predictor.classes.index(i.label) for i in items], dtype=int)
-    saved, predictor.calibration = predictor.calibration, None
-    try:
-        probs = predictor.predict_paths_array([i.path for i in items], progress)
-    finally:
-        predictor.calibration = saved
+    probs = predictor.predict_paths_array([i.path for i in items], progress, calibrated=False)
     return y, probs, [i.group for i in items]
 
 
@@ -91,7 +88,7 @@ def temperature_check(run_dir: str | Path, progress: bool = False) -> HeldOutChe
     if len(y_fit) == 0:
         raise LungCTError(f"{predictor.run.split} has no {fit_part} part to fit the calibration on")
     scaler = fit_temperature(y_fit, p_fit)
-    y, raw, groups = raw_part(predictor, "test", progress)
+    y, raw, groups = raw_part(predictor, SplitPart.test, progress)
     return HeldOutCheck(scaler.temperature, y, raw, scaler.apply(raw), groups)
 
 
@@ -106,7 +103,7 @@ def cross_fitted(predictor: Predictor, cv_dir: str | Path) -> tuple[np.ndarray, 
     oof = load_oof(cv_dir)
     if oof.classes != predictor.classes:
         raise LungCTError(f"{cv_dir} predicts {oof.classes}, but the run's classes are {predictor.classes}")
-    test = {i.path for i in load_split(predictor.run.split) if i.part == "test"}
+    test = {i.path for i in load_split(predictor.run.split) if i.part == SplitPart.test}
     leaked = sum(p in test for p in oof.paths)
     if leaked:
         raise LungCTError(
@@ -131,7 +128,7 @@ def calibrate_run(
     """
     predictor = Predictor(run_dir)
     fit_part = tuning_part(load_split(predictor.run.split))
-    parts = {p: raw_part(predictor, p, progress) for p in dict.fromkeys([fit_part, "val", "test"])}
+    parts = {p: raw_part(predictor, p, progress) for p in dict.fromkeys([fit_part, SplitPart.val, SplitPart.test])}
     if from_cv is not None:
         y_fit, p_fit = cross_fitted(predictor, from_cv)
         fit_part = f"out-of-fold predictions of {from_cv}"
@@ -160,7 +157,7 @@ def calibrate_run(
             "accuracy_before": float((raw.argmax(1) == y).mean()),
             "accuracy_after": float((cal.argmax(1) == y).mean()),
         }
-        if part == "test":
+        if part == SplitPart.test:
             report["test_change"] = calibration_change(y, raw, cal, groups)
         png = report_dir / f"reliability_{part}.png"
         plot_reliability(y, raw, cal, f"{part} part ({len(y)} images), {method} fitted on {fit_part}", png)

@@ -20,7 +20,7 @@ from scipy.special import softmax
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from lungct.contracts import Backend
+from lungct.contracts import Backend, Prediction
 from lungct.data.dataset import CTImageDataset
 from lungct.data.images import ImageReadError, is_image_file
 from lungct.data.transforms import eval_transform, prepare_image
@@ -31,6 +31,7 @@ from lungct.run import RunDir, load_model, model_version
 
 BACKENDS = tuple(Backend)  # lungct.contracts.Backend is the one list
 log = logging.getLogger("lungct")
+LINE_FIELDS = {"predicted", "probabilities"}  # what a `lungct predict` line says of a prediction
 
 
 def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
@@ -158,29 +159,39 @@ class Predictor:
             self._graph_calibration = {"method": "temperature", "temperature": cal["temperature"]}
         return "onnx", f"ONNX Runtime: {reason}"
 
-    def probabilities(self, batch: torch.Tensor | np.ndarray) -> np.ndarray:
-        """Calibrated (when the run is) probabilities, N x classes, for a preprocessed NCHW batch."""
-        return self.probabilities_and_features(batch)[0]
+    def probabilities(self, batch: torch.Tensor | np.ndarray, calibrated: bool = True) -> np.ndarray:
+        """Probabilities, N x classes, for a preprocessed NCHW batch: calibrated when the run is, unless
+        `calibrated=False` asks for the model's own softmax (what `lungct calibrate` fits on)."""
+        return self.probabilities_and_features(batch, calibrated)[0]
 
-    def probabilities_and_features(self, batch: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(probabilities, pooled backbone features) for a preprocessed batch; the features feed drift reports."""
+    def probabilities_and_features(
+        self, batch: torch.Tensor | np.ndarray, calibrated: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities, pooled backbone features) for a preprocessed batch; the features feed drift reports.
+
+        calibrated=False: the uncalibrated softmax, also on an ONNX graph that holds the temperature (its
+        logits are used then), without touching `self.calibration`, so concurrent callers never see it change.
+        """
+        calibration = self.calibration if calibrated else None
+        in_graph = calibration is not None and self._graph_holds(calibration)
         if self.backend == "onnx":
-            probs, features = self._onnx_forward(np.asarray(batch, dtype=np.float32))
+            probs, features = self._onnx_forward(np.asarray(batch, dtype=np.float32), in_graph)
         else:
             probs, features = self._torch_forward(torch.as_tensor(batch, dtype=torch.float32))
-        if self.calibration is not None and not self._graph_holds(self.calibration):
-            probs = self.calibration.apply(probs).astype(np.float32)
+        if calibration is not None and not in_graph:
+            probs = calibration.apply(probs).astype(np.float32)
         return probs, features
 
     def _graph_holds(self, calibration) -> bool:
         """Whether the ONNX graph's `probabilities` already are `calibration` applied (temperature in graph)."""
         return self.backend == "onnx" and not self.tta and calibration.to_dict() == self._graph_calibration
 
-    def _onnx_forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _onnx_forward(self, batch: np.ndarray, calibrated_in_graph: bool) -> tuple[np.ndarray, np.ndarray]:
+        """calibrated_in_graph: return the graph's (calibrated) `probabilities`; otherwise softmax of its logits."""
         n = len(batch)
         if not self.tta:
             out = self._onnx.run(batch)
-            if self.calibration is not None and self._graph_holds(self.calibration):
+            if calibrated_in_graph:
                 return out["probabilities"], out["features"]
             return softmax(out["logits"].astype(np.float64), axis=1).astype(np.float32), out["features"]
         out = self._onnx.run(np.concatenate([batch, batch[:, :, :, ::-1]]))  # one call for both views
@@ -196,21 +207,20 @@ class Predictor:
             probs = (probs + torch.softmax(model(torch.flip(batch, dims=[3])), dim=1)) / 2
         return probs.numpy(), features.float().numpy()
 
-    def predict_paths_array(self, paths: list[str], progress: bool = False) -> np.ndarray:
-        """Probabilities for readable files (already checked), in order; used by evaluation."""
+    def predict_paths_array(self, paths: list[str], progress: bool = False, calibrated: bool = True) -> np.ndarray:
+        """Probabilities for readable files (already checked), in order; used by evaluation and calibration."""
         ds = CTImageDataset(
             paths, [0] * len(paths), self.card.preprocess, eval_transform(self.card.preprocess), cache=False
         )
         loader = DataLoader(ds, batch_size=self.batch_size)
-        chunks = [self.probabilities(x) for x, _ in tqdm(loader, desc="predicting", disable=not progress, leave=False)]
+        batches = tqdm(loader, desc="predicting", disable=not progress, leave=False)
+        chunks = [self.probabilities(x, calibrated) for x, _ in batches]
         return np.concatenate(chunks) if chunks else np.zeros((0, len(self.classes)))
 
     def result(self, path: str, probs: np.ndarray) -> dict:
-        return {
-            "path": path,
-            "label": self.classes[int(probs.argmax())],
-            "probabilities": {c: round(float(p), 6) for c, p in zip(self.classes, probs, strict=True)},
-        }
+        """A `lungct predict` JSON line: the file's path, then the prediction's label and probabilities."""
+        prediction = Prediction.from_probabilities(self.classes, probs)
+        return {"path": path, **prediction.model_dump(mode="json", include=LINE_FIELDS)}
 
     def predict(self, paths: Iterable[str | Path]) -> Iterator[dict]:
         """One dict per file, in order: a prediction, or `path` and `error` for a file that cannot be read."""

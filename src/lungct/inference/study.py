@@ -13,17 +13,19 @@ from typing import Literal
 import numpy as np
 import torch
 
+from lungct.contracts import Prediction
 from lungct.data.transforms import prepare_image
 from lungct.dicom.series import Series
 from lungct.dicom.window import default_window, to_image
 from lungct.errors import LungCTError
+from lungct.inference.predictor import LINE_FIELDS
 
 Aggregate = Literal["max", "mean", "topk"]
 
 
 @dataclass
 class StudyResult:
-    slices: list[dict]  # per slice, in slice order
+    slices: list[dict]  # per slice, in slice order: its index and id, then a Prediction's label and probabilities
     study: dict
     extra: dict = field(default_factory=dict)
 
@@ -80,14 +82,10 @@ def predict_series(
     all_probs = np.concatenate(probs)
     scores = all_probs[:, classes.index(positive)]
     score, drivers = aggregate(scores, method, top_k)
+    predictions = [Prediction.from_probabilities(classes, p) for p in all_probs]
     slices = [
-        {
-            "slice": i,
-            "id": s.id,
-            "label": classes[int(p.argmax())],
-            "probabilities": {c: round(float(v), 6) for c, v in zip(classes, p, strict=True)},
-        }
-        for i, (s, p) in enumerate(zip(series.slices, all_probs, strict=True))
+        {"slice": i, "id": s.id, **p.model_dump(mode="json", include=LINE_FIELDS)}
+        for i, (s, p) in enumerate(zip(series.slices, predictions, strict=True))
     ]
     study = {
         "study": True,

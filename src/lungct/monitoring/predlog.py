@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from pydantic import ConfigDict, Field
 
+from lungct.contracts import Prediction
 from lungct.errors import LungCTError
 
 SCHEMA = """
@@ -53,31 +54,46 @@ def image_stats(img: Image.Image) -> dict[str, float]:
     }
 
 
-@dataclass
-class PredictionRecord:
+class PredictionRecord(Prediction):
+    """One row of the log: a lungct.contracts.Prediction (its file name is never stored) plus what drift
+    reports compare: the slice's intensity statistics, the pooled embedding, and where it was served from."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
     sha256: str
     model_version: str
-    label: str
-    probabilities: dict[str, float]
     latency_ms: float
     stats: dict[str, float]
-    source: str = "api"
-    embedding: np.ndarray | None = field(default=None, repr=False)
-    ts: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="milliseconds"))
+    source: str = "api"  # api | app | cli
+    embedding: np.ndarray | None = Field(default=None, repr=False, exclude=True)
+    ts: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="milliseconds"))
+
+    @classmethod
+    def of(
+        cls, prediction: Prediction, stats: dict[str, float], embedding: np.ndarray | None, source: str
+    ) -> PredictionRecord:
+        """The log's record of a served prediction; its `name` (the client's file name) is dropped here."""
+        fields = prediction.model_dump(by_alias=False, exclude={"name"})
+        return cls(**fields, stats=stats, embedding=embedding, source=source)
 
     @property
     def confidence(self) -> float:
-        return float(self.probabilities[self.label])
+        return self.probability
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        d = self.model_dump(mode="json", exclude={"name"})
         d["embedding"] = None if self.embedding is None else np.asarray(self.embedding, dtype=np.float32).tolist()
-        d["confidence"] = self.confidence
         return d
 
 
 class PredictionLog:
-    """Append-only log; thread-safe, so API worker threads can share one instance."""
+    """Append-only log; thread-safe, so API worker threads can share one instance.
+
+    It is the prediction sink of lungct.inference.service (`image_stats` and `record`), plugged in by the API
+    and the app: the inference layer sits below monitoring and cannot import this module.
+    """
+
+    image_stats = staticmethod(image_stats)
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -90,14 +106,20 @@ class PredictionLog:
         except (sqlite3.Error, OSError) as exc:
             raise LungCTError(f"cannot open the prediction log {self.path}: {exc}") from exc
 
+    def record(
+        self, prediction: Prediction, *, stats: dict[str, float], embedding: np.ndarray | None, source: str
+    ) -> None:
+        """Append a served prediction (never its file name) with the decoded slice's statistics and embedding."""
+        self.append(PredictionRecord.of(prediction, stats, embedding, source))
+
     def append(self, rec: PredictionRecord) -> None:
         emb = None if rec.embedding is None else np.asarray(rec.embedding, dtype="<f2").tobytes()
         row = (
             rec.ts,
             rec.sha256,
             rec.model_version,
-            rec.label,
-            rec.confidence,
+            rec.predicted,
+            rec.probability,
             json.dumps(rec.probabilities),
             float(rec.latency_ms),
             rec.source,

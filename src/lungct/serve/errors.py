@@ -11,47 +11,44 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from lungct.inference.service import UploadError
 
 log = logging.getLogger("lungct.serve")
 
 
-class ApiError(Exception):
-    """A problem with the request that the client can fix (4xx), or the service's state (503)."""
+class ApiError(UploadError):
+    """A problem with the request that the client can fix (4xx), or the service's state (503), found by the
+    HTTP layer itself (multipart, zip archives, the explain queue); the inference service raises UploadError,
+    its parent, for the uploads it refuses. Both answer with the same JSON."""
 
     def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = headers or {}
+        super().__init__(status, code, message, headers=headers)
 
-    def body(self) -> dict:
-        return {"error": {"code": self.code, "message": self.message}}
+
+class ErrorInfo(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every error answer of the API (the OpenAPI document's error schema)."""
+
+    error: ErrorInfo
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
-ERROR_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "error": {
-            "type": "object",
-            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
-            "required": ["code", "message"],
-        }
-    },
-    "required": ["error"],
-}
-
 HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large", 415: "unsupported_media_type"}
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+    @app.exception_handler(UploadError)
+    async def _api_error(request: Request, exc: UploadError) -> JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)

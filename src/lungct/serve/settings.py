@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from lungct.contracts import Backend
+from lungct.inference.service import UploadLimits
+
 MB = 1024 * 1024
+UPLOAD = UploadLimits()  # the inference service's limits, shared with the app: their defaults are defined there
 
 
 class ServeSettings(BaseSettings):
@@ -26,14 +29,16 @@ class ServeSettings(BaseSettings):
     run: Path = Field(description="run directory (from lungct train)")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    backend: Literal["auto", "onnx", "torch"] = "auto"
+    backend: Backend = Backend.auto
     tta: bool = False
-    max_file_mb: float = Field(20.0, gt=0, description="largest single upload (and unpacked zip member)")
+    max_file_mb: float = Field(UPLOAD.max_file_mb, gt=0, description="largest single upload (and unpacked zip member)")
     max_batch_files: int = Field(200, ge=1, description="most images per batch request, zip members included")
     max_batch_mb: float = Field(200.0, gt=0, description="largest batch request, and largest unpacked total")
-    max_pixels: int = Field(64_000_000, ge=1, description="largest decoded image (width x height)")
+    max_pixels: int = Field(UPLOAD.max_pixels, ge=1, description="largest decoded image (width x height)")
     max_request_pixels: int = Field(
-        128_000_000, ge=1, description="most decoded pixels per request, all its images and zip members together"
+        UPLOAD.max_request_pixels,
+        ge=1,
+        description="most decoded pixels per request, all its images and zip members together",
     )
     max_zip_ratio: float = Field(
         100.0, ge=1, description="highest compression ratio of a zip member, or of a whole zip, over 1 MB unpacked"
@@ -56,6 +61,13 @@ class ServeSettings(BaseSettings):
     log_path: Path | None = Field(None, description="prediction log (SQLite); default RUN/predictions.sqlite")
     log_predictions: bool = True
     keep_uploads: Path | None = Field(None, description="save accepted uploads here as <sha256><ext>; off by default")
+
+    @property
+    def limits(self) -> UploadLimits:
+        """What the inference service enforces on each upload (the rest here is HTTP: batches, zips, explain)."""
+        return UploadLimits(
+            max_file_mb=self.max_file_mb, max_pixels=self.max_pixels, max_request_pixels=self.max_request_pixels
+        )
 
     @property
     def max_file_bytes(self) -> int:

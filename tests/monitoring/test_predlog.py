@@ -1,0 +1,44 @@
+"""The prediction log records lungct.contracts.Prediction: the same columns as ever, never the file name."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from lungct.contracts import Prediction
+from lungct.monitoring.predlog import PredictionLog, PredictionRecord
+
+COLUMNS = {"id", "ts", "sha256", "model_version", "label", "confidence", "probabilities", "latency_ms", "source"}
+COLUMNS |= {"stats", "embedding"}
+
+
+def test_a_prediction_is_logged_without_its_file_name(tmp_path):
+    prediction = Prediction.from_probabilities(
+        ["benign", "malignant", "normal"],
+        np.array([0.1, 0.7, 0.2], dtype=np.float32),
+        name="Doe_Jane_MRN4711.png",
+        sha256="ab" * 32,
+        latency_ms=12.5,
+        model_version="run-x-123",
+        backend="onnx",
+    )
+    log = PredictionLog(tmp_path / "log.sqlite")
+    log.record(prediction, stats={"mean": 1.0}, embedding=np.ones(4, dtype=np.float32), source="app")
+    (row,) = log.read()
+    log.close()
+    assert set(row) == COLUMNS
+    assert (row["label"], row["confidence"], row["source"]) == ("malignant", 0.7, "app")
+    assert row["probabilities"] == {"benign": 0.1, "malignant": 0.7, "normal": 0.2}
+    assert row["embedding"].tolist() == [1.0] * 4
+    assert "Doe" not in json.dumps({k: v for k, v in row.items() if k != "embedding"})
+    stored = b"".join(p.read_bytes() for p in tmp_path.glob("log.sqlite*"))
+    assert b"Doe_Jane" not in stored
+
+
+def test_records_are_predictions_and_still_take_the_log_spelling():
+    rec = PredictionRecord(
+        sha256="s", model_version="v", label="a", probabilities={"a": 0.6, "b": 0.4}, latency_ms=1.0, stats={}
+    )
+    assert isinstance(rec, Prediction) and rec.predicted == "a" and rec.confidence == 0.6
+    assert rec.model_dump()["label"] == "a" and "embedding" not in rec.model_dump()

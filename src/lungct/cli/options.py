@@ -30,7 +30,9 @@ class SplitMode(StrEnum):
     random = "random"
 
 
-def setup_logging(quiet: bool) -> None:
-    """Messages go to stderr without decoration; --quiet keeps only warnings and errors."""
-    logging.basicConfig(format="%(message)s", stream=sys.stderr, level=logging.WARNING if quiet else logging.INFO)
+def setup_logging(quiet: bool, server: bool = False) -> None:
+    """Messages go to stderr without decoration; --quiet keeps only warnings and errors. A server's log lines
+    name their level and logger, as uvicorn's own lines beside them do."""
+    fmt = "%(levelname)s %(name)s: %(message)s" if server else "%(message)s"
+    logging.basicConfig(format=fmt, stream=sys.stderr, level=logging.WARNING if quiet else logging.INFO)
     log.setLevel(logging.WARNING if quiet else logging.INFO)

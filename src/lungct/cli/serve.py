@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from lungct.cli.options import setup_logging
 from lungct.contracts import Backend
 from lungct.errors import LungCTError
 
@@ -107,7 +108,7 @@ def serve(settings) -> None:
     from lungct.inference import unfinished_run
     from lungct.serve.app import create_app
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(quiet=False, server=True)
     torch.set_num_threads(settings.model_threads)  # per model call; `workers` calls share the cores
     app = create_app(settings)
     service = app.state.service

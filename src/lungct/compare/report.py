@@ -304,7 +304,7 @@ def write_reports(
     roc = out / "roc.png"
     result["roc"] = str(roc) if plot_roc_overlay(rows, roc) else None
     with (out / "leaderboard.csv").open("w", newline="") as fh:
-        flat = [_flat(r) for r in rows]
+        flat = [_csv_row(r) for r in rows]
         writer = csv.DictWriter(fh, fieldnames=list(flat[0]))
         writer.writeheader()
         writer.writerows(flat)
@@ -312,7 +312,7 @@ def write_reports(
     return result
 
 
-def _flat(row: dict[str, Any]) -> dict[str, Any]:
+def _csv_row(row: dict[str, Any]) -> dict[str, Any]:
     """A leaderboard row for CSV: each `<metric>_ci95` pair as two columns (lungct.contracts.interval_items)."""
     out: dict[str, Any] = {}
     for k, v in row.items():

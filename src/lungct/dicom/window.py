@@ -59,7 +59,7 @@ def window_hu(hu: np.ndarray, ds: Dataset, window: str = "lung", name: str = "")
     """HxW uint8 for a single window, HxWx3 uint8 for stack3."""
     if window == "stack3":
         return np.stack([w.apply(hu) for w in STACK3], axis=-1)
-    chosen = {"lung": LUNG, "mediastinal": MEDIASTINAL}.get(window)
+    chosen = {DicomWindow.lung: LUNG, DicomWindow.mediastinal: MEDIASTINAL}.get(window)
     if chosen is None:
         if window != "file":
             raise DicomError(name, f"unknown window {window!r}; choose one of {', '.join(WINDOW_NAMES)}")

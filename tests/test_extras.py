@@ -156,34 +156,10 @@ def test_app_extra_starts_the_app(envs, project):
     assert serve_and_check(envs("app"), args, f"http://127.0.0.1:{port}/_stcore/health", project["root"]) == 200
 
 
-def test_mlops_extra_tracks_a_run_and_tunes(envs, project):
+def test_mlops_extra_tunes_and_tracks_the_search(envs, project):
     bin_dir, cwd = envs("mlops"), project["root"]
     uri = f"sqlite:///{cwd}/mlruns/mlflow.db"
-    trained = lungct(
-        bin_dir,
-        "train",
-        "--config",
-        str(project["config"]),
-        "--out",
-        "run_mlops",
-        "--quiet",
-        "--tracking-uri",
-        uri,
-        cwd=cwd,
-    )
-    assert trained.returncode == 0 and "lungct[mlops]" not in trained.stderr, trained.stderr
-    assert (cwd / "mlruns" / "mlflow.db").is_file()
-    tuned = lungct(
-        bin_dir,
-        "tune",
-        "--config",
-        str(project["config"]),
-        "--trials",
-        "1",
-        "--study-dir",
-        "study",
-        "--quiet",
-        "--no-track",
-        cwd=cwd,
-    )
-    assert tuned.returncode == 0, tuned.stderr
+    tune = ["tune", "--config", str(project["config"]), "--trials", "1", "--study-dir", "study", "--quiet"]
+    tuned = lungct(bin_dir, *tune, "--tracking-uri", uri, cwd=cwd)
+    assert tuned.returncode == 0 and "lungct[mlops]" not in tuned.stderr, tuned.stderr
+    assert (cwd / "study" / "study.db").is_file() and (cwd / "mlruns" / "mlflow.db").is_file()

@@ -22,6 +22,18 @@ from lungct.models.tiles import to_tiles
 OUT = Path("runs/screen")
 
 
+def mid_levels(net: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """MobileNetV2's feature maps after its stride-16 and stride-32 stages (blocks 3 to 5: 64, 96, 160
+    channels) and its last map (1280): a few-pixel nodule may still show in the earlier, finer maps."""
+    x = net.bn1(net.conv_stem(x))
+    out = []
+    for i, block in enumerate(net.blocks):
+        x = block(x)
+        if i in (3, 4, 5):
+            out.append(x)
+    return [*out, net.bn2(net.conv_head(x))]
+
+
 def main(sizes: list[int], views: list[str]) -> None:
     torch.set_num_threads(2)
     cfg = load_config("configs/iqothnccd.yaml")
@@ -55,6 +67,7 @@ def main(sizes: list[int], views: list[str]) -> None:
             im = Image.open(p).convert("L")
             if view == "crop":
                 im = lung_field_crop(im)
+            # "mid": the whole slice, features of the stride-16 and stride-32 stages as well as the last map
             imgs.append(im)
         if view == "tiles":  # native 512 px, 3x3 overlapping 224 px tiles: per-tile pooled features
             target = OUT / "feat_tiles_512.npz"
@@ -84,11 +97,14 @@ def main(sizes: list[int], views: list[str]) -> None:
                 x = (x - mean) / std
                 batch = torch.cat([x, x.flip(-1)])
                 with torch.no_grad():
-                    fm = net.forward_features(batch)  # (2, C, h, w)
-                avg.append(fm.mean((2, 3)).numpy())
-                mx.append(fm.amax((2, 3)).numpy())
-                gem.append(fm.clamp(min=1e-6).pow(3).mean((2, 3)).pow(1 / 3).numpy())
-                if size == max(sizes):
+                    maps_of_levels = mid_levels(net, batch) if view == "mid" else [net.forward_features(batch)]
+                fm = maps_of_levels[-1]  # (2, C, h, w)
+                avg.append(torch.cat([m.mean((2, 3)) for m in maps_of_levels], 1).numpy())
+                mx.append(torch.cat([m.amax((2, 3)) for m in maps_of_levels], 1).numpy())
+                gem.append(
+                    torch.cat([m.clamp(min=1e-6).pow(3).mean((2, 3)).pow(1 / 3) for m in maps_of_levels], 1).numpy()
+                )
+                if size == max(sizes) and view != "mid":
                     maps.append(fm[0].numpy().astype(np.float16))
             extra = {"maps": np.stack(maps)} if maps else {}
             np.savez(target, avg=np.stack(avg), max=np.stack(mx), gem=np.stack(gem), **extra)

@@ -136,7 +136,7 @@ def check_content_type(name: str, content_type: str) -> None:
 
 def probe_pixels(data: bytes) -> tuple[int, int] | None:
     """(width, height) from the header alone, before anything is decoded; None when the header says nothing."""
-    from lungct.dicom.read import has_dicom_preamble
+    from lungct.dicom.detect import has_dicom_preamble
 
     if has_dicom_preamble(data[:132]):
         import pydicom

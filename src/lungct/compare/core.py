@@ -90,11 +90,11 @@ def _train(cfg: ExperimentConfig, run_dir: Path, split_file: Path, settings: Com
 
 def _evaluate(run_dir: Path, settings: CompareSettings, trained: bool) -> dict[str, Any]:
     """metrics.json of the run's test part (lungct.evaluation.evaluate), reused when it is newer than the model."""
-    from lungct.evaluation.evaluate import SETTINGS_FILE, evaluate
+    from lungct.evaluation.evaluate import SETTINGS_FILE, TEST_PART, evaluate
 
     eval_dir = run_dir / "eval"
     metrics_file, settings_file = eval_dir / "metrics.json", eval_dir / SETTINGS_FILE
-    wanted = {"n_bootstrap": settings.n_bootstrap, "tta": False, "data": "test part of the run's split"}
+    wanted = {"n_bootstrap": settings.n_bootstrap, "tta": False, "data": TEST_PART}
     if (
         not trained
         and metrics_file.is_file()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
@@ -76,18 +75,12 @@ def is_dicom_file(path: str | Path) -> bool:
 
 def _is_dicom(source, name: str | Path) -> bool:
     """A .dcm/.dicom name, or a DICOM Part 10 header ("DICM" at byte 128) for extensionless files."""
-    from lungct.dicom.detect import DICOM_SUFFIXES, has_dicom_preamble
+    from lungct.dicom.detect import DICOM_SUFFIXES, has_dicom_preamble, is_dicom_path
 
     if Path(str(name)).suffix.lower() in DICOM_SUFFIXES:
         return True
     if isinstance(source, (str, Path)):
-        if not os.path.isfile(source):  # only regular files are opened: a FIFO would block the read
-            return False
-        try:
-            with open(source, "rb") as fh:
-                return has_dicom_preamble(fh.read(132))
-        except OSError:
-            return False
+        return is_dicom_path(source)  # opens regular files only: a FIFO would block the read
     if hasattr(source, "seek") and hasattr(source, "read"):
         pos = source.tell()
         head = source.read(132)

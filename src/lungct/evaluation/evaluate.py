@@ -23,6 +23,7 @@ from lungct.run import write_json
 log = logging.getLogger("lungct")
 
 SETTINGS_FILE = "evaluation.json"  # beside metrics.json: n_bootstrap, tta, data
+TEST_PART = "test part of the run's split"  # metrics.json's "data" when the run's own test part was scored
 
 
 def evaluation_items(predictor: Predictor, data: list[str] | None, progress: bool) -> tuple[list[str], list[str], list]:
@@ -79,7 +80,7 @@ def evaluate(
     metrics["ci95_method"] = f"percentile bootstrap, {n_bootstrap} resamples of {unit}"
     metrics["tta"] = tta
     metrics["calibrated"] = predictor.calibration is not None
-    metrics["data"] = "test part of the run's split" if not data else [str(d) for d in data]
+    metrics["data"] = TEST_PART if not data else [str(d) for d in data]
     metrics["skipped"] = [{"path": s.path, "reason": s.reason} for s in skipped]
     write_json(out / "metrics.json", metrics)
     # How these figures were made, as fields: whoever reuses metrics.json (compare) decides from them.

@@ -7,7 +7,6 @@ run's model.onnx with ONNX Runtime when that export matches the run's current we
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Iterable, Iterator
@@ -59,13 +58,13 @@ def unfinished_run(run_dir: str | Path) -> str | None:
     (or was interrupted) predicts with an intermediate checkpoint; callers warn about that. A run without
     summary.json (made by hand, or by an older lungct) is not judged.
     """
-    path = Path(run_dir) / "summary.json"
-    if not path.is_file():
+    run = RunDir(run_dir)
+    if not run.summary.is_file():
         return None
     try:
-        status = json.loads(path.read_text()).get("status")
-    except (OSError, ValueError, AttributeError):
-        return f"{path} cannot be read, so whether training finished is unknown"
+        status = run.read_summary().status
+    except (OSError, LungCTError):
+        return f"{run.summary} cannot be read, so whether training finished is unknown"
     if status == "complete":
         return None
     return (

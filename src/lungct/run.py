@@ -15,15 +15,16 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
-from safetensors.torch import load_file, save
+from typing import TYPE_CHECKING
 
 from lungct.config import HeadConfig
 from lungct.contracts import RunSummary
-from lungct.data.transforms import Preprocess
+from lungct.data.preprocess import Preprocess
 from lungct.errors import LungCTError
 from lungct.files import atomic_write
+
+if TYPE_CHECKING:  # reading a run (cards, versions, summaries) needs no torch: the torch-free server does it
+    import torch
 
 # model.json's format. 1: before the field existed; 2: adds schema_version and versions. A card newer than this
 # lungct is refused with a clear message instead of being half-read.
@@ -160,12 +161,15 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def save_weights(model: torch.nn.Module, path: Path) -> None:
+    from safetensors.torch import save
+
     atomic_write(path, save({k: v.detach().contiguous() for k, v in model.state_dict().items()}))
 
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:
     """Load a safetensors file into `model`; a LungCTError naming the file when it is damaged or truncated."""
     from safetensors import SafetensorError
+    from safetensors.torch import load_file
 
     try:
         state = load_file(str(path))

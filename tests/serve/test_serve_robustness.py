@@ -445,7 +445,18 @@ def test_method_not_allowed_carries_an_allow_header(live):
 
 
 # -- H. every limit is documented with its default ---------------------------------------------------------------
-NOT_LIMITS = {"run", "host", "port", "backend", "tta", "log_path", "log_predictions", "keep_uploads"}
+NOT_LIMITS = {
+    "run",
+    "host",
+    "port",
+    "backend",
+    "tta",
+    "precision",
+    "batching",
+    "log_path",
+    "log_predictions",
+    "keep_uploads",
+}
 
 
 def test_every_limit_is_in_the_limits_section_of_docs_serve_md():

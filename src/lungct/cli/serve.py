@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -13,12 +15,31 @@ from lungct.contracts import Backend
 from lungct.errors import LungCTError
 
 
+class Precision(StrEnum):  # lungct.inference.onnx_runtime.PRECISIONS
+    auto = "auto"
+    float = "float"
+    int8 = "int8"
+
+
 def serve_command(
     run: Annotated[Path | None, typer.Option("--run", help="run directory (from lungct train)")] = None,
     host: Annotated[str, typer.Option("--host", help="address to listen on (0.0.0.0: every interface)")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="port (0 picks a free one)")] = 8000,
     backend: Annotated[Backend | None, typer.Option("--backend", help="ONNX Runtime, PyTorch, or auto")] = None,
     tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="average with the mirrored slice")] = None,
+    precision: Annotated[
+        Precision | None, typer.Option("--precision", help="auto: the run's checked INT8 graph when there is one")
+    ] = None,
+    int8_max_drop: Annotated[
+        float | None, typer.Option("--int8-max-drop", help="refuse INT8 past this balanced-accuracy drop (0.01)")
+    ] = None,
+    batching: Annotated[
+        bool | None, typer.Option("--batching/--no-batching", help="share model calls between requests (on)")
+    ] = None,
+    batch_max_size: Annotated[int | None, typer.Option("--batch-max-size", help="requests per call (16)")] = None,
+    batch_wait_ms: Annotated[
+        float | None, typer.Option("--batch-wait-ms", help="longest wait for a batch to fill (2 ms)")
+    ] = None,
     max_file_mb: Annotated[float | None, typer.Option("--max-file-mb", help="largest upload (default 20)")] = None,
     max_batch_files: Annotated[int | None, typer.Option("--max-batch-files", help="default 200")] = None,
     max_batch_mb: Annotated[float | None, typer.Option("--max-batch-mb", help="default 200")] = None,
@@ -70,6 +91,11 @@ def serve_command(
     options = {
         "backend": backend.value if backend else None,
         "tta": tta,
+        "precision": precision.value if precision else None,
+        "int8_max_drop": int8_max_drop,
+        "batching": batching,
+        "batch_max_size": batch_max_size,
+        "batch_wait_ms": batch_wait_ms,
         "max_file_mb": max_file_mb,
         "max_batch_files": max_batch_files,
         "max_batch_mb": max_batch_mb,
@@ -102,19 +128,20 @@ def serve_command(
 
 def serve(settings) -> None:
     """Load the run, then run uvicorn until interrupted; torch threads follow settings.model_threads."""
-    import torch
     import uvicorn
 
     from lungct.inference import unfinished_run
     from lungct.serve.app import create_app
 
     setup_logging(quiet=False, server=True)
-    torch.set_num_threads(settings.model_threads)  # per model call; `workers` calls share the cores
     app = create_app(settings)
+    if "torch" in sys.modules:  # loaded only when PyTorch answers (or for explanations); never just for this
+        sys.modules["torch"].set_num_threads(settings.model_threads)  # per call; `workers` calls share the cores
     service = app.state.service
     logging.getLogger("lungct.serve").info(
-        "serving %s (%s) on http://%s:%d with %d workers x %d threads; prediction log: %s",
+        "serving %s (%s, %s) on http://%s:%d with %d workers x %d threads; prediction log: %s",
         service.version,
+        service.predictor.precision,
         service.predictor.backend_reason,
         settings.host,
         settings.port,

@@ -1,72 +1,19 @@
-"""Preprocessing and augmentation as short, readable torchvision v2 pipelines.
+"""Preprocessing and augmentation as short, readable torchvision v2 pipelines, for training and evaluation.
 
-`Preprocess` is the single source of truth for input size and normalisation (resolved from the
-backbone's pretrained config and the weights' own metadata, then saved with the run), so training,
-evaluation, prediction and serving can never disagree about it.
+What the model expects (`Preprocess`) and the torch-free form of the evaluation pipeline that serving uses
+(`Preprocess.to_array`) live in lungct.data.preprocess; this module re-exports Preprocess.
 """
 
 from __future__ import annotations
-
-import io
-from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 from PIL import Image
 from torchvision.transforms import InterpolationMode, v2
 
 from lungct.config import AugmentConfig
-from lungct.data.images import ImageReadError, load_image, open_image
+from lungct.data.preprocess import Preprocess
 
-
-@dataclass(frozen=True)
-class Preprocess:
-    input_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: str = "bilinear"
-    crop_pct: float = 1.0
-    color: str = "grey"
-    dicom_window: str | None = None  # lungct.dicom window; None (older runs): lung, or stack3 for rgb
-    field: str = "full"  # full: the whole slice; body: cropped to the body first (lungct.data.field)
-
-    @property
-    def resize_to(self) -> int:
-        return round(self.input_size / self.crop_pct)
-
-    def load(self, path: str | Path) -> Image.Image:
-        """Decode a file as this model sees it (grey/RGB, DICOM window): the one place callers get that from."""
-        return self.apply_field(load_image(path, self.color, self.dicom_window))
-
-    def load_bytes(self, data: bytes, name: str = "upload") -> Image.Image:
-        """Decode uploaded bytes (API, app) exactly as `load` decodes a file; `name` only labels errors."""
-        if not data:
-            raise ImageReadError(name, "empty file")
-        return self.apply_field(open_image(io.BytesIO(data), name, self.color, self.dicom_window))
-
-    def apply_field(self, img: Image.Image) -> Image.Image:
-        """The slice as the model sees it before resizing: whole, or cropped to the body."""
-        if self.field == "body":
-            from lungct.data.field import lung_field_crop
-
-            return lung_field_crop(img)
-        return img
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Preprocess:
-        return cls(
-            int(d["input_size"]),
-            tuple(d["mean"]),
-            tuple(d["std"]),
-            d.get("interpolation", "bilinear"),
-            float(d.get("crop_pct", 1.0)),
-            d.get("color", "grey"),
-            d.get("dicom_window"),
-            d.get("field", "full"),
-        )
+__all__ = ["Preprocess", "eval_transform", "prepare_image", "resize_transform", "train_transform"]
 
 
 def _interp(name: str) -> InterpolationMode:
@@ -115,5 +62,6 @@ def train_transform(pre: Preprocess, aug: AugmentConfig) -> v2.Compose:
 
 
 def prepare_image(img: Image.Image, pre: Preprocess) -> torch.Tensor:
-    """A decoded image to the model's input tensor (C, H, W), as at evaluation time."""
-    return eval_transform(pre)(resize_transform(pre)(img))
+    """A decoded image to the model's input tensor (C, H, W), as at evaluation time: Preprocess.to_array, the one
+    evaluation-time implementation (the same numbers as `eval_transform(resize_transform(...))`, tested)."""
+    return torch.from_numpy(pre.to_array(img))

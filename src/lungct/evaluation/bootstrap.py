@@ -43,7 +43,10 @@ def paired_delta_ci(
     clusters = _clusters(n, groups)
     rng = np.random.default_rng(seed)
     values = np.array([statistic(_resample_indices(rng, clusters)) for _ in range(n_resamples)])
+    values = values[~np.isnan(values)]  # resamples where the statistic is undefined (a class left out) drop out
     alpha = (1.0 - level) / 2.0
+    if not len(values):
+        return {"delta": float(statistic(np.arange(n))), "ci95": [float("nan")] * 2, "share_below_zero": float("nan")}
     return {
         "delta": float(statistic(np.arange(n))),
         "ci95": [float(np.quantile(values, alpha)), float(np.quantile(values, 1.0 - alpha))],

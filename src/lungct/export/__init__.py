@@ -1,4 +1,5 @@
-"""Exporting a run for serving: ONNX with a dynamic batch axis, verified against PyTorch (`lungct export`)."""
+"""Exporting a run for serving: ONNX with a dynamic batch axis, verified against PyTorch, and its INT8 form
+checked against float on the test part (`lungct export [--quantize int8]`)."""
 
 import lazy_loader
 
@@ -7,6 +8,6 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
     submod_attrs={
         "onnx_export": ["FORMATS", "ServingGraph", "export_onnx"],
-        "runtime": ["EXPORT_FILE", "ONNX_FILE", "OnnxModel", "export_status", "read_export_info"],
+        "quantize": ["quantize_run"],
     },
 )

@@ -14,9 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.optimize import minimize_scalar
 from scipy.special import softmax
-from sklearn.isotonic import IsotonicRegression
 
 from lungct.errors import LungCTError
 
@@ -63,6 +61,8 @@ Calibrator = TemperatureScaling | IsotonicCalibration
 
 def fit_temperature(y_true: np.ndarray, probs: np.ndarray) -> TemperatureScaling:
     """The T in [0.05, 20] that minimises the negative log-likelihood of y_true."""
+    from scipy.optimize import minimize_scalar  # fitting only: applying a calibrator (serving) needs neither
+
     logp = _log(np.asarray(probs, dtype=np.float64))
     y_true = np.asarray(y_true)
 
@@ -76,6 +76,8 @@ def fit_temperature(y_true: np.ndarray, probs: np.ndarray) -> TemperatureScaling
 
 
 def fit_isotonic(y_true: np.ndarray, probs: np.ndarray) -> IsotonicCalibration:
+    from sklearn.isotonic import IsotonicRegression  # fitting only: the torch-free server has no scikit-learn
+
     xs, ys = [], []
     for k in range(probs.shape[1]):
         iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(probs[:, k], y_true == k)

@@ -10,6 +10,10 @@ An export is trusted only while
   per class (`OnnxModel.check_signature`).
 Otherwise the Predictor falls back to PyTorch ("auto") or refuses ("onnx") rather than serving probabilities
 from another model.
+
+The INT8 graph (`lungct export --quantize int8`: model.int8.onnx with export.int8.json, lungct.export.quantize)
+is trusted on the same terms, and only while the balanced-accuracy drop its export measured on the test part is
+within the margin the server allows (`int8_status`).
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ from lungct.run import RunDir
 
 ONNX_FILE = "model.onnx"
 EXPORT_FILE = "export.json"
+INT8_ONNX_FILE = "model.int8.onnx"
+INT8_EXPORT_FILE = "export.int8.json"
+PRECISIONS = ("auto", "float", "int8")  # auto: INT8 when the run has a usable one, else float
 INPUT_NAME = "input"
 OUTPUT_NAMES = ("probabilities", "logits", "features")
 
@@ -33,10 +40,10 @@ def onnx_path(run: RunDir) -> Path:
     return run.path / ONNX_FILE
 
 
-def read_export_info(run: RunDir) -> dict | None:
-    """export.json as a dict, or None when the run has no (complete) ONNX export."""
-    info_path = run.path / EXPORT_FILE
-    if not info_path.is_file() or not onnx_path(run).is_file():
+def read_export_info(run: RunDir, info_file: str = EXPORT_FILE, graph_file: str = ONNX_FILE) -> dict | None:
+    """export.json (or export.int8.json) as a dict, or None when the run has no (complete) such export."""
+    info_path = run.path / info_file
+    if not info_path.is_file() or not (run.path / graph_file).is_file():
         return None
     try:
         return json.loads(info_path.read_text())
@@ -58,30 +65,50 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def export_status(run: RunDir, version: str) -> tuple[dict | None, str]:
-    """(export info if model.onnx is usable for `version`, else None; a one-line reason either way)."""
-    info = read_export_info(run)
-    again = f"re-export with: lungct export --run {run.path} --format onnx"
+def export_status(
+    run: RunDir, version: str, info_file: str = EXPORT_FILE, graph_file: str = ONNX_FILE
+) -> tuple[dict | None, str]:
+    """(export info if the graph is usable for `version`, else None; a one-line reason either way)."""
+    info = read_export_info(run, info_file, graph_file)
+    quantize = " --quantize int8" if graph_file == INT8_ONNX_FILE else ""
+    again = f"re-export with: lungct export --run {run.path}{quantize}"
     if info is None:
-        return None, f"no {ONNX_FILE} in the run (create it with: lungct export --run {run.path} --format onnx)"
+        return None, f"no {graph_file} in the run (create it with: lungct export --run {run.path}{quantize})"
     exported = info.get("weights_hash") or weights_hash(info.get("model_version", ""))
     if exported != weights_hash(version):
         return None, (
-            f"{ONNX_FILE} is stale: exported from {info.get('model_version')}, the run is now {version} ({again})"
+            f"{graph_file} is stale: exported from {info.get('model_version')}, the run is now {version} ({again})"
         )
     recorded = info.get("sha256")
     if not recorded:
-        return None, f"export.json records no sha256 of {ONNX_FILE}, so the graph cannot be verified ({again})"
+        return None, f"{info_file} records no sha256 of {graph_file}, so the graph cannot be verified ({again})"
     try:
-        actual = file_sha256(onnx_path(run))
+        actual = file_sha256(run.path / graph_file)
     except OSError as exc:
-        return None, f"{ONNX_FILE} cannot be read ({type(exc).__name__})"
+        return None, f"{graph_file} cannot be read ({type(exc).__name__})"
     if actual != recorded:
         return None, (
-            f"{ONNX_FILE} does not match export.json: sha256 {actual[:12]}... where {recorded[:12]}... was "
+            f"{graph_file} does not match {info_file}: sha256 {actual[:12]}... where {recorded[:12]}... was "
             f"recorded; the file was replaced or damaged after export ({again})"
         )
-    return info, f"{ONNX_FILE} matches model version {version} (sha256 verified)"
+    return info, f"{graph_file} matches model version {version} (sha256 verified)"
+
+
+def int8_status(run: RunDir, version: str, max_drop: float) -> tuple[dict | None, str]:
+    """export_status of the INT8 graph, which is also refused when its export measured a balanced-accuracy drop
+    on the test part over `max_drop`."""
+    info, reason = export_status(run, version, INT8_EXPORT_FILE, INT8_ONNX_FILE)
+    if info is None:
+        return None, reason
+    drop = (info.get("check") or {}).get("balanced_accuracy_drop")
+    if drop is None:
+        return None, f"{INT8_EXPORT_FILE} records no accuracy check; re-export with: lungct export --quantize int8"
+    if drop > max_drop:
+        return None, (
+            f"{INT8_ONNX_FILE} is refused: its balanced accuracy on the {info['check'].get('part', 'test')} part is "
+            f"{drop:.3f} below float's, over the {max_drop:g} margin (int8_max_drop); serve float instead"
+        )
+    return info, f"{reason}; balanced accuracy {-drop:+.3f} against float on the test part"
 
 
 class OnnxModel:

@@ -7,26 +7,30 @@ run's model.onnx with ONNX Runtime when that export matches the run's current we
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import os
+import sys
 import threading
 from collections.abc import Iterable, Iterator
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from scipy.special import softmax
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from lungct.contracts import Backend, Prediction
-from lungct.data.dataset import CTImageDataset
 from lungct.data.images import ImageReadError, is_image_file
-from lungct.data.transforms import eval_transform, prepare_image
 from lungct.errors import LungCTError
 from lungct.files import natural_key
 from lungct.inference.calibration import load_calibration
+from lungct.inference.onnx_runtime import PRECISIONS
 from lungct.run import RunDir, load_model, model_version
+
+if TYPE_CHECKING:  # PyTorch is imported only when it answers: an exported run is served without it
+    import torch
 
 BACKENDS = tuple(Backend)  # lungct.contracts.Backend is the one list
 log = logging.getLogger("lungct")
@@ -73,6 +77,15 @@ def unfinished_run(run_dir: str | Path) -> str | None:
     )
 
 
+def default_threads() -> int:
+    """Intra-op threads when none are given: PyTorch's count if it is loaded (both then obey one limit), else
+    OMP_NUM_THREADS, else the cores this process may run on."""
+    if "torch" in sys.modules:
+        return sys.modules["torch"].get_num_threads()
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    return int(env) if env.isdigit() and int(env) > 0 else len(os.sched_getaffinity(0))
+
+
 def _read_error(exc: Exception) -> str:
     """What a result says about a file that could not be read: the reader's reason, or the exception's type."""
     if isinstance(exc, ImageReadError):
@@ -89,7 +102,8 @@ class Predictor:
 
     backend: "auto" (ONNX Runtime when RUN/model.onnx is there and not stale, else PyTorch), "onnx" (an error
     when it cannot be used) or "torch". `.backend` says which one answers and `.backend_reason` why.
-    threads: ONNX Runtime's intra-op threads (default: torch.get_num_threads(), so both obey the same limit).
+    threads: ONNX Runtime's intra-op threads (default: PyTorch's thread count when torch is loaded, so both obey
+    the same limit; otherwise OMP_NUM_THREADS or the cores this process may use).
     The PyTorch model (`.model`) is loaded on first use on the ONNX backend: Grad-CAM and callers that
     need it still get it.
     """
@@ -101,9 +115,13 @@ class Predictor:
         tta: bool = False,
         backend: str = "auto",
         threads: int | None = None,
+        precision: str = "auto",
+        int8_max_drop: float = 0.01,
     ):
         if backend not in BACKENDS:
             raise LungCTError(f"unknown inference backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+        if precision not in PRECISIONS:
+            raise LungCTError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
         self.run = RunDir(run_dir)
         self.tta = tta
         self.card = self.run.card()
@@ -115,7 +133,8 @@ class Predictor:
         self._lock = threading.Lock()
         self._onnx = None
         self._graph_calibration: dict | None = None
-        self.backend, self.backend_reason = self._choose_backend(backend, threads)
+        self.precision = "float"  # what answers: "int8" only for a checked model.int8.onnx on ONNX Runtime
+        self.backend, self.backend_reason = self._choose_backend(backend, threads, precision, int8_max_drop)
         if self.backend == "torch":
             _ = self.model  # load now: a broken weights file is reported when the predictor is made
 
@@ -135,22 +154,34 @@ class Predictor:
         with self._lock:
             self._model = module
 
-    def _choose_backend(self, wanted: str, threads: int | None) -> tuple[str, str]:
+    def _choose_backend(self, wanted: str, threads: int | None, precision: str, max_drop: float) -> tuple[str, str]:
         if wanted == "torch":
+            if precision == "int8":
+                raise LungCTError("INT8 runs on ONNX Runtime, not PyTorch: choose --backend onnx or auto")
             return "torch", "PyTorch requested"
-        from lungct.inference.onnx_runtime import OnnxModel, export_status, onnx_path
+        from lungct.inference.onnx_runtime import INT8_ONNX_FILE, ONNX_FILE, export_status, int8_status
 
-        info, reason = export_status(self.run, self.model_version)
-        if info is not None:
-            try:
-                self._onnx = OnnxModel(onnx_path(self.run), threads or torch.get_num_threads())
-                self._onnx.check_signature(self.card.preprocess.input_size, len(self.classes))
-            except LungCTError as exc:
-                self._onnx = None
-                info, reason = None, str(exc)
+        info, reason = None, ""
+        if precision != "float":
+            info, reason = self._open_graph(
+                *int8_status(self.run, self.model_version, max_drop), INT8_ONNX_FILE, threads
+            )
+            if info is not None:
+                self.precision = "int8"
+            elif precision == "int8":
+                raise LungCTError(f"cannot serve INT8: {reason}")
+            else:
+                log.debug("float graph: %s", reason)
+        if info is None:
+            info, reason = self._open_graph(*export_status(self.run, self.model_version), ONNX_FILE, threads)
         if info is None:
             if wanted == "onnx":
                 raise LungCTError(f"cannot use the ONNX backend: {reason}")
+            if importlib.util.find_spec("torch") is None:
+                raise LungCTError(
+                    f"cannot use the ONNX backend ({reason}), and the PyTorch fallback needs the 'train' extra: "
+                    "export the run where lungct[train] is installed, or pip install 'lungct[train]'"
+                )
             log.debug("inference on PyTorch: %s", reason)
             return "torch", f"PyTorch fallback: {reason}"
         cal = info.get("calibration") or {}
@@ -158,15 +189,28 @@ class Predictor:
             self._graph_calibration = {"method": "temperature", "temperature": cal["temperature"]}
         return "onnx", f"ONNX Runtime: {reason}"
 
-    def probabilities(self, batch: torch.Tensor | np.ndarray, calibrated: bool = True) -> np.ndarray:
+    def _open_graph(self, info: dict | None, reason: str, graph: str, threads: int | None) -> tuple[dict | None, str]:
+        """(info, reason) with the graph loaded into self._onnx and its signature checked, or (None, why not)."""
+        from lungct.inference.onnx_runtime import OnnxModel
+
+        if info is None:
+            return None, reason
+        try:
+            self._onnx = OnnxModel(self.run.path / graph, threads or default_threads())
+            self._onnx.check_signature(self.card.preprocess.input_size, len(self.classes))
+        except LungCTError as exc:
+            self._onnx = None
+            return None, str(exc)
+        return info, reason
+
+    def probabilities(self, batch: np.ndarray, calibrated: bool = True) -> np.ndarray:
         """Probabilities, N x classes, for a preprocessed NCHW batch: calibrated when the run is, unless
         `calibrated=False` asks for the model's own softmax (what `lungct calibrate` fits on)."""
         return self.probabilities_and_features(batch, calibrated)[0]
 
-    def probabilities_and_features(
-        self, batch: torch.Tensor | np.ndarray, calibrated: bool = True
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(probabilities, pooled backbone features) for a preprocessed batch; the features feed drift reports.
+    def probabilities_and_features(self, batch: np.ndarray, calibrated: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities, pooled backbone features) for a preprocessed batch (numpy, or a CPU torch tensor); the
+        features feed drift reports.
 
         calibrated=False: the uncalibrated softmax, also on an ONNX graph that holds the temperature (its
         logits are used then), without touching `self.calibration`, so concurrent callers never see it change.
@@ -176,7 +220,7 @@ class Predictor:
         if self.backend == "onnx":
             probs, features = self._onnx_forward(np.asarray(batch, dtype=np.float32), in_graph)
         else:
-            probs, features = self._torch_forward(torch.as_tensor(batch, dtype=torch.float32))
+            probs, features = self._torch_forward(batch)
         if calibration is not None and not in_graph:
             probs = calibration.apply(probs).astype(np.float32)
         return probs, features
@@ -197,23 +241,28 @@ class Predictor:
         probs = softmax(out["logits"].astype(np.float64), axis=1).astype(np.float32)
         return (probs[:n] + probs[n:]) / 2, out["features"][:n]
 
-    @torch.inference_mode()
-    def _torch_forward(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def _torch_forward(self, batch) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
         model = self.model
-        logits, features = model.forward_with_features(batch)
-        probs = torch.softmax(logits, dim=1)
-        if self.tta:
-            probs = (probs + torch.softmax(model(torch.flip(batch, dims=[3])), dim=1)) / 2
+        with torch.inference_mode():
+            batch = torch.as_tensor(batch, dtype=torch.float32)
+            logits, features = model.forward_with_features(batch)
+            probs = torch.softmax(logits, dim=1)
+            if self.tta:
+                probs = (probs + torch.softmax(model(torch.flip(batch, dims=[3])), dim=1)) / 2
         return probs.numpy(), features.float().numpy()
 
     def predict_paths_array(self, paths: list[str], progress: bool = False, calibrated: bool = True) -> np.ndarray:
         """Probabilities for readable files (already checked), in order; used by evaluation and calibration."""
-        ds = CTImageDataset(
-            paths, [0] * len(paths), self.card.preprocess, eval_transform(self.card.preprocess), cache=False
-        )
-        loader = DataLoader(ds, batch_size=self.batch_size)
-        batches = tqdm(loader, desc="predicting", disable=not progress, leave=False)
-        chunks = [self.probabilities(x, calibrated) for x, _ in batches]
+        pre = self.card.preprocess
+        starts = range(0, len(paths), self.batch_size)
+        chunks = [
+            self.probabilities(
+                np.stack([pre.to_array(pre.load(p)) for p in paths[i : i + self.batch_size]]), calibrated
+            )
+            for i in tqdm(starts, desc="predicting", disable=not progress, leave=False)
+        ]
         return np.concatenate(chunks) if chunks else np.zeros((0, len(self.classes)))
 
     def result(self, path: str, probs: np.ndarray) -> dict:
@@ -223,24 +272,25 @@ class Predictor:
 
     def predict(self, paths: Iterable[str | Path]) -> Iterator[dict]:
         """One dict per file, in order: a prediction, or `path` and `error` for a file that cannot be read."""
-        batch: list[tuple[str, torch.Tensor]] = []
+        batch: list[tuple[str, np.ndarray]] = []
+        pre = self.card.preprocess
         for path in expand_paths(paths):
             try:
-                tensor = prepare_image(self.card.preprocess.load(path), self.card.preprocess)
+                array = pre.to_array(pre.load(path))
             except Exception as exc:  # one bad file must not cost the others their results
                 yield from self._flush(batch)
                 batch = []
                 yield {"path": str(path), "error": _read_error(exc)}
                 continue
-            batch.append((str(path), tensor))
+            batch.append((str(path), array))
             if len(batch) == self.batch_size:
                 yield from self._flush(batch)
                 batch = []
         yield from self._flush(batch)
 
-    def _flush(self, batch: list[tuple[str, torch.Tensor]]) -> Iterator[dict]:
+    def _flush(self, batch: list[tuple[str, np.ndarray]]) -> Iterator[dict]:
         if not batch:
             return
-        probs = self.probabilities(torch.stack([t for _, t in batch]))
+        probs = self.probabilities(np.stack([a for _, a in batch]))
         for (path, _), p in zip(batch, probs, strict=True):
             yield self.result(path, p)

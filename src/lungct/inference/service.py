@@ -31,14 +31,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-import torch
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from lungct.contracts import Backend, CamMethod, ErrorDetail, FileError, Prediction
 from lungct.data.images import ImageReadError
-from lungct.data.transforms import prepare_image
 from lungct.errors import LungCTError
+from lungct.inference.batching import MicroBatcher
 from lungct.inference.predictor import Predictor
 
 log = logging.getLogger("lungct.inference")
@@ -169,12 +168,12 @@ class PredictionSink(Protocol):
 
 @dataclass
 class Decoded:
-    """An upload ready for the model: its input tensor and what the log keeps (never the image, unless the
-    caller asked to keep it for an explanation)."""
+    """An upload ready for the model: its input array (Preprocess.to_array) and what the log keeps (never the
+    image, unless the caller asked to keep it for an explanation)."""
 
     name: str
     sha256: str
-    tensor: torch.Tensor
+    array: np.ndarray
     stats: dict[str, float]
     decode_ms: float
     image: Image.Image | None = None
@@ -203,13 +202,20 @@ class InferenceService:
         render_overlay: Callable[..., bytes] | None = None,
         explain_max_side: int = EXPLAIN_MAX_SIDE,
         explain_concurrency: int = 1,
+        explain_unavailable: str | None = None,
+        precision: str = "auto",
+        int8_max_drop: float = 0.01,
+        batch_max_size: int | None = None,
+        batch_wait_ms: float = 2.0,
     ):
         run = Path(run)
         if not run.is_dir():
             raise LungCTError(f"run directory not found: {run}")
         self.run = run
         self.limits = limits or UploadLimits()
-        self.predictor = Predictor(run, tta=tta, backend=backend, threads=threads)
+        self.predictor = Predictor(
+            run, tta=tta, backend=backend, threads=threads, precision=precision, int8_max_drop=int8_max_drop
+        )
         self.version = self.predictor.model_version
         self.card = self.predictor.card
         self.log = log
@@ -218,11 +224,17 @@ class InferenceService:
         if keep_uploads is not None:
             keep_uploads.mkdir(parents=True, exist_ok=True)
         self.explain_max_side = explain_max_side
+        # why explanations cannot run here (no PyTorch in a torch-free install): explain() answers 501 with it
+        self.explain_unavailable = explain_unavailable
         self._explainer_factory = explainer_factory
         self._render_overlay = render_overlay
         self._idle_explainers: queue.SimpleQueue = queue.SimpleQueue()
         self._explaining = threading.BoundedSemaphore(explain_concurrency)
         self._explainer_load = threading.Lock()  # one model load at a time
+        # concurrent single predictions share model calls (lungct.inference.batching); None: each call its own
+        self.batcher: MicroBatcher[Decoded, Prediction] | None = None
+        if batch_max_size is not None and batch_max_size > 1:
+            self.batcher = MicroBatcher(lambda items: self.predict(items), batch_max_size, batch_wait_ms)
 
     @property
     def classes(self) -> list[str]:
@@ -232,7 +244,7 @@ class InferenceService:
     def calibrated(self) -> bool:
         return self.predictor.calibration is not None
 
-    def probabilities(self, batch: torch.Tensor | np.ndarray, calibrated: bool = True) -> np.ndarray:
+    def probabilities(self, batch: np.ndarray, calibrated: bool = True) -> np.ndarray:
         """N x classes for a preprocessed batch; calibrated=False gives the model's own softmax."""
         return self.predictor.probabilities(batch, calibrated=calibrated)
 
@@ -255,14 +267,14 @@ class InferenceService:
             )
         check_content_type(name, content_type)
         img = self.decode_image(name, data, budget)
-        tensor = prepare_image(img, self.card.preprocess)
+        array = self.card.preprocess.to_array(img)
         sha256 = hashlib.sha256(data).hexdigest()
         if self.keep_uploads is not None:  # opt-in only; named by content, never by the client's name
             suffix = Path(name).suffix.lower()[:8] if Path(name).suffix.isascii() else ""
             (self.keep_uploads / f"{sha256}{suffix}").write_bytes(data)
         stats = self.log.image_stats(img) if self.log is not None else {}
         elapsed = (time.perf_counter() - start) * 1000
-        return Decoded(name, sha256, tensor, stats, elapsed, img if keep_image else None)
+        return Decoded(name, sha256, array, stats, elapsed, img if keep_image else None)
 
     def decode_image(self, name: str, data: bytes, budget: PixelBudget | None = None) -> Image.Image:
         """The decoded slice; UploadError 413 past max_pixels (judged on the header first) or the request's budget."""
@@ -304,7 +316,7 @@ class InferenceService:
         for start in range(0, len(items), size):
             chunk = items[start : start + size]
             t0 = time.perf_counter()
-            probs, features = self.predictor.probabilities_and_features(torch.stack([d.tensor for d in chunk]))
+            probs, features = self.predictor.probabilities_and_features(np.stack([d.array for d in chunk]))
             share = (time.perf_counter() - t0) * 1000 / len(chunk)
             for d, p, f in zip(chunk, probs, features, strict=True):
                 prediction = Prediction.from_probabilities(
@@ -393,6 +405,7 @@ class InferenceService:
 
     def explain(self, name: str, data: bytes, content_type: str, method: str, target: str | None):
         """(Explanation, PNG overlay bytes) for one upload; Grad-CAM runs on the PyTorch model."""
+        self.require_explanations()
         if not data:
             raise UploadError(400, "empty_file", f"{name}: the file is empty (0 bytes)")
         check_content_type(name, content_type)
@@ -404,6 +417,13 @@ class InferenceService:
                 raise UploadError(400, "invalid_parameter", str(exc)) from None
         return explanation, self.overlay(explanation)
 
+    def require_explanations(self) -> None:
+        """UploadError 501 naming the extra to install, when this install cannot explain (no PyTorch)."""
+        if self.explain_unavailable:
+            raise UploadError(501, "explain_unavailable", self.explain_unavailable)
+
     def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
         if self.log is not None:
             self.log.close()

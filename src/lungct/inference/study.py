@@ -11,10 +11,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-import torch
 
 from lungct.contracts import Prediction
-from lungct.data.transforms import prepare_image
 from lungct.dicom.series import Series
 from lungct.dicom.window import default_window, to_image
 from lungct.errors import LungCTError
@@ -77,8 +75,8 @@ def predict_series(
     probs: list[np.ndarray] = []
     for start in range(0, len(series.slices), batch_size):
         chunk = series.slices[start : start + batch_size]
-        tensors = [prepare_image(pre.apply_field(to_image(s.dataset, window, pre.color, s.name)), pre) for s in chunk]
-        probs.append(predictor.probabilities(torch.stack(tensors)))
+        arrays = [pre.to_array(pre.apply_field(to_image(s.dataset, window, pre.color, s.name))) for s in chunk]
+        probs.append(predictor.probabilities(np.stack(arrays)))
     all_probs = np.concatenate(probs)
     scores = all_probs[:, classes.index(positive)]
     score, drivers = aggregate(scores, method, top_k)

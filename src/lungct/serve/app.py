@@ -16,6 +16,7 @@ predictions or hold up shutdown.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import time
@@ -34,6 +35,7 @@ from lungct.serve.archive import ZipLimits, is_zip, zip_members
 from lungct.serve.errors import ApiError, ErrorBody, install_error_handlers
 from lungct.serve.gate import ExplainGate
 from lungct.serve.responses import (
+    Batching,
     BatchResponse,
     ExplanationSummary,
     FilePrediction,
@@ -56,6 +58,8 @@ ERROR_TEXT = {
     415: "not multipart/form-data, or a part whose content type is not an image",
     422: "unreadable image or invalid parameter",
     500: "unexpected server error (details only in the server log)",
+    501: "explanations are not available in this install (the torch-free lungct[serve]); the message names the "
+    "extra to install",
     503: "no model loaded",
 }
 TEXT = TypeAdapter(str).json_schema()  # OpenAPI schemas of headers and of the PNG answer, made by pydantic
@@ -84,6 +88,7 @@ EXPLAIN_ERRORS = {
         "model": ErrorBody,
     },
     504: {"description": "the explanation took longer than explain_timeout_s", "model": ErrorBody},
+    **_errors(501),
 }
 IMAGE_TYPES = "image/png, image/jpeg, image/tiff, image/bmp, application/dicom, application/octet-stream"
 
@@ -184,6 +189,15 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
             tta=s.predictor.tta,
             backend=s.predictor.backend,
             backend_reason=s.predictor.backend_reason,
+            precision=s.predictor.precision,
+            batching=Batching(
+                enabled=s.batcher is not None,
+                max_size=settings.batch_max_size,
+                wait_ms=settings.batch_wait_ms,
+                batches=s.batcher.batches if s.batcher else 0,
+                requests=s.batcher.items if s.batcher else 0,
+            ),
+            explain_available=s.explain_unavailable is None,
             test_metrics=metrics,
             test_metrics_status=metrics_status,
             limits=Limits.model_validate(settings.model_dump(include=set(Limits.model_fields))),
@@ -199,7 +213,13 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         s = need()
         upload = await _single_upload(request, settings)
         start = time.perf_counter()
-        prediction = await in_worker(lambda: s.predict([s.decode(upload.name, upload.data, upload.content_type)])[0])
+        if s.batcher is None:
+            prediction = await in_worker(
+                lambda: s.predict([s.decode(upload.name, upload.data, upload.content_type)])[0]
+            )
+        else:  # decoded on a worker, predicted with whatever else is waiting (lungct.inference.batching)
+            decoded = await in_worker(s.decode, upload.name, upload.data, upload.content_type)
+            prediction = await asyncio.wrap_future(s.batcher.submit(decoded))
         latency_ms = round((time.perf_counter() - start) * 1000, 2)
         return PredictResponse.model_validate({**prediction.model_dump(), "latency_ms": latency_ms})
 
@@ -255,6 +275,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         output: Annotated[Literal["png", "json"], Query(description="PNG bytes, or JSON with a base64 PNG")] = "png",
     ) -> Response:
         s = need()
+        s.require_explanations()  # 501 before the upload is read: a torch-free server cannot explain
         if target is not None and target not in s.classes:
             raise ApiError(422, "invalid_parameter", f"target {target!r} is not one of: {', '.join(s.classes)}")
         upload = await _single_upload(request, settings)

@@ -70,6 +70,16 @@ class Limits(BaseModel):
     workers: int
 
 
+class Batching(BaseModel):
+    """How concurrent /v1/predict requests share model calls (ServeSettings), and how they have so far."""
+
+    enabled: bool
+    max_size: int = Field(description="most requests in one model call")
+    wait_ms: float = Field(description="longest a request waits for others to join its batch")
+    batches: int = Field(description="batched model calls made since the server started")
+    requests: int = Field(description="requests answered by them (requests / batches: the mean batch size)")
+
+
 class ModelInfo(BaseModel):
     """/v1/model: what answers predictions, and how it did on its test part."""
 
@@ -85,6 +95,9 @@ class ModelInfo(BaseModel):
     tta: bool
     backend: ServedBackend
     backend_reason: str
+    precision: Literal["float", "int8"] = Field(description="int8: the run's checked model.int8.onnx answers")
+    batching: Batching
+    explain_available: bool = Field(description="false on a torch-free install: /v1/explain answers 501")
     test_metrics: dict[str, Any] | None = Field(description="headline figures of RUN/eval/metrics.json, or null")
     test_metrics_status: str
     limits: Limits

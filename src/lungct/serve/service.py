@@ -7,15 +7,30 @@ app; this module only wires them for HTTP.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
 from lungct import explain
+from lungct.errors import EXTRA_OF_MODULE
 from lungct.inference.service import InferenceService
 from lungct.monitoring.predlog import PredictionLog
 from lungct.serve.settings import ServeSettings
 
 SUMMARY_METRICS = ("n", "accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "ece", "data")
+EXPLAIN_NEEDS = ("torch", "timm", "pytorch_grad_cam")  # Grad-CAM runs on the PyTorch model
+
+
+def explain_unavailable() -> str | None:
+    """Why /v1/explain cannot work in this install (the torch-free `lungct[serve]`), or None when it can."""
+    missing = [m for m in EXPLAIN_NEEDS if importlib.util.find_spec(m) is None]
+    if not missing:
+        return None
+    extra = EXTRA_OF_MODULE[missing[0]]
+    return (
+        f"explanations need PyTorch and Grad-CAM, which this server's install lacks (missing: {', '.join(missing)}); "
+        f"install the '{extra}' extra where it runs: pip install 'lungct[{extra}]'"
+    )
 
 
 def open_service(settings: ServeSettings) -> InferenceService:
@@ -25,6 +40,7 @@ def open_service(settings: ServeSettings) -> InferenceService:
     model, at most explain_concurrency of them, which the app's ExplainGate also bounds.
     """
     run = settings.run
+    unavailable = explain_unavailable()
     service = InferenceService(
         run,
         limits=settings.limits,
@@ -33,12 +49,17 @@ def open_service(settings: ServeSettings) -> InferenceService:
         threads=settings.model_threads,
         source="api",
         keep_uploads=settings.keep_uploads,
-        explainer_factory=lambda: explain.Explainer(run, batch_size=1),
+        explainer_factory=None if unavailable else lambda: explain.Explainer(run, batch_size=1),
         render_overlay=lambda explanation, preprocess, max_side: explain.render_overlay(
             explanation, preprocess, max_side=max_side
         ),
         explain_max_side=settings.explain_max_side,
         explain_concurrency=settings.explain_concurrency,
+        explain_unavailable=unavailable,
+        precision=settings.precision,
+        int8_max_drop=settings.int8_max_drop,
+        batch_max_size=settings.batch_max_size if settings.batching else None,
+        batch_wait_ms=settings.batch_wait_ms,
     )
     path = settings.resolved_log_path
     if path is not None:  # once the model has loaded: a run that fails to load leaves no log behind

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -30,6 +31,17 @@ class ServeSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     backend: Backend = Backend.auto
+    precision: Literal["auto", "float", "int8"] = Field(
+        "auto", description="auto: the run's checked INT8 graph when it has one (lungct export --quantize int8)"
+    )
+    int8_max_drop: float = Field(
+        0.01, ge=0, le=1, description="INT8 is refused when its export measured a larger balanced-accuracy drop"
+    )
+    batching: bool = Field(True, description="gather concurrent /v1/predict requests into one model call")
+    batch_max_size: int = Field(16, ge=1, le=256, description="most requests in one batched model call")
+    batch_wait_ms: float = Field(
+        2.0, ge=0, le=1000, description="longest a request waits for others to join its batch, in milliseconds"
+    )
     tta: bool = False
     max_file_mb: float = Field(UPLOAD.max_file_mb, gt=0, description="largest single upload (and unpacked zip member)")
     max_batch_files: int = Field(200, ge=1, description="most images per batch request, zip members included")

@@ -1,0 +1,86 @@
+"""MicroBatcher: concurrent submissions share calls, and each caller gets the result of its own item."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from lungct.inference.batching import MicroBatcher
+
+
+def test_each_caller_gets_its_own_result_under_concurrent_load():
+    sizes: list[int] = []
+
+    def model(items):  # a slow "model" whose answer identifies its input: the row sum and the row itself
+        sizes.append(len(items))
+        time.sleep(0.005)
+        batch = np.stack(items)
+        return list(zip(batch.sum(axis=1), batch, strict=True))
+
+    batcher = MicroBatcher(model, max_batch=8, max_wait_ms=5)
+    rng = np.random.default_rng(0)
+    inputs = [rng.normal(size=16) for _ in range(200)]
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            results = list(pool.map(lambda x: batcher.submit(x).result(timeout=30), inputs))
+    finally:
+        batcher.close()
+    for x, (total, row) in zip(inputs, results, strict=True):
+        assert np.array_equal(row, x) and total == pytest.approx(x.sum())
+    assert sum(sizes) == 200 and max(sizes) <= 8
+    assert max(sizes) > 1 and batcher.batches < 200  # requests did share calls
+    assert batcher.items == 200 and batcher.batches == len(sizes)
+
+
+def test_a_lone_request_is_answered_in_a_batch_of_one():
+    sizes: list[int] = []
+    batcher = MicroBatcher(lambda items: sizes.append(len(items)) or [i * 2 for i in items], 16, 1.0)
+    try:
+        assert batcher.submit(21).result(timeout=10) == 42
+    finally:
+        batcher.close()
+    assert sizes == [1]
+
+
+def test_a_failing_call_fails_every_request_of_its_batch_and_the_batcher_goes_on():
+    gate = threading.Event()
+
+    def model(items):
+        gate.wait(10)
+        if any(i < 0 for i in items):
+            raise ValueError("bad item")
+        return items
+
+    batcher = MicroBatcher(model, max_batch=4, max_wait_ms=50)
+    try:
+        bad, good = batcher.submit(-1), batcher.submit(2)  # both join one batch while the gate is shut
+        gate.set()
+        with pytest.raises(ValueError, match="bad item"):
+            bad.result(timeout=10)
+        with pytest.raises(ValueError, match="bad item"):
+            good.result(timeout=10)
+        assert batcher.submit(3).result(timeout=10) == 3
+    finally:
+        batcher.close()
+
+
+def test_a_call_returning_the_wrong_number_of_results_is_an_error_not_a_mix_up():
+    batcher = MicroBatcher(lambda items: items[:-1], max_batch=4, max_wait_ms=1)
+    try:
+        with pytest.raises(RuntimeError, match="results for"):
+            batcher.submit(1).result(timeout=10)
+    finally:
+        batcher.close()
+
+
+def test_closing_answers_what_is_queued_and_refuses_new_work():
+    batcher = MicroBatcher(lambda items: items, max_batch=2, max_wait_ms=0)
+    futures = [batcher.submit(i) for i in range(5)]
+    batcher.close()
+    assert [f.result(timeout=10) for f in futures] == list(range(5))
+    with pytest.raises(RuntimeError, match="closed"):
+        batcher.submit(9)

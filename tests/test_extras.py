@@ -144,10 +144,50 @@ def test_dicom_extra_predicts_a_dicom_series(envs, project):
     assert len(result.stdout.strip().splitlines()) == 4  # three slices and the study line
 
 
-def test_serve_extra_serves_the_run(envs, project):
+def test_serve_extra_has_no_torch_and_serves_an_exported_run_through_the_hostile_input_suite(envs, project):
+    """`lungct[serve]` alone: no torch or torchvision in the environment; it serves the run's ONNX export, answers
+    every hostile request of tests/serve/test_serve_hostile.py as the full install does, and /v1/explain 501."""
+    import httpx
+
+    from lungct.export import export_onnx
+    from tests.serve.conftest import LIMITS
+    from tests.serve.test_serve_hostile import BAD_REQUESTS, EXPLAIN, check_hostile_request
+
+    bin_dir, root = envs("serve"), project["root"]
+    for module in ("torch", "torchvision", "timm", "sklearn"):
+        found = subprocess.run(
+            [str(bin_dir / "python"), "-c", f"import importlib.util as u; print(u.find_spec('{module}') is None)"],
+            capture_output=True,
+            text=True,
+        )
+        assert found.stdout.strip() == "True", f"lungct[serve] installs {module}"
+    run = root / "run_onnx"
+    shutil.copytree(project["run"], run)
+    export_onnx(run)
     port = free_port()
-    args = ["serve", "--run", str(project["run"]), "--port", str(port)]
-    assert serve_and_check(envs("serve"), args, f"http://127.0.0.1:{port}/health", project["root"]) == 200
+    options = [f"--{k.replace('_', '-')}={v}" for k, v in LIMITS.items()]
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "LUNGCT_TRACKING")}
+    process = subprocess.Popen(
+        [str(bin_dir / "lungct"), "serve", "--run", str(run), "--port", str(port), "--no-log", *options],
+        cwd=root,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert wait_for(f"{url}/health", process) == 200
+        with httpx.Client(base_url=url, timeout=60) as client:
+            info = client.get("/v1/model").json()
+            assert info["backend"] == "onnx" and info["explain_available"] is False
+            for case in BAD_REQUESTS:
+                if case[1].startswith(EXPLAIN) and case[4] != "invalid_request":  # past query validation: 501
+                    case = (*case[:3], 501, "explain_unavailable", "lungct[train]")
+                check_hostile_request(client, case)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
 
 
 def test_app_extra_starts_the_app(envs, project):

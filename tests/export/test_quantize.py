@@ -77,7 +77,7 @@ def test_a_broken_calibration_set_is_refused_and_nothing_is_written(run, tmp_pat
     with pytest.raises(LungCTError, match=r"INT8 refused: balanced accuracy .* drops by"):
         quantize_run(run, calibration_folder=blank, n_resamples=50)
     assert not (run / INT8_ONNX_FILE).exists() and not (run / INT8_EXPORT_FILE).exists()
-    with pytest.raises(LungCTError, match="cannot serve INT8: no model.int8.onnx"):
+    with pytest.raises(LungCTError, match=r"cannot serve INT8: no model\.int8\.onnx"):
         Predictor(run, precision="int8")
 
 

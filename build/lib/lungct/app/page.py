@@ -1,0 +1,169 @@
+"""The Streamlit page (`lungct app` runs it): a thin layout of lungct.app.analysis and lungct.app.model_info.
+
+Started as `streamlit run page.py -- --run RUN [--log LOG] [--eval DIR]`. Every failure the user can meet
+is shown as a message in the page; nothing here should raise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from lungct.app.analysis import AppModel, analyse_upload, default_log_path, load_app_model
+from lungct.app.model_info import card_rows, eval_info, history_info
+from lungct.errors import LungCTError
+
+CAUTION = (
+    "**Decision support, not a diagnosis.** This model was trained on a small public data set and makes "
+    "mistakes. Its output is a probability for each class, not a finding: a radiologist must read the scan, "
+    "and no clinical decision should rest on this page."
+)
+UPLOAD_TYPES = ["png", "jpg", "jpeg", "dcm", "dicom"]
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="lungct app", add_help=False)
+    parser.add_argument("--run", default=None)
+    parser.add_argument("--log", default=None)
+    parser.add_argument("--eval", default=None)
+    args, _ = parser.parse_known_args(argv)
+    return args
+
+
+@st.cache_resource(show_spinner="Loading the model…")
+def cached_model(run: str, log: str) -> AppModel:
+    return load_app_model(run, log)
+
+
+def probability_chart(probabilities: dict[str, float], predicted: str, calibrated: bool) -> alt.Chart:
+    frame = pd.DataFrame({"class": list(probabilities), "probability": list(probabilities.values())})
+    frame["predicted"] = frame["class"] == predicted
+    return (
+        alt.Chart(frame)
+        .mark_bar()
+        .encode(
+            x=alt.X(
+                "probability:Q",
+                scale=alt.Scale(domain=[0, 1]),
+                title="calibrated probability" if calibrated else "probability",
+            ),
+            y=alt.Y("class:N", sort=None, title=None),
+            color=alt.Color("predicted:N", legend=None, scale=alt.Scale(domain=[False, True], range=["#9aa", "#d33"])),
+            tooltip=["class", alt.Tooltip("probability:Q", format=".3f")],
+        )
+        .properties(height=40 * len(frame) + 20)
+    )
+
+
+def show_result(result: dict, calibrated: bool) -> None:
+    st.subheader(result["name"])
+    if "error" in result:
+        st.error(result["error"])
+        return
+    left, right = st.columns([2, 3])
+    with left:
+        st.markdown(f"Predicted class: **{result['predicted']}**")
+        st.markdown(f"Probability: **{result['probability']:.2f}**")
+        st.altair_chart(probability_chart(result["probabilities"], result["predicted"], calibrated), width="stretch")
+        st.markdown(" · ".join(f"{c}: {p:.3f}" for c, p in result["probabilities"].items()))
+        st.caption(
+            (
+                "Probabilities are calibrated on the run's validation part."
+                if calibrated
+                else "Probabilities are the model's softmax outputs; this run has no calibration (lungct calibrate)."
+            )
+            + f" {result['width']}x{result['height']} px, {result['latency_ms']:.0f} ms."
+        )
+    with right:
+        st.image(result["overlay_png"], caption=f"Grad-CAM heatmap for {result['predicted']}")
+
+
+def predict_tab(model: AppModel) -> None:
+    if model.log_error:
+        st.warning(f"Predictions are not being logged: {model.log_error}")
+    uploads = st.file_uploader(
+        "CT slices (PNG, JPEG or DICOM)", type=UPLOAD_TYPES, accept_multiple_files=True, key="uploads"
+    )
+    if not uploads:
+        st.info("Upload one or more CT slices to see the predicted class and where the model looked.")
+        return
+    # Streamlit reruns this script on every interaction: keep each upload's result, so it is predicted
+    # (and logged) once.
+    done: dict = st.session_state.setdefault("results", {})
+    for upload in uploads:
+        key = upload.file_id
+        if key not in done:
+            with st.spinner(f"Analysing {upload.name}…"):
+                done[key] = analyse_upload(model, upload.getvalue(), upload.name)
+        show_result(done[key], model.calibrated)
+    current = {u.file_id for u in uploads}
+    for key in list(done):
+        if key not in current:
+            del done[key]
+
+
+def model_tab(run: Path, eval_dir: str | None) -> None:
+    st.subheader("Model")
+    try:
+        st.dataframe(pd.DataFrame(card_rows(run)), hide_index=True)
+    except LungCTError as exc:
+        st.error(str(exc))
+    st.subheader("Training curves")
+    history = history_info(run)
+    if history.curves_png:
+        st.image(str(history.curves_png), caption="Accuracy and loss per epoch (curves.png)", width=800)
+    elif history.rows:
+        frame = pd.DataFrame(history.rows).set_index("step")
+        left, right = st.columns(2)
+        left.line_chart(frame[[c for c in ("train_accuracy", "val_accuracy") if c in frame]], x_label="epoch")
+        right.line_chart(frame[[c for c in ("train_loss", "val_loss") if c in frame]], x_label="epoch")
+    else:
+        st.info(history.message)
+    st.subheader("Test metrics")
+    info = eval_info(run, eval_dir)
+    if info.message:
+        st.info(info.message)
+    if info.metrics is None:
+        return
+    data = info.metrics.get("data", "")
+    st.caption(f"n = {info.metrics.get('n', '?')} slices ({data}). {info.metrics.get('ci95_method', '')}")
+    st.dataframe(pd.DataFrame(info.summary_rows), hide_index=True)
+    if info.class_rows:
+        st.dataframe(pd.DataFrame(info.class_rows), hide_index=True)
+    left, right = st.columns(2)
+    if info.confusion_png:
+        left.image(str(info.confusion_png), caption="Confusion matrix (test part)")
+    if info.roc_png:
+        right.image(str(info.roc_png), caption="ROC curves, one class against the rest")
+
+
+def main() -> None:
+    st.set_page_config(page_title="lungct", layout="wide")
+    st.title("lungct · lung CT slice classifier")
+    st.warning(CAUTION)
+    args = parse_args(sys.argv[1:])
+    if not args.run:
+        st.error("No run directory given: start the app with `lungct app --run RUN_DIR`.")
+        st.stop()
+    run = Path(args.run)
+    try:
+        model = cached_model(str(run), str(args.log or default_log_path(run)))
+    except LungCTError as exc:
+        st.error(f"The model cannot be loaded: {exc}")
+        st.stop()
+    predict, about = st.tabs(["Predict", "Model"])
+    with predict:
+        predict_tab(model)
+    with about:
+        model_tab(run, args.eval)
+
+
+try:
+    main()
+except Exception as exc:  # last resort: a message in the page, never a traceback (st.stop is no Exception)
+    st.error(f"Something went wrong: {type(exc).__name__}: {exc}")

@@ -1,0 +1,82 @@
+"""The command line: a thin shell that parses arguments, calls lungct's functions and prints.
+
+Every problem a user can fix ends as one line on stderr and a non-zero exit code, never a traceback.
+Library packages never import this package; the import-linter contract in pyproject.toml holds that.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from lungct.cli import app as app_cmd
+from lungct.cli import audit, compare, core, dicom, drift, ensemble, evaluation, explain, export, pipeline, serve, tune
+from lungct.errors import LungCTError, missing_extra
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    help="Lung CT classification: train, evaluate, predict.",
+)
+
+# Every command, in the order `lungct --help` lists them.
+COMMANDS = {
+    "train": core.train_command,
+    "evaluate": core.evaluate_command,
+    "predict": core.predict_command,
+    "backbones": core.backbones_command,
+    "cv": evaluation.cv_command,
+    "audit": audit.audit_command,
+    "predict-series": dicom.predict_series_command,
+    "explain": explain.explain_command,
+    "calibrate": evaluation.calibrate_command,
+    "threshold": evaluation.threshold_command,
+    "app": app_cmd.app_command,
+    "split": pipeline.split_command,
+    "tune": tune.tune_command,
+    "compare": compare.compare_command,
+    "drift": drift.drift_command,
+    "export": export.export_command,
+    "serve": serve.serve_command,
+    "ensemble": ensemble.ensemble_command,
+}
+for _name, _function in COMMANDS.items():
+    app.command(_name)(_function)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        result = app(args=argv, standalone_mode=False)
+    except typer.TyperException as exc:  # typer's usage errors: unknown option, missing path, bad value
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            typer.echo(str(exc))
+            return 0
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        typer.echo(f"lungct: error: {' '.join(message.split())}", err=True)
+        return getattr(exc, "exit_code", 2)
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("lungct: interrupted; run the same command again to resume", err=True)
+        return 130
+    except LungCTError as exc:
+        typer.echo(f"lungct: error: {exc}", err=True)
+        return 1
+    except ModuleNotFoundError as exc:  # an optional extra is not installed: name it, in one line
+        missing = missing_extra(exc, f"`lungct {_command_name(argv)}`")
+        if missing is None:
+            raise
+        typer.echo(f"lungct: error: {missing}", err=True)
+        return 1
+    return result if isinstance(result, int) else 0
+
+
+def _command_name(argv: list[str] | None) -> str:
+    args = sys.argv[1:] if argv is None else argv
+    return next((a for a in args if a in COMMANDS), "command")
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""Options and logging setup every command shares; the one place they are defined."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+log = logging.getLogger("lungct")
+
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars or info messages")]
+ExistingPaths = Annotated[list[Path], typer.Argument(exists=True, help="image files or folders")]
+ConfigFile = Annotated[Path | None, typer.Option("--config", exists=True, dir_okay=False, help="experiment YAML")]
+TrackingUri = Annotated[
+    str | None,
+    typer.Option(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlruns/mlflow.db)",
+    ),
+]
+NoTrack = Annotated[bool, typer.Option("--no-track", help="do not log this run to MLflow (or LUNGCT_TRACKING=off)")]
+
+
+class SplitMode(StrEnum):
+    group = "group"
+    random = "random"
+
+
+def setup_logging(quiet: bool, server: bool = False) -> None:
+    """Messages go to stderr without decoration; --quiet keeps only warnings and errors. A server's log lines
+    name their level and logger, as uvicorn's own lines beside them do."""
+    fmt = "%(levelname)s %(name)s: %(message)s" if server else "%(message)s"
+    logging.basicConfig(format=fmt, stream=sys.stderr, level=logging.WARNING if quiet else logging.INFO)
+    log.setLevel(logging.WARNING if quiet else logging.INFO)

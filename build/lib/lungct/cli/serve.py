@@ -1,0 +1,171 @@
+"""`lungct serve`: settings from options (over LUNGCT_SERVE_* variables), then uvicorn (registered in lungct.cli)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lungct.cli.options import setup_logging
+from lungct.contracts import Backend
+from lungct.errors import LungCTError
+
+
+class Precision(StrEnum):  # lungct.inference.onnx_runtime.PRECISIONS
+    auto = "auto"
+    float = "float"
+    int8 = "int8"
+
+
+def serve_command(
+    run: Annotated[Path | None, typer.Option("--run", help="run directory (from lungct train)")] = None,
+    host: Annotated[str, typer.Option("--host", help="address to listen on (0.0.0.0: every interface)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="port (0 picks a free one)")] = 8000,
+    backend: Annotated[Backend | None, typer.Option("--backend", help="ONNX Runtime, PyTorch, or auto")] = None,
+    tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="average with the mirrored slice")] = None,
+    precision: Annotated[
+        Precision | None, typer.Option("--precision", help="auto: the run's checked INT8 graph when there is one")
+    ] = None,
+    int8_max_drop: Annotated[
+        float | None, typer.Option("--int8-max-drop", help="refuse INT8 past this balanced-accuracy drop (0.01)")
+    ] = None,
+    batching: Annotated[
+        bool | None, typer.Option("--batching/--no-batching", help="share model calls between requests (on)")
+    ] = None,
+    batch_max_size: Annotated[int | None, typer.Option("--batch-max-size", help="requests per call (16)")] = None,
+    batch_wait_ms: Annotated[
+        float | None, typer.Option("--batch-wait-ms", help="longest wait for a batch to fill (2 ms)")
+    ] = None,
+    max_file_mb: Annotated[float | None, typer.Option("--max-file-mb", help="largest upload (default 20)")] = None,
+    max_batch_files: Annotated[int | None, typer.Option("--max-batch-files", help="default 200")] = None,
+    max_batch_mb: Annotated[float | None, typer.Option("--max-batch-mb", help="default 200")] = None,
+    max_pixels: Annotated[int | None, typer.Option("--max-pixels", help="default 16777216 (4096 x 4096)")] = None,
+    max_request_pixels: Annotated[
+        int | None, typer.Option("--max-request-pixels", help="decoded pixels per request (default 128000000)")
+    ] = None,
+    max_zip_ratio: Annotated[
+        float | None, typer.Option("--max-zip-ratio", help="highest zip compression ratio (default 100)")
+    ] = None,
+    explain_max_side: Annotated[
+        int | None, typer.Option("--explain-max-side", help="largest side of an explain overlay PNG (default 1024)")
+    ] = None,
+    explain_concurrency: Annotated[
+        int | None, typer.Option("--explain-concurrency", help="explanations at once (default 1)")
+    ] = None,
+    explain_queue: Annotated[
+        int | None, typer.Option("--explain-queue", help="explanations waiting; past it 503 (default 4)")
+    ] = None,
+    explain_timeout_s: Annotated[
+        float | None, typer.Option("--explain-timeout-s", help="time limit per explanation; past it 504 (default 300)")
+    ] = None,
+    shutdown_timeout_s: Annotated[
+        float | None, typer.Option("--shutdown-timeout-s", help="grace for open requests on shutdown (default 5)")
+    ] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="model calls at once (default 2)")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="threads per model call")] = None,
+    log: Annotated[Path | None, typer.Option("--log", help="prediction log; default RUN/predictions.sqlite")] = None,
+    no_log: Annotated[bool, typer.Option("--no-log", help="do not log predictions")] = False,
+    keep_uploads: Annotated[
+        Path | None, typer.Option("--keep-uploads", help="save accepted uploads in this folder (off by default)")
+    ] = None,
+    openapi_out: Annotated[
+        Path | None, typer.Option("--openapi-out", help="write the OpenAPI schema to this file and exit")
+    ] = None,
+) -> None:
+    """Serve a run over HTTP: /health, /v1/model, /v1/predict, /v1/predict/batch, /v1/explain (see docs/serve.md)."""
+    from pydantic import ValidationError
+
+    from lungct.serve.openapi import write_openapi
+
+    if openapi_out is not None:
+        typer.echo(f"wrote {write_openapi(openapi_out)}")
+        return
+    if run is None:
+        raise LungCTError("--run is required: the run directory to serve")
+    from lungct.serve.settings import ServeSettings
+
+    options = {
+        "backend": backend.value if backend else None,
+        "tta": tta,
+        "precision": precision.value if precision else None,
+        "int8_max_drop": int8_max_drop,
+        "batching": batching,
+        "batch_max_size": batch_max_size,
+        "batch_wait_ms": batch_wait_ms,
+        "max_file_mb": max_file_mb,
+        "max_batch_files": max_batch_files,
+        "max_batch_mb": max_batch_mb,
+        "max_pixels": max_pixels,
+        "max_request_pixels": max_request_pixels,
+        "max_zip_ratio": max_zip_ratio,
+        "explain_max_side": explain_max_side,
+        "explain_concurrency": explain_concurrency,
+        "explain_queue": explain_queue,
+        "explain_timeout_s": explain_timeout_s,
+        "shutdown_timeout_s": shutdown_timeout_s,
+        "workers": workers,
+        "threads": threads,
+        "log_path": log,
+        "keep_uploads": keep_uploads,
+    }
+    try:
+        settings = ServeSettings(
+            run=run,
+            host=host,
+            port=port,
+            log_predictions=not no_log,
+            **{k: v for k, v in options.items() if v is not None},
+        )
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise LungCTError(f"invalid serve settings: {problems}") from None
+    serve(settings)
+
+
+def serve(settings) -> None:
+    """Load the run, then run uvicorn until interrupted; torch threads follow settings.model_threads."""
+    import uvicorn
+
+    from lungct.inference import unfinished_run
+    from lungct.serve.app import create_app
+
+    setup_logging(quiet=False, server=True)
+    app = create_app(settings)
+    if "torch" in sys.modules:  # loaded only when PyTorch answers (or for explanations); never just for this
+        sys.modules["torch"].set_num_threads(settings.model_threads)  # per call; `workers` calls share the cores
+    service = app.state.service
+    logging.getLogger("lungct.serve").info(
+        "serving %s (%s, %s) on http://%s:%d with %d workers x %d threads; prediction log: %s",
+        service.version,
+        service.predictor.precision,
+        service.predictor.backend_reason,
+        settings.host,
+        settings.port,
+        settings.workers,
+        settings.model_threads,
+        settings.resolved_log_path or "off",
+    )
+    if settings.host not in ("127.0.0.1", "localhost", "::1"):
+        logging.getLogger("lungct.serve").warning("listening beyond loopback: the API has no authentication")
+    if (reason := unfinished_run(settings.run)) is not None:
+        logging.getLogger("lungct.serve").warning("%s", reason)
+    uvicorn.Server(uvicorn_config(app, settings)).run()
+
+
+def uvicorn_config(app, settings):
+    """uvicorn's settings for `app`: on SIGTERM, open requests get settings.shutdown_timeout_s, then are cancelled
+    (a running explanation's daemon thread is abandoned, never waited for)."""
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        access_log=False,
+        timeout_graceful_shutdown=settings.shutdown_timeout_s,
+    )

@@ -1,0 +1,39 @@
+"""What a comparison is asked to do (`lungct compare`'s options), checked once where it is built."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lungct.errors import LungCTError
+
+# "mobilenetv2_100+probe": that backbone frozen, its head a logistic regression on the frozen features
+# (lungct.training.probe), no fine-tuning: the baseline every fine-tuning recipe has to beat.
+PROBE_SUFFIX = "+probe"
+
+
+@dataclass
+class CompareSettings:
+    archs: list[str]
+    out: Path
+    weights: str | None = None  # pretrained weights for the config's own backbone only
+    threads: int = 1  # torch threads for the latency measurement
+    latency_budget_ms: float = 50.0  # per image, for the CPU-only recommendation
+    accuracy_tolerance: float = 0.05  # "acceptable accuracy" for the mobile recommendation: this close to the best
+    n_bootstrap: int = 1000
+    progress: bool = True
+    track: bool = False  # one nested MLflow run per backbone (the CLI opens the parent run)
+    rows: list[dict[str, Any]] = field(default_factory=list, init=False)
+
+    def __post_init__(self) -> None:
+        from lungct.models.registry import get_spec
+
+        self.out = Path(self.out)
+        self.archs = list(dict.fromkeys(a.strip() for a in self.archs if a.strip()))
+        if len(self.archs) < 2:
+            raise LungCTError("--archs needs at least two backbones to compare, e.g. mobilenetv2_100,small_cnn")
+        for arch in self.archs:
+            get_spec(arch.removesuffix(PROBE_SUFFIX))
+        if self.threads < 1:
+            raise LungCTError(f"--threads must be at least 1, got {self.threads}")

@@ -1,0 +1,117 @@
+"""Reading image files defensively: every failure becomes an ImageReadError naming the file and why."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from lungct.errors import MissingExtraError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".dcm"})
+MAX_PIXELS = 64_000_000  # far above any CT slice; larger files are treated as decompression bombs
+
+
+class ImageReadError(Exception):
+    """An image that cannot be used; `reason` is short and human-readable."""
+
+    def __init__(self, path: str | Path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def open_image(source, name: str | Path, color: str = "grey", dicom_window: str | None = None) -> Image.Image:
+    """Decode an image from a path or file object into mode "L" (grey) or "RGB".
+
+    Pillow does the decoding; this wrapper only turns its many failure modes into one clear error.
+    DICOM (a .dcm name or the DICM header) goes to lungct.dicom: HU, then `dicom_window` (see there).
+    """
+    if _is_dicom(source, name):
+        return _open_dicom(source, name, color, dicom_window)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(source) as img:
+                w, h = img.size
+                if w * h > MAX_PIXELS:
+                    raise ImageReadError(name, f"image too large ({w}x{h} pixels)")
+                img.load()
+                if img.mode in ("I;16", "I;16B", "I", "F"):
+                    img = _rescale_to_8bit(img, name)
+                return img.convert("L" if color == "grey" else "RGB")
+    except ImageReadError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageReadError(name, "image too large (decompression bomb guard)") from None
+    except UnidentifiedImageError:
+        raise ImageReadError(name, "not a readable image") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageReadError(name, f"corrupt or truncated image ({exc})") from None
+    except Exception as exc:  # decoders raise other types too (struct.error, IndexError, ...) for damaged files
+        raise ImageReadError(name, f"corrupt or unreadable image ({type(exc).__name__})") from None
+
+
+def load_image(path: str | Path, color: str = "grey", dicom_window: str | None = None) -> Image.Image:
+    path = Path(path)
+    if not path.exists():
+        raise ImageReadError(path, "file not found")
+    if not path.is_file():  # a folder, FIFO, device or socket: opening some of them would block for ever
+        raise ImageReadError(path, "not a regular file")
+    if path.stat().st_size == 0:
+        raise ImageReadError(path, "empty file")
+    return open_image(path, path, color, dicom_window)
+
+
+def is_dicom_file(path: str | Path) -> bool:
+    """True for a DICOM file (by name or header); False for anything else, including missing files."""
+    return _is_dicom(str(path), path)
+
+
+def _is_dicom(source, name: str | Path) -> bool:
+    """A .dcm/.dicom name, or a DICOM Part 10 header ("DICM" at byte 128) for extensionless files."""
+    from lungct.dicom.detect import DICOM_SUFFIXES, has_dicom_preamble, is_dicom_path
+
+    if Path(str(name)).suffix.lower() in DICOM_SUFFIXES:
+        return True
+    if isinstance(source, (str, Path)):
+        return is_dicom_path(source)  # opens regular files only: a FIFO would block the read
+    if hasattr(source, "seek") and hasattr(source, "read"):
+        pos = source.tell()
+        head = source.read(132)
+        source.seek(pos)
+        return has_dicom_preamble(head)
+    return False
+
+
+def _open_dicom(source, name: str | Path, color: str, dicom_window: str | None) -> Image.Image:
+    try:
+        from lungct.dicom import DicomError, load_dicom_image
+    except ModuleNotFoundError as exc:
+        raise MissingExtraError("dicom", exc.name, f"reading the DICOM file {name}") from None
+    try:
+        return load_dicom_image(source, name, color, dicom_window)
+    except DicomError as exc:
+        raise ImageReadError(name, exc.reason) from None
+    except Exception as exc:  # the DICOM reader names what it knows; anything else is still an unreadable file
+        raise ImageReadError(name, f"unreadable DICOM file ({type(exc).__name__})") from None
+
+
+def _rescale_to_8bit(img: Image.Image, name: str | Path = "image") -> Image.Image:
+    """A 16-bit, 32-bit integer or float image stretched to 0..255; NaN or infinite pixels are refused.
+
+    float64 throughout: the span of a float32 image (e.g. -3e38..3e38) overflows float32 arithmetic.
+    """
+    import numpy as np
+
+    arr = np.asarray(img, dtype=np.float64)
+    if not np.isfinite(arr).all():  # they used to become a blank slice that still got a confident label
+        raise ImageReadError(name, "non-finite pixel values (NaN or infinity) in a floating-point image")
+    lo, hi = float(arr.min()), float(arr.max())
+    scaled = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+    return Image.fromarray(scaled.astype(np.uint8), mode="L")

@@ -1,0 +1,115 @@
+"""What a model expects of its input, and that input made with Pillow and numpy alone (no torch).
+
+`Preprocess` is the single source of truth for input size and normalisation (resolved from the backbone's
+pretrained config and the weights' own metadata, then saved with the run in model.json), so training,
+evaluation, prediction and serving can never disagree about it.
+
+`Preprocess.to_array` is the evaluation pipeline of lungct.data.transforms (torchvision v2: Resize of the short
+side, CenterCrop, RGB, ToDtype with scaling, Normalize) written with the same Pillow calls torchvision makes
+on a PIL image, so the torch-free server (`pip install lungct[serve]`) feeds ONNX Runtime the same numbers:
+tests/data/test_preprocess.py holds the two within 1e-5 per pixel on real slices. Training keeps
+torchvision for its augmentations.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from lungct.data.images import ImageReadError, load_image, open_image
+
+# torchvision's InterpolationMode values -> Pillow's filters (torchvision.transforms.functional.pil_modes_mapping)
+PIL_FILTERS = {
+    "nearest": Image.Resampling.NEAREST,
+    "nearest-exact": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bilinear"
+    crop_pct: float = 1.0
+    color: str = "grey"
+    dicom_window: str | None = None  # lungct.dicom window; None (older runs): lung, or stack3 for rgb
+    field: str = "full"  # full: the whole slice; body: cropped to the body first (lungct.data.field)
+
+    @property
+    def resize_to(self) -> int:
+        return round(self.input_size / self.crop_pct)
+
+    def load(self, path: str | Path) -> Image.Image:
+        """Decode a file as this model sees it (grey/RGB, DICOM window): the one place callers get that from."""
+        return self.apply_field(load_image(path, self.color, self.dicom_window))
+
+    def load_bytes(self, data: bytes, name: str = "upload") -> Image.Image:
+        """Decode uploaded bytes (API, app) exactly as `load` decodes a file; `name` only labels errors."""
+        if not data:
+            raise ImageReadError(name, "empty file")
+        return self.apply_field(open_image(io.BytesIO(data), name, self.color, self.dicom_window))
+
+    def apply_field(self, img: Image.Image) -> Image.Image:
+        """The slice as the model sees it before resizing: whole, or cropped to the body."""
+        if self.field == "body":
+            from lungct.data.field import lung_field_crop  # scikit-image: only runs that crop need it
+
+            return lung_field_crop(img)
+        return img
+
+    def resize(self, img: Image.Image) -> Image.Image:
+        """The short side to `resize_to`, keeping the aspect ratio (torchvision's Resize(int) on a PIL image)."""
+        w, h = img.size
+        short, long = (w, h) if w <= h else (h, w)
+        new_short, new_long = self.resize_to, int(self.resize_to * long / short)
+        size = (new_short, new_long) if w <= h else (new_long, new_short)
+        if size == (w, h):
+            return img
+        return img.resize(size, resample=PIL_FILTERS.get(self.interpolation, Image.Resampling.BILINEAR))
+
+    def center_crop(self, img: Image.Image) -> Image.Image:
+        """The central input_size square (torchvision's CenterCrop: zero padding first when the image is smaller)."""
+        side = self.input_size
+        w, h = img.size
+        if side > w or side > h:
+            padded = Image.new(img.mode, (max(w, side), max(h, side)))
+            padded.paste(img, ((max(w, side) - w) // 2, (max(h, side) - h) // 2))
+            img, (w, h) = padded, padded.size
+        top, left = round((h - side) / 2.0), round((w - side) / 2.0)
+        return img.crop((left, top, left + side, top + side))
+
+    def to_array(self, img: Image.Image) -> np.ndarray:
+        """A decoded slice as the model's input: float32, 3 x input_size x input_size, normalised."""
+        square = self.center_crop(self.resize(img))
+        mean = np.asarray(self.mean, dtype=np.float32)[:, None, None]
+        std = np.asarray(self.std, dtype=np.float32)[:, None, None]
+        if square.mode == "L":  # grey CT: three identical channels, scaled once (the same float operations)
+            return (np.asarray(square, dtype=np.float32) * np.float32(1 / 255) - mean) / std
+        channels = np.asarray(square.convert("RGB"), dtype=np.float32).transpose(2, 0, 1)
+        return np.ascontiguousarray((channels * np.float32(1 / 255) - mean) / std)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Preprocess:
+        return cls(
+            int(d["input_size"]),
+            tuple(d["mean"]),
+            tuple(d["std"]),
+            d.get("interpolation", "bilinear"),
+            float(d.get("crop_pct", 1.0)),
+            d.get("color", "grey"),
+            d.get("dicom_window"),
+            d.get("field", "full"),
+        )

@@ -1,0 +1,170 @@
+"""Finding labelled images: class-per-folder trees (flat or pre-split) and CSV manifests.
+
+The output is a flat list of `Sample`s; everything downstream (splits, datasets, audits) works on that
+list, so a new dataset layout is one new reader here and nothing else.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from lungct.config import DataConfig, SourceConfig
+from lungct.data.images import is_image_file
+from lungct.data.labels import normalise_label
+from lungct.errors import LungCTError
+from lungct.files import natural_key
+
+SPLIT_DIR_NAMES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: str
+    label: str
+    group: str | None = None  # patient / source id when the data says so
+    preset_part: str | None = None  # train/val/test for layouts that arrive pre-split
+    source: str = ""
+
+
+def collect_samples(config: DataConfig, seed: int = 0) -> list[Sample]:
+    if not config.sources:
+        raise LungCTError("no data given: set data.sources in the config or pass --data DIR")
+    samples: list[Sample] = []
+    for source in config.sources:
+        samples.extend(read_source(source))
+    samples = [_map_label(s, config.label_map) for s in samples]
+    if config.max_images_per_class:
+        samples = _subsample(samples, config.max_images_per_class, seed)
+    if not samples:
+        raise LungCTError("the data sources hold no images")
+    return samples
+
+
+def read_source(source: SourceConfig) -> list[Sample]:
+    root = Path(source.path).expanduser()
+    if not root.exists():
+        raise LungCTError(f"data path not found: {root}")
+    if root.is_file():
+        if root.suffix.lower() != ".csv":
+            raise LungCTError(f"data path {root} is a file but not a CSV manifest")
+        samples = read_manifest(root, source.aliases)
+    else:
+        samples = read_folder_tree(root, source.aliases)
+        if source.groups:
+            samples = _attach_groups(samples, root, source)
+    if source.include is not None:
+        keep = set(source.include)
+        samples = [s for s in samples if s.label in keep]
+        if not samples:
+            raise LungCTError(f"{root}: none of the labels {sorted(keep)} were found")
+    return samples
+
+
+def read_folder_tree(root: Path, aliases: dict[str, str]) -> list[Sample]:
+    subdirs = sorted(
+        (d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")), key=lambda d: natural_key(d.name)
+    )
+    split_dirs = [d for d in subdirs if d.name.lower() in SPLIT_DIR_NAMES]
+    if split_dirs and len(split_dirs) == len(subdirs):
+        samples = []
+        for split_dir in split_dirs:
+            part = SPLIT_DIR_NAMES[split_dir.name.lower()]
+            samples += _read_class_dirs(split_dir, aliases, part, root.name)
+    else:
+        samples = _read_class_dirs(root, aliases, None, root.name)
+    if not samples:
+        raise LungCTError(f"{root}: no images in class folders (expected ROOT/<class>/<image>)")
+    return samples
+
+
+def _read_class_dirs(root: Path, aliases: dict[str, str], part: str | None, source: str) -> list[Sample]:
+    samples = []
+    for class_dir in sorted(root.iterdir(), key=lambda d: natural_key(d.name)):
+        if not class_dir.is_dir() or class_dir.name.startswith("."):
+            continue
+        label = normalise_label(class_dir.name, aliases)
+        files = sorted(
+            (p for p in class_dir.rglob("*") if p.is_file() and is_image_file(p)),
+            key=lambda p: natural_key(str(p.relative_to(class_dir))),
+        )
+        samples += [Sample(str(p.resolve()), label, None, part, source) for p in files]
+    return samples
+
+
+def read_manifest(path: Path, aliases: dict[str, str]) -> list[Sample]:
+    """CSV with columns path,label[,group]; relative paths are taken from the CSV's folder."""
+    try:
+        with path.open(newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise LungCTError(f"cannot read manifest {path}: {exc}") from exc
+    if not rows:
+        raise LungCTError(f"manifest {path} has no rows")
+    missing = {"path", "label"} - set(rows[0])
+    if missing:
+        raise LungCTError(f"manifest {path} lacks column(s) {sorted(missing)}; needs path,label[,group]")
+    samples = []
+    for i, row in enumerate(rows, start=2):
+        if not row.get("path") or not row.get("label"):
+            raise LungCTError(f"manifest {path} line {i}: empty path or label")
+        file = Path(row["path"]).expanduser()
+        file = file if file.is_absolute() else path.parent / file
+        group = (row.get("group") or "").strip() or None
+        part = SPLIT_DIR_NAMES.get((row.get("split") or "").strip().lower())
+        samples.append(
+            Sample(
+                str(file.resolve()),
+                normalise_label(row["label"], aliases),
+                f"{path.stem}:{group}" if group else None,
+                part,
+                path.stem,
+            )
+        )
+    return samples
+
+
+def _attach_groups(samples: list[Sample], root: Path, source: SourceConfig) -> list[Sample]:
+    spec = source.groups
+    csv_path = root / spec.csv
+    try:
+        with csv_path.open(newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    except OSError as exc:
+        raise LungCTError(f"cannot read groups file {csv_path}: {exc}") from exc
+    if rows and {spec.path_column, spec.group_column} - set(rows[0]):
+        raise LungCTError(f"{csv_path} needs columns {spec.path_column!r} and {spec.group_column!r}")
+    groups = {str((root / r[spec.path_column]).resolve()): r[spec.group_column].strip() for r in rows}
+    out = []
+    for s in samples:
+        group = groups.get(s.path)
+        out.append(Sample(s.path, s.label, f"{s.source}:{group}" if group else None, s.preset_part, s.source))
+    return out
+
+
+def _map_label(sample: Sample, label_map: dict[str, str]) -> Sample:
+    if sample.label not in label_map:
+        return sample
+    return Sample(sample.path, label_map[sample.label], sample.group, sample.preset_part, sample.source)
+
+
+def _subsample(samples: list[Sample], per_class: int, seed: int) -> list[Sample]:
+    by_class: dict[str, list[Sample]] = defaultdict(list)
+    for s in samples:
+        by_class[s.label].append(s)
+    rng = random.Random(seed)
+    keep = set()
+    for items in by_class.values():
+        keep.update(s.path for s in (rng.sample(items, per_class) if len(items) > per_class else items))
+    return [s for s in samples if s.path in keep]

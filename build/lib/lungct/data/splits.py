@@ -1,0 +1,110 @@
+"""Stratified train/validation/test splits that keep every group inside one part.
+
+Both modes go through scikit-learn's StratifiedGroupKFold: in random mode each image is its own group,
+so the two modes differ only in what counts as a group, and their results can be compared honestly.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold
+
+from lungct.contracts import SplitPart
+from lungct.errors import LungCTError
+from lungct.files import atomic_csv
+
+# "calib" is optional: whole groups held out for calibration and operating points only. Validation also picks
+# the early-stopping epoch, so probabilities on it are optimistically fitted; a part no choice has touched
+# gives an honest temperature and threshold.
+PARTS = tuple(SplitPart)  # train, val, calib, test (lungct.contracts.SplitPart)
+
+
+@dataclass(frozen=True)
+class SplitItem:
+    path: str
+    label: str
+    group: str
+    part: str
+
+
+def _hold_out(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of a stratified, group-respecting hold-out of about `fraction` of the items."""
+    n_splits = max(2, round(1.0 / fraction))
+    n_groups = len(set(groups))
+    if n_groups < n_splits:
+        raise LungCTError(f"only {n_groups} groups: too few to hold out {fraction:.0%} by group")
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    _, held = next(splitter.split(np.zeros(len(labels)), labels, groups))
+    mask = np.zeros(len(labels), dtype=bool)
+    mask[held] = True
+    return mask
+
+
+def make_split(
+    labels: list[str],
+    groups: list[str],
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    preset_parts: list[str | None] | None = None,
+    calib_fraction: float = 0.0,
+) -> list[str]:
+    """Part name per item. `preset_parts` (from pre-split folders) are kept; a missing val is carved.
+
+    With `calib_fraction` > 0 a calibration part of about that fraction of all items is carved from training.
+    """
+    y = np.asarray(labels)
+    g = np.asarray(groups)
+    parts = np.array([SplitPart.train.value] * len(y), dtype=object)
+    if preset_parts is not None and all(p is not None for p in preset_parts):
+        parts[:] = preset_parts
+        if SplitPart.val not in set(preset_parts):
+            train = np.flatnonzero(parts == SplitPart.train)
+            held = _hold_out(y[train], g[train], val_fraction, seed)
+            parts[train[held]] = SplitPart.val.value
+        return _carve_calib(parts, y, g, calib_fraction, seed)
+    test = _hold_out(y, g, test_fraction, seed)
+    parts[test] = SplitPart.test.value
+    rest = np.flatnonzero(~test)
+    val = _hold_out(y[rest], g[rest], val_fraction / (1.0 - test_fraction), seed + 1)
+    parts[rest[val]] = SplitPart.val.value
+    return _carve_calib(parts, y, g, calib_fraction, seed)
+
+
+def _carve_calib(parts: np.ndarray, y: np.ndarray, g: np.ndarray, fraction: float, seed: int) -> list[str]:
+    if fraction > 0:
+        train = np.flatnonzero(parts == SplitPart.train)
+        share = fraction * len(parts) / max(len(train), 1)
+        if share >= 0.5:
+            raise LungCTError(f"calib_fraction {fraction} would take {share:.0%} of the training part")
+        held = _hold_out(y[train], g[train], share, seed + 2)
+        parts[train[held]] = SplitPart.calib.value
+    return list(parts)
+
+
+def tuning_part(items: list[SplitItem]) -> str:
+    """Where calibration and thresholds are fitted: the calibration part if the split has one, else val."""
+    return SplitPart.calib.value if any(i.part == SplitPart.calib for i in items) else SplitPart.val.value
+
+
+def part_counts(items: list[SplitItem]) -> dict[str, dict[str, int]]:
+    counts: dict[str, Counter] = {p: Counter() for p in PARTS}
+    for item in items:
+        counts[item.part][item.label] += 1
+    return {p: dict(sorted(c.items())) for p, c in counts.items()}
+
+
+def save_split(items: list[SplitItem], path: Path) -> None:
+    atomic_csv(path, ["path", "label", "group", "part"], ((i.path, i.label, i.group, i.part) for i in items))
+
+
+def load_split(path: Path) -> list[SplitItem]:
+    if not path.is_file():
+        raise LungCTError(f"split file not found: {path}")
+    with path.open(newline="") as fh:
+        return [SplitItem(r["path"], r["label"], r["group"], r["part"]) for r in csv.DictReader(fh)]

@@ -1,0 +1,224 @@
+"""Export a run to ONNX (dynamic batch axis, calibration included where a graph can hold it) and verify it.
+
+The graph has one input, `input` (float32, N x 3 x S x S, already preprocessed as model.json says), and three
+outputs: `probabilities`, `logits` and `features` (the pooled backbone features, i.e. the head's input,
+which the prediction log stores as the embedding for drift reports). Temperature scaling is
+softmax(logits / T), so it lives inside the graph and `probabilities` are the calibrated ones. An isotonic
+calibration is a per-class lookup table that ONNX has no tidy operator for: the graph then gives the
+uncalibrated softmax and lungct.inference.Predictor applies calibration.json in numpy. export.json says
+which of the two the graph holds, and records model.onnx's sha256 and the weights hash that
+lungct.inference.onnx_runtime checks before the graph is used.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from lungct.contracts import SplitPart
+from lungct.data.images import ImageReadError
+from lungct.data.splits import load_split
+from lungct.data.transforms import prepare_image
+from lungct.errors import LungCTError
+from lungct.inference.calibration import TemperatureScaling, load_calibration
+from lungct.inference.onnx_runtime import (
+    EXPORT_FILE,
+    INPUT_NAME,
+    ONNX_FILE,
+    OUTPUT_NAMES,
+    OnnxModel,
+    file_sha256,
+    weights_hash,
+)
+from lungct.run import RunDir, load_model, model_version, write_json
+
+FORMATS = ("onnx",)
+DEFAULT_OPSET = 18
+# float32 through different kernels: probabilities agree to ~1e-6; 1e-4 still catches any real mismatch.
+PROB_TOLERANCE = 1e-4
+FEATURE_RTOL = 1e-3  # features are unbounded, so their bound is relative to their largest magnitude
+
+log = logging.getLogger("lungct")
+
+
+class ServingGraph(nn.Module):
+    """What gets exported: the classifier plus (temperature) calibration, returning all three outputs."""
+
+    def __init__(self, model: nn.Module, temperature: float | None):
+        super().__init__()
+        self.model = model
+        self.temperature = temperature
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits, features = self.model.forward_with_features(x)
+        scaled = logits / self.temperature if self.temperature else logits
+        return torch.softmax(scaled, dim=1), logits, features
+
+
+def sample_inputs(run: RunDir, preprocess, n: int, seed: int = 0) -> tuple[torch.Tensor, str]:
+    """Up to n preprocessed slices from the run's split (test part first), topped up with random tensors."""
+    tensors: list[torch.Tensor] = []
+    if run.split.is_file():
+        items = sorted(load_split(run.split), key=lambda i: i.part != SplitPart.test)
+        for item in items:
+            if len(tensors) >= n // 2:
+                break
+            try:
+                tensors.append(prepare_image(preprocess.load(item.path), preprocess))
+            except ImageReadError:
+                continue
+    n_real = len(tensors)
+    generator = torch.Generator().manual_seed(seed)
+    size = preprocess.input_size
+    while len(tensors) < n:
+        tensors.append(torch.randn(3, size, size, generator=generator))
+    return torch.stack(tensors), f"{n_real} slices from the run's split + {n - n_real} random tensors"
+
+
+def _torch_export(graph: nn.Module, example: torch.Tensor, path: Path, opset: int) -> str:
+    """torch.onnx.export with the torch.export-based (dynamo) exporter; the TorchScript one if that fails."""
+    common = {"input_names": [INPUT_NAME], "output_names": list(OUTPUT_NAMES), "opset_version": opset}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                graph,
+                (example,),
+                str(path),
+                dynamo=True,
+                verbose=False,
+                external_data=False,
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+                **common,
+            )
+        return "torch.onnx (dynamo)"
+    except Exception as exc:  # the exporter fails in many ways (unsupported op, guard, ...); try the older one
+        log.warning("dynamo ONNX export failed (%s: %s); trying the TorchScript exporter", type(exc).__name__, exc)
+    axes = {name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # its deprecation notice is known and says nothing about this model
+            torch.onnx.export(graph, (example,), str(path), dynamo=False, dynamic_axes=axes, **common)
+    except Exception as exc:
+        raise LungCTError(f"ONNX export failed: {type(exc).__name__}: {str(exc)[:300]}") from exc
+    return "torch.onnx (torchscript)"
+
+
+def _max_abs_diff(onnx_model: OnnxModel, graph: nn.Module, batch: torch.Tensor) -> dict[str, float]:
+    """Largest |ONNX - PyTorch| per output over `batch`, run once whole and once image by image (batch 1)."""
+    with torch.inference_mode():
+        expected = [t.numpy() for t in graph(batch)]
+    whole = onnx_model.run(batch.numpy())
+    singles = [onnx_model.run(batch[i : i + 1].numpy()) for i in range(len(batch))]
+    out = {}
+    for name, ref in zip(OUTPUT_NAMES, expected, strict=True):
+        got_single = np.concatenate([s[name] for s in singles])
+        out[name] = float(max(np.abs(whole[name] - ref).max(), np.abs(got_single - ref).max()))
+    out["features_scale"] = float(np.abs(expected[2]).max())
+    return out
+
+
+def export_onnx(run_dir: str | Path, fmt: str = "onnx", opset: int = DEFAULT_OPSET, samples: int = 8) -> dict:
+    """Write RUN/model.onnx and RUN/export.json after checking ONNX Runtime against PyTorch; returns export.json.
+
+    Raises LungCTError (and leaves no model.onnx behind) when the two disagree beyond the tolerance.
+    """
+    if fmt not in FORMATS:
+        raise LungCTError(f"unknown export format {fmt!r}; supported: {', '.join(FORMATS)}")
+    run = RunDir(run_dir)
+    run.require_model()
+    model, card = load_model(run)
+    version = model_version(run)
+    calibration = load_calibration(run.path)
+    temperature = calibration.temperature if isinstance(calibration, TemperatureScaling) else None
+    graph = ServingGraph(model, temperature).eval()
+    size = card.preprocess.input_size
+    target = run.path / ONNX_FILE
+    tmp = run.path / (ONNX_FILE + ".tmp")
+    start = time.perf_counter()
+    try:
+        exporter = _torch_export(graph, torch.zeros(2, 3, size, size), tmp, opset)
+        onnx_model = _check_graph(tmp)
+        batch, described = sample_inputs(run, card.preprocess, max(2, samples))
+        diffs = _max_abs_diff(onnx_model, graph, batch)
+        feature_bound = FEATURE_RTOL * max(1.0, diffs["features_scale"])
+        if diffs["probabilities"] > PROB_TOLERANCE or diffs["features"] > feature_bound:
+            raise LungCTError(
+                f"ONNX Runtime disagrees with PyTorch: max abs difference {diffs['probabilities']:.3g} in "
+                f"probabilities (bound {PROB_TOLERANCE:g}), {diffs['features']:.3g} in features "
+                f"(bound {feature_bound:.3g}); model.onnx not written"
+            )
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    info = {
+        "format": "onnx",
+        "file": ONNX_FILE,
+        "sha256": file_sha256(target),  # checked at load: a replaced model.onnx is not trusted
+        "model_version": version,
+        "weights_hash": weights_hash(version),  # what staleness compares; independent of the run's folder name
+        "arch": card.arch,
+        "classes": list(card.classes),
+        "opset": opset,
+        "exporter": exporter,
+        "torch_version": torch.__version__,
+        "input": {
+            "name": INPUT_NAME,
+            "shape": ["batch", 3, size, size],
+            "dtype": "float32",
+            "preprocess": "model.json's preprocess (resize, centre crop, normalise); NCHW",
+        },
+        "outputs": {
+            "probabilities": ["batch", len(card.classes)],
+            "logits": ["batch", len(card.classes)],
+            "features": ["batch", int(_feature_width(onnx_model, size))],
+        },
+        "calibration": _calibration_note(calibration),
+        "check": {
+            "inputs": described,
+            "batch_sizes": [1, len(batch)],
+            "max_abs_diff": {k: diffs[k] for k in OUTPUT_NAMES},
+            "bounds": {"probabilities": PROB_TOLERANCE, "features": feature_bound},
+        },
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    write_json(run.path / EXPORT_FILE, info)
+    return info
+
+
+def _check_graph(path: Path) -> OnnxModel:
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path))
+    except onnx.checker.ValidationError as exc:
+        raise LungCTError(f"the exported ONNX graph is invalid: {str(exc)[:300]}") from exc
+    return OnnxModel(path)
+
+
+def _feature_width(onnx_model: OnnxModel, size: int) -> int:
+    return onnx_model.run(np.zeros((1, 3, size, size), dtype=np.float32))["features"].shape[1]
+
+
+def _calibration_note(calibration) -> dict:
+    if calibration is None:
+        return {"method": None, "in_graph": False, "probabilities": "uncalibrated (the run has no calibration.json)"}
+    if isinstance(calibration, TemperatureScaling):
+        return {
+            "method": "temperature",
+            "temperature": calibration.temperature,
+            "in_graph": True,
+            "probabilities": "calibrated: softmax(logits / temperature)",
+        }
+    return {
+        "method": calibration.to_dict()["method"],
+        "in_graph": False,
+        "probabilities": "uncalibrated softmax; Predictor applies calibration.json (isotonic) in numpy",
+    }

@@ -1,0 +1,113 @@
+"""Calibration: make a predicted 0.9 mean "right nine times in ten", fitted on the run's validation part.
+
+Temperature scaling divides the logits by one number T (Guo et al., 2017): it keeps every prediction's
+ranking and argmax and only tempers the confidence. Isotonic regression (scikit-learn, one class against
+the rest, then renormalised) is the more flexible option for larger validation sets. The fitted
+calibrator is saved as calibration.json in the run; lungct.inference.Predictor applies it, so predict,
+evaluate and the API all report calibrated probabilities.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy.special import softmax
+
+from lungct.errors import LungCTError
+
+CALIBRATION_FILE = "calibration.json"
+METHODS = ("temperature", "isotonic")
+
+
+def _log(probs: np.ndarray) -> np.ndarray:
+    return np.log(np.clip(probs, 1e-12, 1.0))
+
+
+@dataclass
+class TemperatureScaling:
+    """softmax(logits / T). Works from probabilities too: log-softmax differs from the logits by a constant."""
+
+    temperature: float
+
+    def apply(self, probs: np.ndarray) -> np.ndarray:
+        return softmax(_log(np.asarray(probs, dtype=np.float64)) / self.temperature, axis=1)
+
+    def to_dict(self) -> dict:
+        return {"method": "temperature", "temperature": self.temperature}
+
+
+@dataclass
+class IsotonicCalibration:
+    """Per-class isotonic maps (sklearn's fitted thresholds), applied by linear interpolation as sklearn does."""
+
+    x: list[list[float]]
+    y: list[list[float]]
+
+    def apply(self, probs: np.ndarray) -> np.ndarray:
+        probs = np.asarray(probs, dtype=np.float64)
+        out = np.stack([np.interp(probs[:, k], self.x[k], self.y[k]) for k in range(probs.shape[1])], axis=1)
+        total = out.sum(1, keepdims=True)
+        return np.where(total > 0, out / np.where(total > 0, total, 1.0), 1.0 / probs.shape[1])
+
+    def to_dict(self) -> dict:
+        return {"method": "isotonic", "x": self.x, "y": self.y}
+
+
+Calibrator = TemperatureScaling | IsotonicCalibration
+
+
+def fit_temperature(y_true: np.ndarray, probs: np.ndarray) -> TemperatureScaling:
+    """The T in [0.05, 20] that minimises the negative log-likelihood of y_true."""
+    from scipy.optimize import minimize_scalar  # fitting only: applying a calibrator (serving) needs neither
+
+    logp = _log(np.asarray(probs, dtype=np.float64))
+    y_true = np.asarray(y_true)
+
+    def nll(log_t: float) -> float:
+        z = logp / np.exp(log_t)
+        z = z - z.max(1, keepdims=True)
+        return float(-(z[np.arange(len(y_true)), y_true] - np.log(np.exp(z).sum(1))).mean())
+
+    best = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    return TemperatureScaling(float(np.exp(best.x)))
+
+
+def fit_isotonic(y_true: np.ndarray, probs: np.ndarray) -> IsotonicCalibration:
+    from sklearn.isotonic import IsotonicRegression  # fitting only: the torch-free server has no scikit-learn
+
+    xs, ys = [], []
+    for k in range(probs.shape[1]):
+        iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(probs[:, k], y_true == k)
+        xs.append(iso.X_thresholds_.tolist())
+        ys.append(iso.y_thresholds_.tolist())
+    return IsotonicCalibration(xs, ys)
+
+
+def fit_calibrator(y_true: np.ndarray, probs: np.ndarray, method: str = "temperature") -> Calibrator:
+    if method not in METHODS:
+        raise LungCTError(f"unknown calibration method {method!r}; choose one of {', '.join(METHODS)}")
+    if len(y_true) < 2:
+        raise LungCTError("calibration needs at least two validation images")
+    return fit_temperature(y_true, probs) if method == "temperature" else fit_isotonic(y_true, probs)
+
+
+def calibrator_from_dict(d: dict) -> Calibrator:
+    if d.get("method") == "temperature":
+        return TemperatureScaling(float(d["temperature"]))
+    if d.get("method") == "isotonic":
+        return IsotonicCalibration(d["x"], d["y"])
+    raise LungCTError(f"unknown calibration method {d.get('method')!r} in {CALIBRATION_FILE}")
+
+
+def load_calibration(run_dir: str | Path) -> Calibrator | None:
+    """The run's saved calibrator, or None when the run was never calibrated."""
+    path = Path(run_dir) / CALIBRATION_FILE
+    if not path.is_file():
+        return None
+    try:
+        return calibrator_from_dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise LungCTError(f"{path} is damaged: {exc}") from exc

@@ -1,0 +1,203 @@
+"""The prediction log: one SQLite row per served prediction, the input of drift reports.
+
+What a row holds is chosen so that it can never carry a patient: a timestamp, the image's content hash,
+the result, the model version, the latency, a few intensity statistics and the model's pooled embedding
+(float16). Never the image, its file name or path, or any DICOM tag. SQLite from the standard library is
+enough for one server process; WAL mode lets a drift report read while the server writes.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from pydantic import ConfigDict, Field
+
+from lungct.contracts import Prediction
+from lungct.errors import LungCTError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS predictions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts TEXT NOT NULL,               -- ISO 8601, UTC
+    sha256 TEXT NOT NULL,           -- of the uploaded bytes
+    model_version TEXT NOT NULL,
+    label TEXT NOT NULL,
+    confidence REAL NOT NULL,       -- calibrated probability of `label`
+    probabilities TEXT NOT NULL,    -- JSON {class: probability}
+    latency_ms REAL NOT NULL,
+    source TEXT NOT NULL,           -- api | app | cli
+    stats TEXT NOT NULL,            -- JSON, see image_stats()
+    embedding BLOB                  -- float16 pooled backbone features, or NULL
+);
+CREATE INDEX IF NOT EXISTS predictions_ts ON predictions (ts);
+"""
+
+
+def _histogram_percentiles(counts: np.ndarray, qs: tuple[float, ...]) -> list[float]:
+    """np.percentile's default (linear) percentiles of the values a histogram of levels 0..255 counts."""
+    cumulative = np.cumsum(counts)
+    out = []
+    for q in qs:
+        position = q / 100 * (cumulative[-1] - 1)
+        low, high = int(np.floor(position)), int(np.ceil(position))
+        # the level of the k-th smallest value (0-based) is the first level whose cumulative count exceeds k
+        v_low, v_high = np.searchsorted(cumulative, [low + 1, high + 1])
+        out.append(float(v_low + (v_high - v_low) * (position - low)))
+    return out
+
+
+def image_stats(img: Image.Image) -> dict[str, float]:
+    """Intensity statistics of the decoded slice (grey levels 0-255) that drift reports compare.
+
+    Computed from the 256-bin histogram, which holds everything these statistics need for 8-bit levels: the same
+    values as np.mean/np.std/np.percentile (linear interpolation) on the pixels, in a tenth of the time, which
+    matters because every served prediction pays for it.
+    """
+    counts = np.bincount(np.asarray(img.convert("L")).ravel(), minlength=256).astype(np.float64)
+    levels = np.arange(256, dtype=np.float64)
+    n = counts.sum()
+    mean = float(counts @ levels / n)
+    p5, p50, p95 = _histogram_percentiles(counts, (5, 50, 95))
+    return {
+        "mean": mean,
+        "std": float(np.sqrt(counts @ (levels - mean) ** 2 / n)),
+        "p5": p5,
+        "p50": p50,
+        "p95": p95,
+        "width": float(img.width),
+        "height": float(img.height),
+    }
+
+
+class PredictionRecord(Prediction):
+    """One row of the log: a lungct.contracts.Prediction (its file name is never stored) plus what drift
+    reports compare: the slice's intensity statistics, the pooled embedding, and where it was served from."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    sha256: str
+    model_version: str
+    latency_ms: float
+    stats: dict[str, float]
+    source: str = "api"  # api | app | cli
+    embedding: np.ndarray | None = Field(default=None, repr=False, exclude=True)
+    ts: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="milliseconds"))
+
+    @classmethod
+    def of(
+        cls, prediction: Prediction, stats: dict[str, float], embedding: np.ndarray | None, source: str
+    ) -> PredictionRecord:
+        """The log's record of a served prediction; its `name` (the client's file name) is dropped here."""
+        fields = prediction.model_dump(by_alias=False, exclude={"name"})
+        return cls(**fields, stats=stats, embedding=embedding, source=source)
+
+    @property
+    def confidence(self) -> float:
+        return self.probability
+
+    def to_dict(self) -> dict:
+        d = self.model_dump(mode="json", exclude={"name"})
+        d["embedding"] = None if self.embedding is None else np.asarray(self.embedding, dtype=np.float32).tolist()
+        return d
+
+
+class PredictionLog:
+    """Append-only log; thread-safe, so API worker threads can share one instance.
+
+    It is the prediction sink of lungct.inference.service (`image_stats` and `record`), plugged in by the API
+    and the app: the inference layer sits below monitoring and cannot import this module.
+    """
+
+    image_stats = staticmethod(image_stats)
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.executescript(SCHEMA)
+        except (sqlite3.Error, OSError) as exc:
+            raise LungCTError(f"cannot open the prediction log {self.path}: {exc}") from exc
+
+    def record(
+        self, prediction: Prediction, *, stats: dict[str, float], embedding: np.ndarray | None, source: str
+    ) -> None:
+        """Append a served prediction (never its file name) with the decoded slice's statistics and embedding."""
+        self.append(PredictionRecord.of(prediction, stats, embedding, source))
+
+    def append(self, rec: PredictionRecord) -> None:
+        emb = None if rec.embedding is None else np.asarray(rec.embedding, dtype="<f2").tobytes()
+        row = (
+            rec.ts,
+            rec.sha256,
+            rec.model_version,
+            rec.predicted,
+            rec.probability,
+            json.dumps(rec.probabilities),
+            float(rec.latency_ms),
+            rec.source,
+            json.dumps(rec.stats),
+            emb,
+        )
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO predictions (ts, sha256, model_version, label, confidence, probabilities, latency_ms,"
+                " source, stats, embedding) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                row,
+            )
+
+    def read(self, since: str | None = None, model_version: str | None = None, limit: int | None = None) -> list[dict]:
+        """Rows as dicts (newest last), optionally from ISO time `since` on and for one model version."""
+        query, args = "SELECT * FROM predictions WHERE 1=1", []
+        if since:
+            query += " AND ts >= ?"
+            args.append(since)
+        if model_version:
+            query += " AND model_version = ?"
+            args.append(model_version)
+        if limit:  # the newest `limit` rows, still returned oldest first
+            query = f"SELECT * FROM ({query} ORDER BY id DESC LIMIT ?)"
+            args.append(int(limit))
+        query += " ORDER BY id"
+        with self._lock:
+            cur = self._db.execute(query, args)
+            names = [c[0] for c in cur.description]
+            rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+        for r in rows:
+            r["probabilities"] = json.loads(r["probabilities"])
+            r["stats"] = json.loads(r["stats"])
+            r["embedding"] = (
+                None if r["embedding"] is None else np.frombuffer(r["embedding"], dtype="<f2").astype(np.float32)
+            )
+        return rows
+
+    def __len__(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM predictions").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def open_existing_log(path: str | Path) -> PredictionLog:
+    """For readers (drift): a clear error rather than silently creating an empty log at a mistyped path."""
+    p = Path(path)
+    if not p.is_file():
+        raise LungCTError(f"prediction log not found: {p}")
+    try:
+        with p.open("rb") as f:
+            header = f.read(16)
+    except OSError as exc:
+        raise LungCTError(f"cannot read the prediction log {p}: {exc}") from exc
+    if header != b"SQLite format 3\x00":
+        raise LungCTError(f"{p} is not a lungct prediction log (not an SQLite database)")
+    return PredictionLog(p)

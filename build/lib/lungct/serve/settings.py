@@ -1,0 +1,101 @@
+"""Serving settings: one pydantic object, filled from LUNGCT_SERVE_* environment variables and CLI options.
+
+The defaults suit CT slices (a 512x512 JPEG is ~50 kB, a DICOM slice ~0.5 MB) with wide margins, and keep a
+hostile client from exhausting memory or time: at most max_batch_mb of uploads and unpacked zip content per
+request, each image at most max_pixels once decoded and all of a request's images at most max_request_pixels,
+each explanation overlay at most explain_max_side pixels wide and high whatever the upload's shape, and at most
+explain_concurrency explanations at work (explain_queue more waiting, each answered within explain_timeout_s)
+beside the prediction workers.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from lungct.contracts import Backend
+from lungct.inference.service import UploadLimits
+
+MB = 1024 * 1024
+UPLOAD = UploadLimits()  # the inference service's limits, shared with the app: their defaults are defined there
+
+
+class ServeSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LUNGCT_SERVE_", extra="forbid")
+
+    run: Path = Field(description="run directory (from lungct train)")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    backend: Backend = Backend.auto
+    precision: Literal["auto", "float", "int8"] = Field(
+        "auto", description="auto: the run's checked INT8 graph when it has one (lungct export --quantize int8)"
+    )
+    int8_max_drop: float = Field(
+        0.01, ge=0, le=1, description="INT8 is refused when its export measured a larger balanced-accuracy drop"
+    )
+    batching: bool = Field(True, description="gather concurrent /v1/predict requests into one model call")
+    batch_max_size: int = Field(16, ge=1, le=256, description="most requests in one batched model call")
+    batch_wait_ms: float = Field(
+        2.0, ge=0, le=1000, description="longest a request waits for others to join its batch, in milliseconds"
+    )
+    tta: bool = False
+    max_file_mb: float = Field(UPLOAD.max_file_mb, gt=0, description="largest single upload (and unpacked zip member)")
+    max_batch_files: int = Field(200, ge=1, description="most images per batch request, zip members included")
+    max_batch_mb: float = Field(200.0, gt=0, description="largest batch request, and largest unpacked total")
+    max_pixels: int = Field(UPLOAD.max_pixels, ge=1, description="largest decoded image (width x height)")
+    max_request_pixels: int = Field(
+        UPLOAD.max_request_pixels,
+        ge=1,
+        description="most decoded pixels per request, all its images and zip members together",
+    )
+    max_zip_ratio: float = Field(
+        100.0, ge=1, description="highest compression ratio of a zip member, or of a whole zip, over 1 MB unpacked"
+    )
+    explain_max_side: int = Field(
+        1024, ge=64, le=8192, description="largest width or height of a /v1/explain overlay PNG, in pixels"
+    )
+    explain_concurrency: int = Field(
+        1, ge=1, le=16, description="explanations running at once, on their own threads (not the prediction workers)"
+    )
+    explain_queue: int = Field(4, ge=0, le=1000, description="explanations waiting for a slot; past it 503")
+    explain_timeout_s: float = Field(
+        300.0, gt=0, le=86_400, description="time limit of one explanation request, waiting included; past it 504"
+    )
+    shutdown_timeout_s: float = Field(
+        5.0, ge=0, le=3600, description="on SIGTERM, how long unfinished requests get before they are cancelled"
+    )
+    workers: int = Field(2, ge=1, le=64, description="model calls running at once (threadpool limiter)")
+    threads: int | None = Field(None, ge=1, le=64, description="intra-op threads per model call")
+    log_path: Path | None = Field(None, description="prediction log (SQLite); default RUN/predictions.sqlite")
+    log_predictions: bool = True
+    keep_uploads: Path | None = Field(None, description="save accepted uploads here as <sha256><ext>; off by default")
+
+    @property
+    def limits(self) -> UploadLimits:
+        """What the inference service enforces on each upload (the rest here is HTTP: batches, zips, explain)."""
+        return UploadLimits(
+            max_file_mb=self.max_file_mb, max_pixels=self.max_pixels, max_request_pixels=self.max_request_pixels
+        )
+
+    @property
+    def max_file_bytes(self) -> int:
+        return int(self.max_file_mb * MB)
+
+    @property
+    def max_batch_bytes(self) -> int:
+        return int(self.max_batch_mb * MB)
+
+    @property
+    def resolved_log_path(self) -> Path | None:
+        if not self.log_predictions:
+            return None
+        return self.log_path or self.run / "predictions.sqlite"
+
+    @property
+    def model_threads(self) -> int:
+        """Threads per model call: the cores shared out among the concurrent calls, so they don't oversubscribe."""
+        return self.threads or max(1, (os.cpu_count() or 1) // self.workers)

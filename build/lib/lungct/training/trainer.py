@@ -1,0 +1,519 @@
+"""Two-phase transfer learning with early stopping, best checkpoint and resume.
+
+Phase "head": the backbone is frozen and only the head trains. Phase "finetune": the top layers of the
+backbone are unfrozen at a lower learning rate, starting from the best weights of phase one.
+Backbones without pretrained weights train whole in one phase ("all").
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.utils.class_weight import compute_class_weight
+from torch import nn
+from torch.utils.data import DataLoader, WeightedRandomSampler
+from tqdm import tqdm
+
+from lungct.config import ExperimentConfig, load_config, save_config
+from lungct.contracts import SplitPart
+from lungct.data.dataset import CTImageDataset
+from lungct.data.prepare import prepare_data, split_items
+from lungct.data.splits import SplitItem, load_split, part_counts, save_split
+from lungct.data.transforms import eval_transform, train_transform
+from lungct.errors import LungCTError
+from lungct.files import atomic_csv
+from lungct.models.classifier import build_classifier
+from lungct.run import ModelCard, RunDir, load_weights, save_weights, write_json
+from lungct.training.freezing import count_trainable, freeze_batchnorm_stats, set_trainable, unfreeze_top
+from lungct.training.optim import build_optimizer, build_scheduler
+
+log = logging.getLogger("lungct")
+
+
+@dataclass
+class Phase:
+    name: str
+    epochs: int
+    lr: float
+    unfreeze: float | None  # None: whole backbone frozen; "all" phase uses -1
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def plan_phases(cfg: ExperimentConfig, pretrained: bool) -> list[Phase]:
+    t = cfg.train
+    if not pretrained:
+        return [Phase("all", max(1, t.phase1.epochs + t.phase2.epochs), t.phase1.lr, -1)]
+    probe = t.phase1.solver == "logistic"  # one closed-form fit, whatever phase1.epochs says
+    return [
+        p
+        for p in (
+            Phase("head", 1 if probe else t.phase1.epochs, 0.0 if probe else t.phase1.lr, None),
+            Phase("finetune", t.phase2.epochs, t.phase2.lr, t.phase2.unfreeze),
+        )
+        if p.epochs > 0
+    ]
+
+
+def _score(row: dict, monitor: str) -> float:
+    """Higher is better, whatever the monitor."""
+    return -row[monitor] if monitor.endswith("loss") else row[monitor]
+
+
+EpochCallback = Callable[[dict], None]
+
+
+# A seam for crash-safety tests: called with the name of each place a kill could land (a batch, each file a
+# run writes, a checkpoint written but not yet renamed). tests/training/test_kill_resume.py kills there.
+def _no_kill(point: str) -> None:
+    return None
+
+
+KILL_POINT: Callable[[str], None] = _no_kill
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        out: str | Path,
+        progress: bool = True,
+        overwrite: bool = False,
+        callbacks: Sequence[EpochCallback] = (),
+        items: list[SplitItem] | None = None,
+    ):
+        """`items`: a given split (a cv fold, a split file) instead of one drawn from the config's data."""
+        self.cfg = cfg
+        self.given_items = items
+        self.callbacks = list(callbacks)
+        self.run = RunDir(out)
+        self.progress = progress
+        self.overwrite = overwrite
+        if self.run.read_summary().complete:
+            if not overwrite:
+                raise LungCTError(f"{self.run.path} already holds a finished run; use --overwrite or another --out")
+            shutil.rmtree(self.run.path)
+        self.run.path.mkdir(parents=True, exist_ok=True)
+
+    def _resumable(self) -> bool:
+        """An interrupted run resumes only under the config it started with: mixing two recipes is refused,
+        and --overwrite starts afresh instead."""
+        if not self.run.config.is_file():
+            return True
+        changed = changed_fields(load_config(self.run.config).model_dump(), self.cfg.model_dump())
+        if changed and self.overwrite:
+            log.info("%s: the interrupted run used another config (%s); starting afresh", self.run.path, changed)
+            shutil.rmtree(self.run.path)
+            self.run.path.mkdir(parents=True)
+            return False
+        if changed:
+            raise LungCTError(
+                f"{self.run.path} holds an interrupted run made with another config ({', '.join(changed)} differ); "
+                "run it again with the same config to resume, or pass --overwrite to start afresh"
+            )
+        return True
+
+    # -- data ---------------------------------------------------------------------------------------
+    def _items(self) -> tuple[list[SplitItem], list[dict]]:
+        if self.run.checkpoint.is_file() and self.run.split.is_file() and self._resumable():
+            log.info("resuming: reusing the split in %s", self.run.split)
+            return load_split(self.run.split), self.run.read_summary().skipped
+        if self.given_items is not None:
+            save_split(self.given_items, self.run.split)
+            return self.given_items, []
+        data = prepare_data(self.cfg, self.progress)
+        items = split_items(data, self.cfg)
+        save_split(items, self.run.split)
+        return items, [{"path": s.path, "reason": s.reason} for s in data.skipped]
+
+    def _loader(self, items: list[SplitItem], transform, shuffle: bool) -> DataLoader:
+        ds = CTImageDataset(
+            [i.path for i in items], [self.class_index[i.label] for i in items], self.card.preprocess, transform
+        )
+        gen = torch.Generator().manual_seed(self.cfg.seed)
+        sampler = None
+        if shuffle and self.cfg.train.sampler == "balanced":  # every class drawn equally often, with replacement
+            labels = np.asarray(ds.targets)
+            weights = 1.0 / np.bincount(labels)[labels]
+            sampler = WeightedRandomSampler(torch.as_tensor(weights), len(labels), replacement=True, generator=gen)
+        mixing = self.cfg.train.mixup > 0 or self.cfg.train.cutmix > 0
+        return DataLoader(
+            ds,
+            batch_size=self.cfg.train.batch_size,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
+            generator=gen,
+            num_workers=self.cfg.train.num_workers,
+            persistent_workers=self.cfg.train.num_workers > 0,
+            drop_last=shuffle and mixing and len(ds) > self.cfg.train.batch_size,  # timm's Mixup pairs a batch
+        )
+
+    # -- one epoch ----------------------------------------------------------------------------------
+    def _run_epoch(self, loader: DataLoader, optimizer=None, desc: str = "") -> tuple[float, np.ndarray, np.ndarray]:
+        training = optimizer is not None
+        self.model.train(training)
+        if training and self.cfg.train.freeze_batchnorm and self.card.pretrained:
+            freeze_batchnorm_stats(self.model.backbone)
+        model = self.model if training or self.ema is None else self.ema.module
+        total, preds, targets = 0.0, [], []
+        with torch.set_grad_enabled(training):
+            for x, y in tqdm(loader, desc=desc, disable=not self.progress, leave=False):
+                target = y
+                if training and self.mixup is not None and len(y) % 2 == 0:
+                    x, target = self.mixup(x, y)  # soft targets; CrossEntropyLoss takes class probabilities
+                logits = model(x)
+                loss = self.criterion(logits, target)
+                if training:
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    KILL_POINT("batch")
+                    if self.ema is not None:
+                        self.ema.update(self.model)
+                total += loss.item() * len(y)
+                preds.append(logits.argmax(1).numpy())
+                targets.append(y.numpy())
+        return total / len(loader.dataset), np.concatenate(preds), np.concatenate(targets)
+
+    def _set_phase(self, phase: Phase) -> None:
+        if phase.unfreeze == -1:
+            set_trainable(self.model, True)
+        else:
+            set_trainable(self.model.head, True)
+            if phase.unfreeze is None:
+                set_trainable(self.model.backbone, False)
+            else:
+                n = unfreeze_top(self.model.backbone, phase.unfreeze)
+                log.info("phase %s: unfroze the top %d backbone layers", phase.name, n)
+        log.info("phase %s: %d trainable parameters, lr %g", phase.name, count_trainable(self.model), phase.lr)
+
+    # -- the whole run ------------------------------------------------------------------------------
+    def fit(self) -> RunDir:
+        cfg = self.cfg
+        seed_everything(cfg.seed)
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        started = time.time()
+        items, skipped = self._items()
+        classes = sorted({i.label for i in items})
+        self.class_index = {c: k for k, c in enumerate(classes)}
+        by_part = {p: [i for i in items if i.part == p] for p in (SplitPart.train, SplitPart.val, SplitPart.test)}
+        if not by_part[SplitPart.train] or not by_part[SplitPart.val]:
+            raise LungCTError("the split left the training or validation part empty; add data or change fractions")
+
+        self.model, backbone = build_classifier(cfg.model, len(classes), cfg.data.color)
+        self.card = ModelCard(
+            cfg.model.arch,
+            backbone.timm_name,
+            classes,
+            replace(backbone.preprocess, dicom_window=cfg.data.dicom_window, field=cfg.data.field),
+            cfg.model.head,
+            backbone.pretrained,
+            backbone.weights_source,
+            cfg.data.positive_class,
+            cfg.model.pool,
+        )
+        if not backbone.pretrained:
+            log.warning(
+                "%s starts from random weights: it is trained from scratch, not transfer-learned", cfg.model.arch
+            )
+        train_labels = [self.class_index[i.label] for i in by_part[SplitPart.train]]
+        weights = None
+        if cfg.train.class_weights:
+            present = np.unique(train_labels)
+            w = np.ones(len(classes), dtype=np.float32)
+            w[present] = compute_class_weight("balanced", classes=present, y=np.asarray(train_labels))
+            weights = torch.tensor(w, dtype=torch.float32)
+        t = cfg.train
+        self.mixup = None
+        if t.mixup > 0 or t.cutmix > 0:
+            from timm.data import Mixup
+
+            # label smoothing moves into the mixed targets
+            self.mixup = Mixup(
+                mixup_alpha=t.mixup, cutmix_alpha=t.cutmix, label_smoothing=t.label_smoothing, num_classes=len(classes)
+            )
+        smoothing = 0.0 if self.mixup is not None else t.label_smoothing
+        self.criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=smoothing)
+        self.ema = None
+        save_config(cfg, self.run.config)
+        write_json(self.run.model_json, self.card.to_dict())
+        counts = part_counts(items)
+        self._write_summary("running", counts, skipped, started)
+        log.info(
+            "classes %s; train %d, val %d, test %d images; %d skipped",
+            classes,
+            len(by_part[SplitPart.train]),
+            len(by_part[SplitPart.val]),
+            len(by_part[SplitPart.test]),
+            len(skipped),
+        )
+
+        train_loader = self._loader(
+            by_part[SplitPart.train], train_transform(self.card.preprocess, cfg.train.augment), True
+        )
+        val_loader = self._loader(by_part[SplitPart.val], eval_transform(self.card.preprocess), False)
+        if cfg.train.phase1.solver == "logistic":  # frozen features of unaugmented slices
+            self._probe_loader = self._loader(by_part[SplitPart.train], eval_transform(self.card.preprocess), False)
+            self._probe_groups = [i.group for i in by_part[SplitPart.train]]
+        self._fit_phases(plan_phases(cfg, backbone.pretrained), train_loader, val_loader)
+        self._write_summary("complete", counts, skipped, started)
+        self.run.checkpoint.unlink(missing_ok=True)
+        from lungct.plots import plot_history
+
+        plot_history(self.run.history, self.run.curves)
+        return self.run
+
+    def _fit_phases(self, phases: list[Phase], train_loader: DataLoader, val_loader: DataLoader) -> None:
+        monitor = self.cfg.train.early_stopping.monitor
+        patience = self.cfg.train.early_stopping.patience
+        state = {"phase": 0, "epoch": 0, "best": -float("inf"), "bad": 0, "history": []}
+        resume = self._load_checkpoint()
+        if resume:
+            state = resume["state"]
+            log.info("resuming from phase %d, epoch %d", state["phase"] + 1, state["epoch"])
+        for index, phase in enumerate(phases):
+            if index < state["phase"]:
+                continue
+            if index > 0 and self.run.weights.is_file():
+                load_weights(self.model, self.run.weights)  # fine-tune from the best head
+            self._set_phase(phase)
+            decay = self.cfg.train.layer_decay if phase.name != "head" else None
+            optimizer = build_optimizer(self.model, phase.lr, self.cfg.train, decay)
+            probe = self._is_probe(phase)
+            scheduler = None if probe else build_scheduler(optimizer, self.cfg.train, phase.epochs)
+            self.ema = self._new_ema(phase)
+            if resume and index == state["phase"]:
+                self.model.load_state_dict(resume["model"])
+                if self.ema is not None and resume.get("ema"):
+                    self.ema.module.load_state_dict(resume["ema"])
+                optimizer.load_state_dict(resume["optimizer"])
+                if scheduler and resume.get("scheduler"):
+                    scheduler.load_state_dict(resume["scheduler"])
+                torch.set_rng_state(resume["torch_rng"])
+                train_loader.generator.set_state(resume["loader_rng"])
+            else:
+                state.update(phase=index, epoch=0, bad=0)
+                # The phase's starting point (the best head, for fine-tuning) is a checkpoint of its own: a kill
+                # before its first epoch ends must not resume from weights that phase already overwrote.
+                self._checkpoint(state, optimizer, scheduler, train_loader)
+            while state["epoch"] < phase.epochs and state["bad"] < patience:
+                if probe:
+                    row = self._probe_epoch(phase, val_loader)
+                else:
+                    row = self._epoch(phase, state["epoch"], train_loader, val_loader, optimizer)
+                if scheduler:
+                    scheduler.step()
+                state["history"].append(row)
+                state["epoch"] += 1
+                if _score(row, monitor) > state["best"]:
+                    state["best"], state["bad"] = _score(row, monitor), 0
+                    save_weights(self.model if self.ema is None else self.ema.module, self.run.weights)
+                    KILL_POINT("weights")
+                else:
+                    state["bad"] += 1
+                self._write_history(state["history"])
+                KILL_POINT("history")
+                for callback in self.callbacks:  # tracking, pruning; may raise to stop the run (e.g. a pruned trial)
+                    callback({**row, "step": len(state["history"])})
+                self._checkpoint(state, optimizer, scheduler, train_loader)
+            if state["bad"] >= patience:
+                log.info("phase %s: early stop after %d epochs without improvement", phase.name, patience)
+            resume = None
+            state.update(phase=index + 1, epoch=0, bad=0)
+
+    def _checkpoint(self, state: dict, optimizer, scheduler, train_loader: DataLoader) -> None:
+        save_checkpoint(
+            {
+                "state": state,
+                "model": self.model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler else None,
+                "ema": self.ema.module.state_dict() if self.ema is not None else None,
+                "torch_rng": torch.get_rng_state(),
+                "loader_rng": train_loader.generator.get_state(),
+            },
+            self.run.checkpoint,
+        )
+        KILL_POINT("checkpoint")
+
+    def _is_probe(self, phase: Phase) -> bool:
+        return phase.name == "head" and self.cfg.train.phase1.solver == "logistic"
+
+    def _new_ema(self, phase: Phase):
+        """timm's weight EMA for a gradient phase (validated and saved in place of the raw weights)."""
+        if self.cfg.train.ema is None or self._is_probe(phase):
+            return None
+        from timm.utils import ModelEmaV3
+
+        return ModelEmaV3(self.model, decay=self.cfg.train.ema)
+
+    def _load_checkpoint(self) -> dict | None:
+        """The last epoch's state, or None; a damaged checkpoint (a kill mid-write by an older version, a
+        full disk) is set aside with a warning and training starts again rather than failing forever."""
+        path = self.run.checkpoint
+        if not path.is_file():
+            return None
+        try:
+            resume = torch.load(path, weights_only=False)
+            if not isinstance(resume, dict) or "state" not in resume:
+                raise ValueError("not a lungct checkpoint")
+            return resume
+        except Exception as exc:  # torch.load raises many types for a truncated or foreign file
+            damaged = path.with_name(path.name + ".damaged")
+            os.replace(path, damaged)
+            self.run.weights.unlink(missing_ok=True)
+            log.warning("%s is damaged (%s); moved to %s and training starts again", path, type(exc).__name__, damaged)
+            return None
+
+    def _probe_epoch(self, phase: Phase, val_loader) -> dict:
+        """The head phase as a linear probe: one logistic-regression fit on frozen features, then validation."""
+        from sklearn.metrics import balanced_accuracy_score
+
+        from lungct.training.probe import fit_probe
+
+        t0 = time.time()
+        fit = fit_probe(
+            self.model.backbone,
+            self.model.head,
+            self._probe_loader,
+            self._probe_groups,
+            len(self.class_index),
+            self.cfg.train.class_weights,
+            self.cfg.seed,
+            self.cfg.train.phase1.c,
+        )
+        val_loss, vp, vt = self._run_epoch(val_loader, None, "validating")
+        row = {
+            "phase": phase.name,
+            "epoch": 1,
+            "lr": 0.0,
+            "train_loss": fit.train_loss,
+            "train_accuracy": fit.train_accuracy,
+            "val_loss": val_loss,
+            "val_accuracy": float((vp == vt).mean()),
+            "val_balanced_accuracy": float(balanced_accuracy_score(vt, vp)),
+            "seconds": time.time() - t0,
+        }
+        log.info("linear probe: val loss %.4f bal-acc %.3f", val_loss, row["val_balanced_accuracy"])
+        return row
+
+    def _epoch(self, phase: Phase, epoch: int, train_loader, val_loader, optimizer) -> dict:
+        from sklearn.metrics import balanced_accuracy_score
+
+        t0 = time.time()
+        desc = f"{phase.name} {epoch + 1}/{phase.epochs}"
+        train_loss, tp, tt = self._run_epoch(train_loader, optimizer, desc)
+        val_loss, vp, vt = self._run_epoch(val_loader, None, "validating")
+        row = {
+            "phase": phase.name,
+            "epoch": epoch + 1,
+            "lr": optimizer.param_groups[0]["lr"],
+            "train_loss": train_loss,
+            "train_accuracy": float((tp == tt).mean()),
+            "val_loss": val_loss,
+            "val_accuracy": float((vp == vt).mean()),
+            "val_balanced_accuracy": float(balanced_accuracy_score(vt, vp)),
+            "seconds": time.time() - t0,
+        }
+        log.info(
+            "%s: loss %.4f acc %.3f | val loss %.4f acc %.3f bal-acc %.3f (%.0fs)",
+            desc,
+            train_loss,
+            row["train_accuracy"],
+            val_loss,
+            row["val_accuracy"],
+            row["val_balanced_accuracy"],
+            row["seconds"],
+        )
+        return row
+
+    def _write_history(self, history: list[dict]) -> None:
+        header = list(history[0])
+        atomic_csv(self.run.history, header, ([row.get(k) for k in header] for row in history))
+
+    def _write_summary(self, status: str, counts: dict, skipped: list[dict], started: float) -> None:
+        write_json(
+            self.run.summary,
+            {
+                "status": status,
+                "name": self.cfg.name,
+                "arch": self.cfg.model.arch,
+                "pretrained": self.card.pretrained,
+                "weights": self.card.weights_source,
+                "split_mode": self.cfg.split.mode,
+                "counts": counts,
+                "skipped": skipped,
+                "train_seconds": round(time.time() - started, 1) if status == "complete" else None,
+            },
+        )
+
+
+def changed_fields(before: dict, now: dict, prefix: str = "") -> list[str]:
+    """Dotted names of the config fields whose values differ."""
+    out = []
+    for key in sorted(set(before) | set(now)):
+        a, b = before.get(key), now.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += changed_fields(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}")
+    return out
+
+
+def save_checkpoint(payload: dict, path: Path) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename: a kill never leaves half a checkpoint."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as fh:
+        torch.save(payload, fh)
+        fh.flush()
+        KILL_POINT("checkpoint-half-written")
+        os.fsync(fh.fileno())
+    KILL_POINT("checkpoint-before-rename")
+    os.replace(tmp, path)
+
+
+def train(
+    cfg: ExperimentConfig,
+    out: str | Path,
+    progress: bool = True,
+    overwrite: bool = False,
+    callbacks: Sequence[EpochCallback] = (),
+    items: list[SplitItem] | None = None,
+) -> RunDir:
+    """Train and return the run. `callbacks` get each epoch's history row (plus a global `step`) as it ends;
+    `items` is a given split instead of one drawn from the config's data."""
+    return Trainer(cfg, out, progress, overwrite, callbacks, items).fit()
+
+
+def train_or_reuse(
+    cfg: ExperimentConfig,
+    out: str | Path,
+    items: list[SplitItem] | None = None,
+    progress: bool = True,
+    callbacks: Sequence[EpochCallback] = (),
+) -> tuple[RunDir, bool]:
+    """The finished run in `out` if it was trained with this very config, else a new one (an unfinished run
+    resumes, a finished one with another config is trained again); (run, trained). One rule for cv folds,
+    compared backbones and tuning trials, decided from the saved config, not from report text."""
+    run = RunDir(out)
+    if run.read_summary().complete:
+        if run.config.is_file() and not changed_fields(load_config(run.config).model_dump(), cfg.model_dump()):
+            log.info("%s: reusing the finished run", run.path)
+            return run, False
+        log.warning("%s was trained with another config; training it again", run.path)
+    return train(cfg, out, progress, overwrite=True, callbacks=callbacks, items=items), True

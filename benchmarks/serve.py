@@ -120,12 +120,14 @@ def providers(python: str, graphs: list[Path], seconds: float, which: str) -> di
 
 
 def lean_environment(venv: Path) -> Path:
-    """A uv environment with lungct[serve] only (no torch), made once; returns its bin folder."""
+    """A uv environment with lungct[serve] only (no torch; lungct itself editable, so it runs this checkout),
+    made once; returns its bin folder."""
     uv = shutil.which("uv") or str(BIN / "uv")
     if not (venv / "bin" / "lungct").is_file():
         subprocess.run([uv, "venv", "--quiet", str(venv)], check=True)
         subprocess.run(
-            [uv, "pip", "install", "--quiet", "--python", str(venv / "bin" / "python"), f"{ROOT}[serve]"], check=True
+            [uv, "pip", "install", "--quiet", "--python", str(venv / "bin" / "python"), "-e", f"{ROOT}[serve]"],
+            check=True,
         )
     check = subprocess.run(
         [str(venv / "bin" / "python"), "-c", "import importlib.util as u; print(u.find_spec('torch') is None)"],
@@ -218,11 +220,27 @@ async def _load(url: str, slices: list[tuple[str, bytes]], n: int, concurrency: 
     }
 
 
-def load_test(url: str, run: Path, n: int, concurrency: int) -> dict:
-    """The load client in its own process (`--client`), so it does not share an interpreter with this one."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load_test(url: str, run: Path, n: int, concurrency: int, server_pid: int) -> dict:
+    """The load client in its own process (`--client`), so it does not share an interpreter with this one; with
+    the CPU time the server and the client spent per request (both run on the same cores)."""
+    import resource
+
     cmd = [sys.executable, __file__, "--client", url, "--run", str(run), "--requests", str(n)]
+    before_server = cpu_seconds(server_pid)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run([*cmd, "--concurrency", str(concurrency)], capture_output=True, text=True, check=True)
-    return json.loads(done.stdout)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = json.loads(done.stdout)
+    client = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    out["server_cpu_ms_per_request"] = round((cpu_seconds(server_pid) - before_server) * 1000 / n, 2)
+    out["client_cpu_ms_per_request"] = round(client * 1000 / n, 2)  # includes the client's own start-up
+    return out
 
 
 def rss_mb(pid: int) -> float:
@@ -248,7 +266,7 @@ def bench_server(name: str, bin_dir: Path, run: Path, options: list[str], slices
             info = httpx.get(f"{url}/v1/model").json()
             out.update({k: info[k] for k in ("backend", "precision", "explain_available")})
             out["single_image_latency"] = sequential_latency(url, slices, args.latency_requests)
-            out["load_test"] = load_test(url, run, args.requests, args.concurrency)
+            out["load_test"] = load_test(url, run, args.requests, args.concurrency, server.pid)
             out["rss_mb_after_load"] = rss_mb(server.pid)
             batching = httpx.get(f"{url}/v1/model").json()["batching"]
             out["batching"] = batching

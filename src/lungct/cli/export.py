@@ -33,7 +33,7 @@ def export_command(
         IntCalibration, typer.Option("--int8-calibration", help="how INT8 activation ranges are found")
     ] = IntCalibration.percentile,
     calibration_images: Annotated[
-        int, typer.Option("--int8-images", min=1, max=10_000, help="INT8 calibration slices (training part)")
+        int, typer.Option("--int8-images", min=1, max=256, help="INT8 calibration slices (training part)")
     ] = 128,
     calibration_folder: Annotated[
         Path | None,

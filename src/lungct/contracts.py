@@ -173,6 +173,12 @@ class Prediction(BaseModel):
     latency_ms: float | None = Field(None, exclude_if=_unknown)
     model_version: str | None = Field(None, exclude_if=_unknown)
     backend: ServedBackend | None = Field(None, exclude_if=_unknown)
+    prediction_id: str | None = Field(
+        None,
+        exclude_if=_unknown,
+        description="this answer's id in the prediction log; POST it to /v1/feedback to correct the label "
+        "(absent when the server does not log predictions)",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -137,3 +137,20 @@ def test_unwritable_log_still_predicts_and_says_why(app_run, tmp_path):
     assert model.log is None and "cannot open the prediction log" in model.log_error
     result = analyse_upload(model, slice_png(), "a.png")
     assert "error" not in result and result["logged"] is False
+
+
+def test_correct_this_records_feedback_beside_the_prediction(model, tmp_path):
+    from lungct.app.analysis import record_feedback
+
+    result = analyse_upload(model, slice_png(kind=1), NAME)
+    other = next(c for c in model.classes if c != result["predicted"])
+    assert record_feedback(model, result["prediction_id"], other, "second reading") == (
+        True,
+        f"recorded: {result['predicted']} corrected to {other}",
+    )
+    ok, message = record_feedback(model, result["prediction_id"], "dragon")
+    assert not ok and "not one of" in message
+    ok, message = record_feedback(model, "f" * 32, other)
+    assert not ok and "no prediction with id" in message
+    (row,) = open_existing_log(tmp_path / "log.sqlite").read_feedback()
+    assert (row["label"], row["predicted"], row["reason"]) == (other, result["predicted"], "second reading")

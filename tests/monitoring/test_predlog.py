@@ -10,7 +10,28 @@ from lungct.contracts import Prediction
 from lungct.monitoring.predlog import PredictionLog, PredictionRecord
 
 COLUMNS = {"id", "ts", "sha256", "model_version", "label", "confidence", "probabilities", "latency_ms", "source"}
-COLUMNS |= {"stats", "embedding"}
+COLUMNS |= {"stats", "embedding", "prediction_id"}
+
+
+def test_a_log_from_before_feedback_gains_the_prediction_id_column_and_keeps_its_rows(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as db:  # the schema as it was before prediction ids
+        db.execute(
+            "CREATE TABLE predictions (id INTEGER PRIMARY KEY AUTOINCREMENT, ts TEXT NOT NULL, sha256 TEXT NOT NULL,"
+            " model_version TEXT NOT NULL, label TEXT NOT NULL, confidence REAL NOT NULL, probabilities TEXT NOT NULL,"
+            " latency_ms REAL NOT NULL, source TEXT NOT NULL, stats TEXT NOT NULL, embedding BLOB)"
+        )
+        db.execute(
+            "INSERT INTO predictions (ts, sha256, model_version, label, confidence, probabilities, latency_ms, source,"
+            " stats) VALUES ('2026-01-01T00:00:00', 'aa', 'v1', 'normal', 0.9, '{\"normal\": 0.9}', 3.0, 'api', '{}')"
+        )
+    log = PredictionLog(path)
+    (old,) = log.read()
+    assert old["prediction_id"] is None and old["label"] == "normal"
+    assert log.prediction("anything") is None and log.read_feedback() == []
+    log.close()
 
 
 def test_a_prediction_is_logged_without_its_file_name(tmp_path):

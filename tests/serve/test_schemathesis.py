@@ -21,6 +21,11 @@ import pytest
 CONFIG = """\
 [checks.positive_data_acceptance]
 expected-statuses = ["2xx", "413", "422"]
+
+[[operations]]
+include-path = "/v1/feedback"
+# a schema-valid body names a prediction id the log may not hold: 404 unknown_prediction is that answer
+checks.positive_data_acceptance.expected-statuses = ["2xx", "404", "422"]
 """
 
 
@@ -59,5 +64,5 @@ def test_the_live_server_keeps_its_openapi_contract(live, tmp_path):
         pytest.fail(f"schemathesis did not finish in 900 s:\n{(exc.stdout or '')[-4000:]}")
     report = done.stdout + done.stderr
     assert done.returncode == 0, report[-12000:]
-    assert "Operations:       5 selected / 5 total" in report, report[-4000:]
+    assert "Operations:       6 selected / 6 total" in report, report[-4000:]
     assert "No issues found" in report, report[-4000:]

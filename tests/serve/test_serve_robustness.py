@@ -456,6 +456,7 @@ NOT_LIMITS = {
     "log_path",
     "log_predictions",
     "keep_uploads",
+    "keep_feedback_images",
 }
 
 

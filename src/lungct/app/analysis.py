@@ -16,14 +16,14 @@ from pathlib import Path
 from lungct import explain
 from lungct.app.launch import MAX_UPLOAD_MB  # also Streamlit's server.maxUploadSize
 from lungct.errors import LungCTError
-from lungct.inference.service import InferenceService, UploadError, UploadLimits
+from lungct.inference.service import Feedback, InferenceService, UploadError, UploadLimits
 from lungct.monitoring.predlog import PredictionLog
 from lungct.run import RunDir
 
 # The service's limits; only the byte limit is the app's own, because Streamlit refuses larger uploads itself.
 LIMITS = UploadLimits(max_file_mb=MAX_UPLOAD_MB)
 MAX_UPLOAD_BYTES = LIMITS.max_file_bytes
-RESULT_FIELDS = {"name", "predicted", "probability", "probabilities", "sha256"}  # of the Prediction
+RESULT_FIELDS = {"name", "predicted", "probability", "probabilities", "sha256", "prediction_id"}  # of the Prediction
 
 
 def default_log_path(run_dir: str | Path) -> Path:
@@ -125,3 +125,17 @@ def analyse_upload(model: AppModel, data: bytes, name: str) -> dict:
         "logged": model.log is not None,
         "overlay_png": service.overlay(explanation),
     }
+
+
+def record_feedback(model: AppModel, prediction_id: str | None, label: str, reason: str = "") -> tuple[bool, str]:
+    """The page's "correct this": (recorded?, what to tell the clinician). Goes to the prediction log beside the
+    prediction, as POST /v1/feedback does."""
+    if not prediction_id or model.log is None:
+        return False, "this prediction was not logged, so a correction cannot be recorded"
+    try:
+        receipt = model.service.feedback(Feedback(prediction_id=prediction_id, label=label, reason=reason or None))
+    except UploadError as exc:
+        return False, exc.message
+    if receipt.label == receipt.predicted:
+        return True, f"recorded: {label} confirmed"
+    return True, f"recorded: {receipt.predicted} corrected to {label}"

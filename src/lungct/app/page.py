@@ -14,7 +14,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from lungct.app.analysis import AppModel, analyse_upload, default_log_path, load_app_model
+from lungct.app.analysis import AppModel, analyse_upload, default_log_path, load_app_model, record_feedback
 from lungct.app.model_info import card_rows, eval_info, history_info
 from lungct.errors import LungCTError
 
@@ -60,6 +60,18 @@ def probability_chart(probabilities: dict[str, float], predicted: str, calibrate
     )
 
 
+def correct_this(model: AppModel, result: dict) -> None:
+    """A clinician's correction of one slice's prediction, recorded in the prediction log."""
+    key = result.get("prediction_id") or result["sha256"]
+    with st.expander("Correct this"), st.form(f"feedback-{key}"):
+        classes = model.classes
+        label = st.selectbox("The right class", classes, index=classes.index(result["predicted"]))
+        reason = st.text_input("Why (optional; no patient identifiers)", max_chars=500)
+        if st.form_submit_button("Record"):
+            ok, message = record_feedback(model, result.get("prediction_id"), label, reason)
+            (st.success if ok else st.warning)(message)
+
+
 def show_result(result: dict, calibrated: bool) -> None:
     st.subheader(result["name"])
     if "error" in result:
@@ -101,6 +113,8 @@ def predict_tab(model: AppModel) -> None:
             with st.spinner(f"Analysing {upload.name}…"):
                 done[key] = analyse_upload(model, upload.getvalue(), upload.name)
         show_result(done[key], model.calibrated)
+        if "error" not in done[key]:
+            correct_this(model, done[key])
     current = {u.file_id for u in uploads}
     for key in list(done):
         if key not in current:

@@ -11,7 +11,21 @@ import sys
 import typer
 
 from lungct.cli import app as app_cmd
-from lungct.cli import audit, compare, core, dicom, drift, ensemble, evaluation, explain, export, pipeline, serve, tune
+from lungct.cli import (
+    audit,
+    compare,
+    core,
+    dicom,
+    drift,
+    ensemble,
+    evaluation,
+    explain,
+    export,
+    feedback,
+    pipeline,
+    serve,
+    tune,
+)
 from lungct.errors import LungCTError, missing_extra
 
 app = typer.Typer(
@@ -45,6 +59,7 @@ COMMANDS = {
 }
 for _name, _function in COMMANDS.items():
     app.command(_name)(_function)
+app.add_typer(feedback.app, name="feedback")
 
 
 def main(argv: list[str] | None = None) -> int:

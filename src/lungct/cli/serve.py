@@ -72,6 +72,12 @@ def serve_command(
     keep_uploads: Annotated[
         Path | None, typer.Option("--keep-uploads", help="save accepted uploads in this folder (off by default)")
     ] = None,
+    keep_feedback_images: Annotated[
+        Path | None,
+        typer.Option(
+            "--keep-feedback-images", help="keep predicted slices (de-identified PNG) so feedback can retrain (off)"
+        ),
+    ] = None,
     openapi_out: Annotated[
         Path | None, typer.Option("--openapi-out", help="write the OpenAPI schema to this file and exit")
     ] = None,
@@ -111,6 +117,7 @@ def serve_command(
         "threads": threads,
         "log_path": log,
         "keep_uploads": keep_uploads,
+        "keep_feedback_images": keep_feedback_images,
     }
     try:
         settings = ServeSettings(

@@ -23,6 +23,7 @@ import logging
 import queue
 import threading
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -155,7 +156,8 @@ def probe_pixels(data: bytes) -> tuple[int, int] | None:
 
 
 class PredictionSink(Protocol):
-    """Where served predictions are recorded: lungct.monitoring.predlog.PredictionLog."""
+    """Where served predictions, and clinicians' feedback on them, are recorded:
+    lungct.monitoring.predlog.PredictionLog."""
 
     def image_stats(self, image: Image.Image) -> dict[str, float]: ...
 
@@ -163,7 +165,35 @@ class PredictionSink(Protocol):
         self, prediction: Prediction, *, stats: dict[str, float], embedding: np.ndarray | None, source: str
     ) -> None: ...
 
+    def prediction(self, prediction_id: str) -> dict | None: ...
+
+    def add_feedback(self, prediction_id: str, label: str, reason: str | None, image: str | None) -> int: ...
+
     def close(self) -> None: ...
+
+
+class Feedback(BaseModel):
+    """What a clinician says about one prediction: the class that is right, and optionally why."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prediction_id: str = Field(min_length=1, max_length=64, description="from the prediction's answer")
+    label: str = Field(min_length=1, max_length=100, description="the class that is right")
+    reason: str | None = Field(None, max_length=500, description="optional free text (kept, at most 500 chars)")
+
+
+class FeedbackReceipt(BaseModel):
+    """The recorded feedback: its id, the prediction it corrects, and whether the slice is kept for retraining."""
+
+    feedback_id: int
+    prediction_id: str
+    label: str
+    predicted: str = Field(description="what the model had answered")
+    model_version: str
+    image_kept: bool = Field(
+        description="true when the server keeps slices for retraining (--keep-feedback-images) and has this one; "
+        "false: recorded for monitoring only"
+    )
 
 
 @dataclass
@@ -207,6 +237,7 @@ class InferenceService:
         int8_max_drop: float = 0.01,
         batch_max_size: int | None = None,
         batch_wait_ms: float = 2.0,
+        keep_feedback_images: Path | None = None,
     ):
         run = Path(run)
         if not run.is_dir():
@@ -223,6 +254,11 @@ class InferenceService:
         self.keep_uploads = keep_uploads
         if keep_uploads is not None:
             keep_uploads.mkdir(parents=True, exist_ok=True)
+        # opt-in: every predicted slice kept as a de-identified PNG named by the upload's sha256, so feedback can
+        # point at it for retraining (the decoded pixels only: no file name, no DICOM tag, no metadata)
+        self.keep_feedback_images = keep_feedback_images
+        if keep_feedback_images is not None:
+            keep_feedback_images.mkdir(parents=True, exist_ok=True)
         self.explain_max_side = explain_max_side
         # why explanations cannot run here (no PyTorch in a torch-free install): explain() answers 501 with it
         self.explain_unavailable = explain_unavailable
@@ -272,6 +308,10 @@ class InferenceService:
         if self.keep_uploads is not None:  # opt-in only; named by content, never by the client's name
             suffix = Path(name).suffix.lower()[:8] if Path(name).suffix.isascii() else ""
             (self.keep_uploads / f"{sha256}{suffix}").write_bytes(data)
+        if self.keep_feedback_images is not None:
+            kept = self.keep_feedback_images / f"{sha256}.png"
+            if not kept.exists():
+                img.save(kept, format="PNG")  # a fresh PNG: Pillow writes no text chunks unless asked
         stats = self.log.image_stats(img) if self.log is not None else {}
         elapsed = (time.perf_counter() - start) * 1000
         return Decoded(name, sha256, array, stats, elapsed, img if keep_image else None)
@@ -327,6 +367,7 @@ class InferenceService:
                     latency_ms=round(d.decode_ms + share, 2),
                     model_version=self.version,
                     backend=self.predictor.backend,
+                    prediction_id=uuid.uuid4().hex if self.log is not None else None,
                 )
                 if self.log is not None:
                     self.log.record(prediction, stats=d.stats, embedding=f, source=self.source)
@@ -416,6 +457,37 @@ class InferenceService:
             except LungCTError as exc:  # an unknown method, class or layer
                 raise UploadError(400, "invalid_parameter", str(exc)) from None
         return explanation, self.overlay(explanation)
+
+    # -- feedback -------------------------------------------------------------------------------------------
+    def feedback(self, feedback: Feedback) -> FeedbackReceipt:
+        """Record a clinician's label for a logged prediction: UploadError 503 without a prediction log, 404 for an
+        unknown prediction id, 422 for a label that is not one of the model's classes."""
+        if self.log is None:
+            raise UploadError(
+                503, "no_prediction_log", "feedback needs the prediction log, and this server does not log (--no-log)"
+            )
+        if feedback.label not in self.classes:
+            raise UploadError(
+                422, "invalid_label", f"label {feedback.label[:100]!r} is not one of: {', '.join(self.classes)}"
+            )
+        logged = self.log.prediction(feedback.prediction_id)
+        if logged is None:
+            raise UploadError(
+                404, "unknown_prediction", f"no prediction with id {feedback.prediction_id[:64]!r} in the log"
+            )
+        image = None
+        if self.keep_feedback_images is not None:
+            path = self.keep_feedback_images / f"{logged['sha256']}.png"
+            image = str(path.resolve()) if path.is_file() else None
+        feedback_id = self.log.add_feedback(feedback.prediction_id, feedback.label, feedback.reason, image)
+        return FeedbackReceipt(
+            feedback_id=feedback_id,
+            prediction_id=feedback.prediction_id,
+            label=feedback.label,
+            predicted=logged["label"],
+            model_version=logged["model_version"],
+            image_kept=image is not None,
+        )
 
     def require_explanations(self) -> None:
         """UploadError 501 naming the extra to install, when this install cannot explain (no PyTorch)."""

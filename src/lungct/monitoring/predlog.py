@@ -33,10 +33,24 @@ CREATE TABLE IF NOT EXISTS predictions (
     latency_ms REAL NOT NULL,
     source TEXT NOT NULL,           -- api | app | cli
     stats TEXT NOT NULL,            -- JSON, see image_stats()
-    embedding BLOB                  -- float16 pooled backbone features, or NULL
+    embedding BLOB,                 -- float16 pooled backbone features, or NULL
+    prediction_id TEXT              -- random id handed to the client, for feedback (NULL in older logs)
 );
 CREATE INDEX IF NOT EXISTS predictions_ts ON predictions (ts);
+CREATE TABLE IF NOT EXISTS feedback (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts TEXT NOT NULL,               -- ISO 8601, UTC
+    prediction_id TEXT NOT NULL,    -- predictions.prediction_id
+    label TEXT NOT NULL,            -- the class the clinician says is right
+    reason TEXT,                    -- free text, optional
+    image TEXT                      -- the kept slice (--keep-feedback-images), or NULL: monitoring only
+);
+CREATE INDEX IF NOT EXISTS feedback_prediction ON feedback (prediction_id);
 """
+# added after the first release of the log: existing files gain the column on open
+MIGRATIONS = {"prediction_id": "ALTER TABLE predictions ADD COLUMN prediction_id TEXT"}
+INDEXES = "CREATE UNIQUE INDEX IF NOT EXISTS predictions_prediction_id ON predictions (prediction_id)"
+REASON_MAX = 500  # characters of a feedback reason that are kept
 
 
 def _histogram_percentiles(counts: np.ndarray, qs: tuple[float, ...]) -> list[float]:
@@ -124,6 +138,11 @@ class PredictionLog:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(predictions)")}
+            for column, statement in MIGRATIONS.items():
+                if column not in columns:
+                    self._db.execute(statement)
+            self._db.execute(INDEXES)
         except (sqlite3.Error, OSError) as exc:
             raise LungCTError(f"cannot open the prediction log {self.path}: {exc}") from exc
 
@@ -137,6 +156,7 @@ class PredictionLog:
         emb = None if rec.embedding is None else np.asarray(rec.embedding, dtype="<f2").tobytes()
         row = (
             rec.ts,
+            rec.prediction_id,
             rec.sha256,
             rec.model_version,
             rec.predicted,
@@ -149,8 +169,8 @@ class PredictionLog:
         )
         with self._lock:
             self._db.execute(
-                "INSERT INTO predictions (ts, sha256, model_version, label, confidence, probabilities, latency_ms,"
-                " source, stats, embedding) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO predictions (ts, prediction_id, sha256, model_version, label, confidence, probabilities,"
+                " latency_ms, source, stats, embedding) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 row,
             )
 
@@ -178,6 +198,40 @@ class PredictionLog:
                 None if r["embedding"] is None else np.frombuffer(r["embedding"], dtype="<f2").astype(np.float32)
             )
         return rows
+
+    def prediction(self, prediction_id: str) -> dict | None:
+        """The logged prediction with this id (sha256, label, model_version, ts), or None."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT prediction_id, sha256, label, model_version, ts FROM predictions WHERE prediction_id = ?",
+                (prediction_id,),
+            ).fetchone()
+        keys = ("prediction_id", "sha256", "label", "model_version", "ts")
+        return None if row is None else dict(zip(keys, row, strict=True))
+
+    def add_feedback(self, prediction_id: str, label: str, reason: str | None, image: str | None) -> int:
+        """Record a clinician's label for a logged prediction; returns the feedback's id. The caller has checked
+        that the prediction exists and the label is a class."""
+        ts = datetime.now(UTC).isoformat(timespec="milliseconds")
+        reason = reason[:REASON_MAX] if reason else None
+        with self._lock:
+            cur = self._db.execute(
+                "INSERT INTO feedback (ts, prediction_id, label, reason, image) VALUES (?, ?, ?, ?, ?)",
+                (ts, prediction_id, label, reason, image),
+            )
+            return int(cur.lastrowid)
+
+    def read_feedback(self) -> list[dict]:
+        """Every prediction's latest feedback, joined with the prediction (oldest first): prediction_id, label
+        (the clinician's), predicted, sha256, model_version, reason, image, ts."""
+        query = """
+            SELECT f.prediction_id, f.label, p.label, p.sha256, p.model_version, f.reason, f.image, f.ts
+            FROM feedback f JOIN predictions p ON p.prediction_id = f.prediction_id
+            WHERE f.id = (SELECT MAX(id) FROM feedback WHERE prediction_id = f.prediction_id)
+            ORDER BY f.id"""
+        keys = ("prediction_id", "label", "predicted", "sha256", "model_version", "reason", "image", "ts")
+        with self._lock:
+            return [dict(zip(keys, row, strict=True)) for row in self._db.execute(query).fetchall()]
 
     def __len__(self) -> int:
         with self._lock:

@@ -7,6 +7,7 @@ by lungct.serve.service), with uploads read by lungct.serve.uploads and answers 
     POST /v1/predict         one image (multipart field `file`) -> label, calibrated probabilities, latency
     POST /v1/predict/batch   many images and/or zip archives (fields `files` or `file`) -> one result per file
     POST /v1/explain         one image -> Grad-CAM overlay PNG (or JSON with the PNG in base64)
+    POST /v1/feedback        a clinician's label for a logged prediction (JSON) -> the recorded feedback
 
 Model work runs in worker threads behind an anyio CapacityLimiter (settings.workers), so requests are
 served concurrently and the event loop only moves bytes. Explanations run beside it, never inside it, on their
@@ -30,7 +31,7 @@ from pydantic import BaseModel, TypeAdapter
 
 from lungct import __version__
 from lungct.contracts import CamMethod, FileError, Prediction
-from lungct.inference.service import InferenceService
+from lungct.inference.service import Feedback, FeedbackReceipt, InferenceService
 from lungct.serve.archive import ZipLimits, is_zip, zip_members
 from lungct.serve.errors import ApiError, ErrorBody, install_error_handlers
 from lungct.serve.gate import ExplainGate
@@ -56,6 +57,7 @@ ERROR_TEXT = {
     400: "empty file, malformed multipart body (no boundary, or one over 70 characters), unsafe or broken zip",
     413: "file, request, image, pixels or archive over a limit; too many files",
     415: "not multipart/form-data, or a part whose content type is not an image",
+    404: "no prediction with that id in the prediction log",
     422: "unreadable image or invalid parameter",
     500: "unexpected server error (details only in the server log)",
     501: "explanations are not available in this install (the torch-free lungct[serve]); the message names the "
@@ -301,12 +303,31 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         }
         return Response(png, media_type="image/png", headers=headers)
 
+    @app.post(
+        "/v1/feedback",
+        status_code=201,
+        response_description="the feedback, recorded in the prediction log beside the prediction",
+        responses=_errors(
+            400,
+            404,
+            422,
+            500,
+            503,
+            e400="a body that is not JSON",
+            e422="a label that is not one of the model's classes, or a body without the required fields",
+            e503="no model loaded, or the server does not log predictions (--no-log)",
+        ),
+    )
+    async def feedback(body: Feedback) -> FeedbackReceipt:
+        s = need()
+        return await in_worker(s.feedback, body)
+
     return app
 
 
 def _document_classes(app: FastAPI, classes: list[str]) -> None:
-    """The served schema names the loaded model's classes as the values `target` takes (docs/openapi.json,
-    made without a model, says only "a class name")."""
+    """The served schema names the loaded model's classes as the values `target` and a feedback's `label` take
+    (docs/openapi.json, made without a model, says only "a class name")."""
     base = app.openapi
     target_schema = TypeAdapter(Literal[tuple(classes)]).json_schema()
 
@@ -316,6 +337,10 @@ def _document_classes(app: FastAPI, classes: list[str]) -> None:
             for param in schema["paths"]["/v1/explain"]["post"].get("parameters", []):
                 if param["name"] == "target":
                     param["schema"] = {**target_schema, "description": param.get("description")}
+            label = schema["components"]["schemas"]["Feedback"]["properties"]["label"]
+            label.update({k: v for k, v in target_schema.items() if k != "title"})
+            for key in ("minLength", "maxLength"):
+                label.pop(key, None)
         return app.openapi_schema
 
     app.openapi = openapi

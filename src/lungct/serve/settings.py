@@ -73,6 +73,11 @@ class ServeSettings(BaseSettings):
     log_path: Path | None = Field(None, description="prediction log (SQLite); default RUN/predictions.sqlite")
     log_predictions: bool = True
     keep_uploads: Path | None = Field(None, description="save accepted uploads here as <sha256><ext>; off by default")
+    keep_feedback_images: Path | None = Field(
+        None,
+        description="keep every predicted slice here as a de-identified PNG named by its sha256, so that feedback "
+        "can be exported for retraining; off by default (feedback is then for monitoring only)",
+    )
 
     @property
     def limits(self) -> UploadLimits:

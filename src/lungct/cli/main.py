@@ -23,6 +23,7 @@ from lungct.cli import (
     export,
     feedback,
     pipeline,
+    retrain,
     serve,
     tune,
 )
@@ -56,6 +57,7 @@ COMMANDS = {
     "export": export.export_command,
     "serve": serve.serve_command,
     "ensemble": ensemble.ensemble_command,
+    "retrain": retrain.retrain_command,
 }
 for _name, _function in COMMANDS.items():
     app.command(_name)(_function)

@@ -32,7 +32,7 @@ from lungct.contracts import SplitPart
 from lungct.data.images import ImageReadError, is_image_file
 from lungct.data.splits import SplitItem, load_split
 from lungct.errors import LungCTError
-from lungct.evaluation.bootstrap import paired_delta_ci
+from lungct.evaluation.paired import paired_comparison
 from lungct.files import natural_key
 from lungct.inference.onnx_runtime import (
     INPUT_NAME,
@@ -169,56 +169,6 @@ def quantize_graph(src: Path, dst: Path, batch: np.ndarray, method: str = "perce
     return keep_float
 
 
-def _scores(y: np.ndarray, pred: np.ndarray, n_classes: int, positive: int | None) -> dict[str, float]:
-    """accuracy, balanced accuracy and positive-class recall from label counts. Written with numpy rather than
-    scikit-learn because the bootstrap calls it thousands of times and sklearn's input checks dominate."""
-    counts = np.bincount(y, minlength=n_classes)
-    hits = np.bincount(y[pred == y], minlength=n_classes)
-    present = counts > 0
-    out = {"accuracy": float((pred == y).mean()), "balanced_accuracy": float((hits[present] / counts[present]).mean())}
-    if positive is not None:
-        out["positive_recall"] = float(hits[positive] / counts[positive]) if counts[positive] else float("nan")
-    return out
-
-
-def compare_on_test(
-    y: np.ndarray,
-    float_probs: np.ndarray,
-    int8_probs: np.ndarray,
-    groups: list[str],
-    positive: int | None,
-    n_resamples: int = N_RESAMPLES,
-) -> dict:
-    """Agreement and metric changes (INT8 minus float) with paired group-bootstrap 95% intervals."""
-    n_classes = float_probs.shape[1]
-    pf, pq = float_probs.argmax(1), int8_probs.argmax(1)
-    f_scores, q_scores = _scores(y, pf, n_classes, positive), _scores(y, pq, n_classes, positive)
-    metrics = {}
-    for key in f_scores:
-
-        def delta(idx: np.ndarray, key: str = key) -> float:
-            with np.errstate(invalid="ignore"):
-                return (
-                    _scores(y[idx], pq[idx], n_classes, positive)[key]
-                    - _scores(y[idx], pf[idx], n_classes, positive)[key]
-                )
-
-        change = paired_delta_ci(delta, len(y), groups, n_resamples=n_resamples)
-        metrics[key] = {
-            "float": f_scores[key],
-            "int8": q_scores[key],
-            "change": change["delta"],
-            "ci95": change["ci95"],
-        }
-    return {
-        "n": len(y),
-        "n_groups": len(set(groups)),
-        "label_agreement": float((pf == pq).mean()),
-        "max_probability_difference": float(np.abs(float_probs - int8_probs).max()),
-        "metrics": metrics,
-    }
-
-
 def _test_items(run: RunDir) -> tuple[str, list[SplitItem]]:
     items = load_split(run.split) if run.split.is_file() else []
     for part in (SplitPart.test, SplitPart.val):
@@ -276,12 +226,13 @@ def quantize_run(
         int8_probs = _predict(OnnxModel(tmp, 1), test_batch, in_graph)
         y = np.array([classes.index(i.label) for i in test])
         positive = run.card().positive_class
-        check = compare_on_test(
+        check = paired_comparison(
             y,
             float_probs,
             int8_probs,
             [i.group for i in test],
             classes.index(positive) if positive in classes else None,
+            ("float", "int8"),
             n_resamples,
         )
         drop = -check["metrics"]["balanced_accuracy"]["change"]

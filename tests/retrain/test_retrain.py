@@ -1,0 +1,88 @@
+"""`lungct retrain` on tiny data: a challenger taught wrong labels by its feedback is refused; one given correct
+extra data is promoted; the champion's test part never reaches the challenger's training."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from lungct.cli import main
+from lungct.data.splits import load_split
+from lungct.retrain.gate import decide
+from lungct.training import train
+from tests.conftest import CLASS_FOLDERS, synthetic_slice, tiny_config, write_dataset
+
+LABELS = ("benign", "malignant", "normal")  # the classes of CLASS_FOLDERS, in order
+
+
+@pytest.fixture(scope="module")
+def champion(tmp_path_factory) -> Path:
+    """A weak champion: small_cnn from few slices, for a few steps."""
+    root = tmp_path_factory.mktemp("champion")
+    cfg = tiny_config(write_dataset(root / "data", per_class=10))
+    cfg.model.arch = "small_cnn"
+    cfg.split.mode = "random"
+    cfg.data.positive_class = "malignant"
+    cfg.train.phase1.epochs, cfg.train.phase1.lr, cfg.train.phase2.epochs = 3, 3e-3, 0
+    return train(cfg, root / "run", progress=False).path
+
+
+def feedback_dataset(root: Path, shift: int) -> Path:
+    """What `lungct feedback export` writes: <label>/<name>.png and manifest.csv, one group per upload; `shift`
+    rotates the labels (1: every slice labelled as the next class, a deliberately corrupted feedback)."""
+    rows = []
+    for k in range(3):
+        label = LABELS[(k + shift) % 3]
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i in range(14):
+            name = f"{label}/fb{k}_{i}.png"
+            synthetic_slice(k, 5000 + 100 * k + i).save(root / name)
+            rows.append({"path": name, "label": label, "group": f"upload-{k}-{i}"})
+    with (root / "manifest.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["path", "label", "group"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
+
+
+@pytest.mark.parametrize(("shift", "promoted"), [(1, False), (0, True)], ids=["corrupted-labels", "correct-extra-data"])
+def test_the_gate_refuses_corrupted_feedback_and_promotes_correct_extra_data(champion, tmp_path, shift, promoted):
+    feedback = feedback_dataset(tmp_path / "feedback", shift)
+    out = tmp_path / "challenger"
+    assert main(["retrain", "--champion", str(champion), "--feedback", str(feedback), "--out", str(out), "-q"]) == 0
+    result = json.loads((out / "promotion.json").read_text())
+    assert result["promote"] is promoted, result["reasons"]
+    assert result["test_images"]["champion_test_part"] > 0 and result["test_images"]["held_out_feedback"] > 0
+    assert {"balanced_accuracy", "positive_recall"} <= set(result["comparison"]["metrics"])
+    # the champion's test images stayed test: the challenger never trained on them
+    champion_test = {i.path for i in load_split(champion / "split.csv") if i.part == "test"}
+    challenger_parts = {i.path: i.part for i in load_split(out / "split.csv")}
+    assert all(challenger_parts[p] == "test" for p in champion_test)
+
+
+def test_the_rule_needs_non_inferiority_on_every_guarded_metric_and_a_gain_on_one():
+    def comparison(bal: tuple[float, float], rec: tuple[float, float]) -> dict:
+        return {
+            "metrics": {
+                "balanced_accuracy": {"change": bal[0], "ci95": [bal[1], bal[0] + 0.1]},
+                "positive_recall": {"change": rec[0], "ci95": [rec[1], rec[0] + 0.1]},
+            }
+        }
+
+    assert decide(comparison((0.05, 0.0), (0.0, -0.005))).promote
+    assert not decide(comparison((0.05, 0.0), (0.0, -0.02))).promote  # recall may have dropped by 0.02
+    assert not decide(comparison((0.0, -0.005), (0.0, 0.0))).promote  # not worse, but better on nothing
+    assert not decide(comparison((0.1, float("nan")), (0.1, 0.0))).promote  # an undefined interval shows nothing
+    assert not decide({"metrics": {"balanced_accuracy": {"change": 0.1, "ci95": [0.05, 0.2]}}}).promote
+
+
+def test_feedback_with_labels_the_champion_does_not_know_is_a_clear_error(champion, tmp_path, capsys):
+    feedback = feedback_dataset(tmp_path / "feedback", 0)
+    manifest = feedback / "manifest.csv"
+    manifest.write_text(manifest.read_text().replace(",normal,", ",dragon,"))
+    code = main(["retrain", "--champion", str(champion), "--feedback", str(feedback), "--out", str(tmp_path / "c")])
+    assert code == 1 and "['dragon'] are not the champion's classes" in capsys.readouterr().err
+    assert CLASS_FOLDERS  # the champion's data is the standard tiny dataset

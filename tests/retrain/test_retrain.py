@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,43 @@ def test_feedback_with_labels_the_champion_does_not_know_is_a_clear_error(champi
     code = main(["retrain", "--champion", str(champion), "--feedback", str(feedback), "--out", str(tmp_path / "c")])
     assert code == 1 and "['dragon'] are not the champion's classes" in capsys.readouterr().err
     assert CLASS_FOLDERS  # the champion's data is the standard tiny dataset
+
+
+def test_the_registry_alias_follows_the_gate_and_rollback_restores_it(champion, tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+
+    def promote(*args: str) -> tuple[int, dict]:
+        code = main(["promote", *args, "--tracking-uri", uri])
+        out = capsys.readouterr().out.strip().splitlines()
+        return code, json.loads(out[-1]) if out else {}
+
+    code, first = promote("--run", str(champion))
+    assert code == 0 and first["promoted"] and first["registry"]["champion"]["version"] == "1"
+
+    runs = {}
+    for shift, name in ((1, "corrupted"), (0, "correct")):
+        runs[name] = tmp_path / name
+        args = ["--champion", str(champion), "--feedback", str(feedback_dataset(tmp_path / f"fb-{name}", shift))]
+        assert main(["retrain", *args, "--out", str(runs[name]), "-q"]) == 0
+    capsys.readouterr()
+
+    code, refused = promote("--run", str(runs["corrupted"]))
+    assert code == 3 and not refused["promoted"] and "refused by the gate" in refused["reason"]
+    assert refused["registry"]["champion"]["version"] == "1"  # the champion stays
+    assert refused["registry"]["challenger"]["version"] == "2"
+
+    code, moved = promote("--run", str(runs["correct"]))
+    assert code == 0 and moved["promoted"] and moved["registry"]["champion"]["version"] == "3"
+    assert moved["registry"]["previous_champion"] == "1"
+
+    code, back = promote("--rollback")
+    assert code == 0 and back["champion"] == "1" and back["registry"]["champion"]["version"] == "1"
+
+    # a run without a gate decision cannot take over
+    undecided = tmp_path / "undecided"
+    shutil.copytree(runs["correct"], undecided)
+    (undecided / "promotion.json").unlink()
+    assert main(["promote", "--run", str(undecided), "--tracking-uri", uri]) == 1
+    assert "no promotion.json" in capsys.readouterr().err
+    code, status = promote("--rollback")  # and the champion it left alone can still be rolled back and forth
+    assert code == 0 and status["champion"] == "3"

@@ -23,6 +23,7 @@ from lungct.cli import (
     export,
     feedback,
     pipeline,
+    promote,
     retrain,
     serve,
     tune,
@@ -58,6 +59,7 @@ COMMANDS = {
     "serve": serve.serve_command,
     "ensemble": ensemble.ensemble_command,
     "retrain": retrain.retrain_command,
+    "promote": promote.promote_command,
 }
 for _name, _function in COMMANDS.items():
     app.command(_name)(_function)

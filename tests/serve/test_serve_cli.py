@@ -32,7 +32,7 @@ def test_openapi_out_writes_the_schema(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["serve"], "--run is required"),
+        (["serve"], "give --run RUN (a run directory) or --model-uri"),
         (["serve", "--run", "/nonexistent/run"], "run directory not found"),
         (["serve", "--run", ".", "--max-file-mb", "-1"], "invalid serve settings: max_file_mb"),
         (["serve", "--run", ".", "--explain-max-side", "10"], "invalid serve settings: explain_max_side"),

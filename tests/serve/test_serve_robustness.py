@@ -457,6 +457,10 @@ NOT_LIMITS = {
     "log_predictions",
     "keep_uploads",
     "keep_feedback_images",
+    "model_uri",
+    "tracking_uri",
+    "model_cache",
+    "reload_interval_s",
 }
 
 

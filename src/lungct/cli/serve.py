@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from lungct.cli.options import setup_logging
+from lungct.cli.options import TrackingUri, setup_logging
 from lungct.contracts import Backend
 from lungct.errors import LungCTError
 
@@ -78,6 +78,14 @@ def serve_command(
             "--keep-feedback-images", help="keep predicted slices (de-identified PNG) so feedback can retrain (off)"
         ),
     ] = None,
+    model_uri: Annotated[
+        str | None,
+        typer.Option("--model-uri", help="serve and follow a registry alias, e.g. models:/lungct@champion"),
+    ] = None,
+    tracking_uri: TrackingUri = None,
+    reload_interval_s: Annotated[
+        float | None, typer.Option("--reload-interval-s", help="how often --model-uri's alias is checked (10)")
+    ] = None,
     openapi_out: Annotated[
         Path | None, typer.Option("--openapi-out", help="write the OpenAPI schema to this file and exit")
     ] = None,
@@ -90,8 +98,8 @@ def serve_command(
     if openapi_out is not None:
         typer.echo(f"wrote {write_openapi(openapi_out)}")
         return
-    if run is None:
-        raise LungCTError("--run is required: the run directory to serve")
+    if (run is None) == (model_uri is None):
+        raise LungCTError("give --run RUN (a run directory) or --model-uri models:/NAME@ALIAS, one of them")
     from lungct.serve.settings import ServeSettings
 
     options = {
@@ -118,10 +126,13 @@ def serve_command(
         "log_path": log,
         "keep_uploads": keep_uploads,
         "keep_feedback_images": keep_feedback_images,
+        "tracking_uri": tracking_uri,
+        "reload_interval_s": reload_interval_s,
     }
     try:
         settings = ServeSettings(
             run=run,
+            model_uri=model_uri,
             host=host,
             port=port,
             log_predictions=not no_log,
@@ -158,7 +169,8 @@ def serve(settings) -> None:
     )
     if settings.host not in ("127.0.0.1", "localhost", "::1"):
         logging.getLogger("lungct.serve").warning("listening beyond loopback: the API has no authentication")
-    if (reason := unfinished_run(settings.run)) is not None:
+    served = app.state.service.run  # the run folder, or the downloaded version of --model-uri
+    if (reason := unfinished_run(served)) is not None:
         logging.getLogger("lungct.serve").warning("%s", reason)
     uvicorn.Server(uvicorn_config(app, settings)).run()
 

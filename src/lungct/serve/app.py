@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import threading
 import time
 from contextlib import asynccontextmanager
 from typing import Annotated, Literal
@@ -34,6 +35,7 @@ from lungct.contracts import CamMethod, FileError, Prediction
 from lungct.inference.service import Feedback, FeedbackReceipt, InferenceService
 from lungct.serve.archive import ZipLimits, is_zip, zip_members
 from lungct.serve.errors import ApiError, ErrorBody, install_error_handlers
+from lungct.serve.follow import GRACE_S, ModelFollower
 from lungct.serve.gate import ExplainGate
 from lungct.serve.responses import (
     Batching,
@@ -132,10 +134,25 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
 
     The run is loaded here, so a missing or broken run fails at startup with a LungCTError.
     """
+    follower = ModelFollower(settings) if settings is not None and settings.model_uri else None
+    if follower is not None:
+        settings = follower.resolve()  # the alias's version, downloaded: served like any run from here on
     service = open_service(settings) if settings is not None else None
-    metrics, metrics_status = read_metrics(settings.run) if settings is not None else (None, "")
+    # what answers now: swapped as a whole when a followed alias moves (lungct.serve.follow)
+    current: dict = {"service": service, "settings": settings}
+    current["metrics"] = read_metrics(settings.run) if settings is not None else (None, "")
     limiter: dict[str, anyio.CapacityLimiter] = {}
     gates: dict[str, ExplainGate] = {}
+
+    def swap(new_settings: ServeSettings) -> None:
+        """Load a new version (in a worker thread), then make it the one that answers; close the old one later."""
+        new_service = open_service(new_settings)
+        old = current["service"]
+        current.update(service=new_service, settings=new_settings, metrics=read_metrics(new_settings.run))
+        app.state.service = new_service
+        log.info("now serving %s", new_service.version)
+        delay = new_settings.shutdown_timeout_s + GRACE_S
+        threading.Timer(delay, old.close).start()  # requests already on the old service finish on it
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -145,9 +162,12 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
                 settings.explain_concurrency, settings.explain_queue, settings.explain_timeout_s
             )
         app.state.explain_gate = gates.get("explain")
+        watcher = asyncio.create_task(follower.watch(swap)) if follower is not None else None
         yield
-        if service is not None:
-            service.close()
+        if watcher is not None:
+            watcher.cancel()
+        if current["service"] is not None:
+            current["service"].close()
 
     app = FastAPI(
         title="lungct",
@@ -161,9 +181,9 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         _document_classes(app, service.classes)
 
     def need() -> InferenceService:
-        if service is None:
+        if current["service"] is None:
             raise ApiError(503, "no_model", "no model is loaded")
-        return service
+        return current["service"]
 
     async def in_worker(fn, *args):
         return await anyio.to_thread.run_sync(fn, *args, limiter=limiter.get("model"))
@@ -200,8 +220,9 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
                 requests=s.batcher.items if s.batcher else 0,
             ),
             explain_available=s.explain_unavailable is None,
-            test_metrics=metrics,
-            test_metrics_status=metrics_status,
+            test_metrics=current["metrics"][0],
+            test_metrics_status=current["metrics"][1],
+            model_uri=settings.model_uri,
             limits=Limits.model_validate(settings.model_dump(include=set(Limits.model_fields))),
         )
 

@@ -98,6 +98,7 @@ class ModelInfo(BaseModel):
     precision: Literal["float", "int8"] = Field(description="int8: the run's checked model.int8.onnx answers")
     batching: Batching
     explain_available: bool = Field(description="false on a torch-free install: /v1/explain answers 501")
+    model_uri: str | None = Field(None, description="the registry alias followed (models:/NAME@ALIAS), if any")
     test_metrics: dict[str, Any] | None = Field(description="headline figures of RUN/eval/metrics.json, or null")
     test_metrics_status: str
     limits: Limits

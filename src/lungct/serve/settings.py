@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lungct.contracts import Backend
@@ -27,7 +27,17 @@ UPLOAD = UploadLimits()  # the inference service's limits, shared with the app: 
 class ServeSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LUNGCT_SERVE_", extra="forbid")
 
-    run: Path = Field(description="run directory (from lungct train)")
+    run: Path | None = Field(None, description="run directory (from lungct train); or model_uri")
+    model_uri: str | None = Field(
+        None, description="models:/NAME@ALIAS in the MLflow registry (lungct promote): served and followed"
+    )
+    tracking_uri: str | None = Field(None, description="the MLflow store of model_uri (else MLFLOW_TRACKING_URI)")
+    model_cache: Path = Field(
+        Path.home() / ".cache" / "lungct" / "models", description="where registry versions are downloaded"
+    )
+    reload_interval_s: float = Field(
+        10.0, gt=0, le=3600, description="how often the alias of model_uri is checked; a move reloads the model"
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     backend: Backend = Backend.auto
@@ -79,6 +89,12 @@ class ServeSettings(BaseSettings):
         "can be exported for retraining; off by default (feedback is then for monitoring only)",
     )
 
+    @model_validator(mode="after")
+    def _one_model(self) -> ServeSettings:
+        if (self.run is None) == (self.model_uri is None):
+            raise ValueError("give exactly one of run (a run directory) and model_uri (models:/NAME@ALIAS)")
+        return self
+
     @property
     def limits(self) -> UploadLimits:
         """What the inference service enforces on each upload (the rest here is HTTP: batches, zips, explain)."""
@@ -98,7 +114,10 @@ class ServeSettings(BaseSettings):
     def resolved_log_path(self) -> Path | None:
         if not self.log_predictions:
             return None
-        return self.log_path or self.run / "predictions.sqlite"
+        if self.log_path:
+            return self.log_path
+        # one log for every version a model URI serves (each row names its model version)
+        return self.run / "predictions.sqlite" if self.run else self.model_cache / "predictions.sqlite"
 
     @property
     def model_threads(self) -> int:

@@ -123,6 +123,27 @@ class Registry:
         )
         return str(mv.version)
 
+    def set_champion(self, version: str) -> None:
+        """Point `champion` at a version, remembering the one it leaves for --rollback."""
+        self._move_champion(version)
+
+    def download(self, alias: str, cache: Path) -> tuple[str, Path]:
+        """(version, local run folder) of the version an alias points at, downloaded once into `cache`."""
+        import mlflow.artifacts
+
+        version = self.alias(alias)
+        if version is None:
+            raise LungCTError(f"model {self.name!r} has no version with the alias {alias!r} at {self.uri}")
+        target = cache / f"{self.name}-v{version}"  # lungct's model version then reads "<name>-v<version>-..."
+        if not (target / "model.json").is_file():
+            source = self.client.get_model_version(self.name, version).source
+            partial = cache / f".{self.name}-v{version}.partial"
+            partial.mkdir(parents=True, exist_ok=True)
+            mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(partial), tracking_uri=self.uri)
+            (partial / "model").rename(target)  # whole or not at all: a half download is never served
+            partial.rmdir()
+        return version, target
+
     def _move_champion(self, version: str) -> None:
         previous = self.alias(CHAMPION)
         if previous is not None and previous != version:
@@ -168,3 +189,14 @@ class Registry:
             raise LungCTError(f"nothing to roll back: model {self.name!r} has no previous champion")
         self._move_champion(previous)
         return {"champion": previous, "rolled_back": current}
+
+
+def parse_model_uri(uri: str) -> tuple[str, str]:
+    """`models:/NAME@ALIAS` -> (NAME, ALIAS); anything else is a clear error."""
+    prefix = "models:/"
+    if not uri.startswith(prefix) or "@" not in uri[len(prefix) :]:
+        raise LungCTError(f"model URI {uri!r} is not models:/NAME@ALIAS (e.g. models:/lungct@champion)")
+    name, alias = uri[len(prefix) :].split("@", 1)
+    if not name or not alias or "/" in name:
+        raise LungCTError(f"model URI {uri!r} is not models:/NAME@ALIAS (e.g. models:/lungct@champion)")
+    return name, alias

@@ -89,7 +89,8 @@ def test_feedback_with_labels_the_champion_does_not_know_is_a_clear_error(champi
     assert CLASS_FOLDERS  # the champion's data is the standard tiny dataset
 
 
-def test_the_registry_alias_follows_the_gate_and_rollback_restores_it(champion, tmp_path, capsys):
+def test_the_registry_alias_follows_the_gate_and_rollback_restores_it(champion, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("LUNGCT_TRACKING", raising=False)  # retrain is tracked in the registry's store
     uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
 
     def promote(*args: str) -> tuple[int, dict]:
@@ -104,8 +105,15 @@ def test_the_registry_alias_follows_the_gate_and_rollback_restores_it(champion, 
     for shift, name in ((1, "corrupted"), (0, "correct")):
         runs[name] = tmp_path / name
         args = ["--champion", str(champion), "--feedback", str(feedback_dataset(tmp_path / f"fb-{name}", shift))]
-        assert main(["retrain", *args, "--out", str(runs[name]), "-q"]) == 0
+        assert main(["retrain", *args, "--out", str(runs[name]), "-q", "--tracking-uri", uri]) == 0
     capsys.readouterr()
+    from mlflow import MlflowClient
+
+    tracked = MlflowClient(uri).search_runs(
+        [e.experiment_id for e in MlflowClient(uri).search_experiments()], "tags.`lungct.kind` = 'retrain'"
+    )
+    assert sorted(r.data.tags["lungct.promote"] for r in tracked) == ["false", "true"]
+    assert all("gate.balanced_accuracy.ci95_low" in r.data.metrics for r in tracked)
 
     code, refused = promote("--run", str(runs["corrupted"]))
     assert code == 3 and not refused["promoted"] and "refused by the gate" in refused["reason"]

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from lungct.cli.options import Quiet, setup_logging
+from lungct.cli.options import NoTrack, Quiet, TrackingUri, setup_logging
 
 
 def retrain_command(
@@ -17,15 +17,35 @@ def retrain_command(
     margin: Annotated[
         float, typer.Option("--margin", max=0.0, help="non-inferiority margin of the paired interval (-0.01)")
     ] = -0.01,
+    tracking_uri: TrackingUri = None,
+    no_track: NoTrack = False,
     quiet: Quiet = False,
 ) -> None:
     """Train a challenger with the champion's config on its data plus the feedback; promote only if it is not
     worse on balanced accuracy and malignant recall (paired group bootstrap) and better on one. Writes
     OUT/promotion.json."""
-    from lungct.retrain.challenger import retrain
+    from lungct.retrain.challenger import PROMOTION_FILE, retrain
+    from lungct.tracking import log_training_run, run_config, tracked_run
 
     setup_logging(quiet)
-    result = retrain(champion, feedback, out, margin, progress=not quiet)
+    name = out.resolve().name
+    with tracked_run(
+        "retrain", name, config=run_config(champion), tracking_uri=tracking_uri, enabled=not no_track
+    ) as t:
+        result = retrain(champion, feedback, out, margin, progress=not quiet)
+        log_training_run(t, out)
+        t.log_metrics(
+            {
+                f"gate.{key}.{field}": value
+                for key, m in result["comparison"]["metrics"].items()
+                for field, value in (("change", m["change"]), ("ci95_low", m["ci95"][0]))
+            }
+            | {"gate.promote": float(result["promote"])}
+        )
+        t.set_tags(
+            {"lungct.promote": str(result["promote"]).lower(), "lungct.champion": result["champion"]["model_version"]}
+        )
+        t.log_artifact(out / PROMOTION_FILE)
     verdict = "PROMOTE" if result["promote"] else "REFUSED"
     versions = result["challenger"]["model_version"], result["champion"]["model_version"]
     typer.echo(f"{verdict}: challenger {versions[0]} against champion {versions[1]}")

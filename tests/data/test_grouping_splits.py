@@ -108,6 +108,25 @@ def test_too_few_groups_is_a_clear_error():
         make_split(["a", "b", "a"], ["g1", "g2", "g1"], 0.15, 0.15, seed=0)
 
 
+def test_classes_too_small_for_the_folds_are_a_clear_error_not_sklearns(tmp_path, capsys):
+    """Four images per class and 20% held out (5 folds): scikit-learn refuses with its own ValueError; lungct says
+    what is wrong in one line, from `lungct train` too."""
+    from lungct.cli import main
+    from lungct.config import save_config
+    from lungct.errors import LungCTError
+    from tests.conftest import tiny_config, write_dataset
+
+    labels = [c for c in "abc" for _ in range(4)]
+    with pytest.raises(LungCTError, match=r"every class has fewer than 5 images \(largest: 4\)"):
+        make_split(labels, [f"g{i}" for i in range(12)], 0.2, 0.2, seed=0)
+    cfg = tiny_config(write_dataset(tmp_path / "data", per_class=4))
+    cfg.split.mode = "random"
+    save_config(cfg, tmp_path / "c.yaml")
+    assert main(["train", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "r"), "-q"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "every class has fewer than 5 images" in err[0]
+
+
 def test_calibration_part_is_carved_from_training_by_whole_groups():
     from lungct.data.splits import SplitItem, tuning_part
 

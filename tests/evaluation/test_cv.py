@@ -78,4 +78,4 @@ def test_cv_cli_rejects_too_many_folds(tiny_dataset, tmp_path, capsys):
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     code = main(["cv", "--config", str(tmp_path / "c.yaml"), "--folds", "99", "--out", str(tmp_path / "o"), "-q"])
     err = capsys.readouterr().err
-    assert code == 1 and "too few for 99 folds" in err
+    assert code == 1 and "too few for 99-fold cv" in err

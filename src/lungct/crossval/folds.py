@@ -20,12 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import StratifiedGroupKFold
 
 from lungct.config import ExperimentConfig
 from lungct.contracts import flat_metrics
 from lungct.data.prepare import prepare_data
-from lungct.data.splits import SplitItem, load_split, make_split
+from lungct.data.splits import SplitItem, load_split, make_split, stratified_group_folds
 from lungct.errors import LungCTError
 from lungct.evaluation.bootstrap import paired_delta_ci
 from lungct.evaluation.calibrate import HeldOutCheck, plot_reliability, temperature_check
@@ -75,14 +74,10 @@ def pool_within_run(run_dir: str | Path) -> Pool:
 def fold_splits(pool: Pool, folds: int, cfg: ExperimentConfig) -> list[list[SplitItem]]:
     """K splits: fold k is the test part; validation is carved from the rest by group, as in training."""
     labels, groups = np.asarray(pool.labels), np.asarray(pool.groups)
-    n_groups = len(set(pool.groups))
     if folds < 2:
         raise LungCTError(f"--folds must be at least 2, got {folds}")
-    if n_groups < folds:
-        raise LungCTError(f"only {n_groups} groups: too few for {folds} folds")
-    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=cfg.seed)
     out = []
-    for k, (_, test) in enumerate(splitter.split(np.zeros(len(labels)), labels, groups)):
+    for k, (_, test) in enumerate(stratified_group_folds(labels, groups, folds, cfg.seed, f"{folds}-fold cv")):
         preset: list[str | None] = ["train"] * len(labels)
         for i in test:
             preset[i] = "test"

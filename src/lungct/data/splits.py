@@ -32,14 +32,26 @@ class SplitItem:
     part: str
 
 
+def stratified_group_folds(labels: np.ndarray, groups: np.ndarray, n_splits: int, seed: int, purpose: str):
+    """scikit-learn's StratifiedGroupKFold splits, its refusals turned into one clear LungCTError first: too few
+    groups, or (as sklearn judges it) every class smaller than the number of folds."""
+    n_groups = len(set(np.asarray(groups).tolist()))
+    if n_groups < n_splits:
+        raise LungCTError(f"only {n_groups} groups: too few for {purpose} ({n_splits} group folds)")
+    _, counts = np.unique(np.asarray(labels), return_counts=True)
+    if (counts < n_splits).all():
+        raise LungCTError(
+            f"every class has fewer than {n_splits} images (largest: {int(counts.max())}): too few for {purpose}; "
+            "add images or lower the fractions / fold count"
+        )
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    return splitter.split(np.zeros(len(labels)), labels, groups)
+
+
 def _hold_out(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """Boolean mask of a stratified, group-respecting hold-out of about `fraction` of the items."""
     n_splits = max(2, round(1.0 / fraction))
-    n_groups = len(set(groups))
-    if n_groups < n_splits:
-        raise LungCTError(f"only {n_groups} groups: too few to hold out {fraction:.0%} by group")
-    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    _, held = next(splitter.split(np.zeros(len(labels)), labels, groups))
+    _, held = next(stratified_group_folds(labels, groups, n_splits, seed, f"holding out {fraction:.0%} by group"))
     mask = np.zeros(len(labels), dtype=bool)
     mask[held] = True
     return mask

@@ -21,7 +21,7 @@ from typing import Any
 
 from lungct.errors import LungCTError
 from lungct.run import RunDir, model_version
-from lungct.tracking.tracker import _experiment_id, _sqlite_path, resolve_tracking_uri
+from lungct.tracking.tracker import experiment_id_for, resolve_tracking_uri, sqlite_path
 
 MODEL_NAME = "lungct"
 EXPERIMENT = "lungct-registry"
@@ -55,7 +55,7 @@ class Registry:
         for chatty in ("alembic", "mlflow.store.db.utils"):
             logging.getLogger(chatty).setLevel(logging.WARNING)
         self.uri = resolve_tracking_uri(tracking_uri)
-        db = _sqlite_path(self.uri)
+        db = sqlite_path(self.uri)
         if db is not None:
             db.parent.mkdir(parents=True, exist_ok=True)
         self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
@@ -105,7 +105,7 @@ class Registry:
         existing = self.version_of(lungct_version)
         if existing is not None:
             return existing
-        experiment = _experiment_id(self.client, EXPERIMENT, self.uri)
+        experiment = experiment_id_for(self.client, EXPERIMENT, self.uri)
         mlrun = self.client.create_run(
             experiment, run_name=f"register {run.path.name}", tags={VERSION_TAG: lungct_version}
         )

@@ -64,7 +64,7 @@ def resolve_tracking_uri(explicit: str | None = None) -> str:
     return explicit or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
 
 
-def _sqlite_path(uri: str) -> Path | None:
+def sqlite_path(uri: str) -> Path | None:
     if not uri.startswith("sqlite:///"):
         return None
     return Path(uri[len("sqlite:///") :].split("?", 1)[0]).expanduser()
@@ -72,7 +72,7 @@ def _sqlite_path(uri: str) -> Path | None:
 
 def artifact_root(uri: str) -> Path | None:
     """Artifacts of a SQLite store live beside its database (mlruns/artifacts); servers choose their own."""
-    db = _sqlite_path(uri)
+    db = sqlite_path(uri)
     return db.resolve().parent / "artifacts" if db else None
 
 
@@ -174,7 +174,7 @@ class Tracker:
         self.run_id = None
 
 
-def _experiment_id(client: Any, name: str, uri: str) -> str:
+def experiment_id_for(client: Any, name: str, uri: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is None:
         root = artifact_root(uri)
@@ -212,13 +212,13 @@ def _start(
     for chatty in ("alembic", "mlflow.store.db.utils"):  # the SQLite store's schema set-up, once per store
         logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
-        db = _sqlite_path(uri)
+        db = sqlite_path(uri)
         if db is not None:
             db.parent.mkdir(parents=True, exist_ok=True)
         from mlflow import MlflowClient
 
         client = MlflowClient(tracking_uri=uri)
-        exp_id = parent.experiment_id if parent else _experiment_id(client, experiment, uri)
+        exp_id = parent.experiment_id if parent else experiment_id_for(client, experiment, uri)
         run_tags = {"lungct.kind": kind, **{k: str(v) for k, v in (tags or {}).items()}}
         if parent:
             run_tags["mlflow.parentRunId"] = str(parent.run_id)

@@ -32,6 +32,7 @@ from lungct.contracts import SplitPart
 from lungct.data.images import ImageReadError, is_image_file
 from lungct.data.splits import SplitItem, load_split
 from lungct.errors import LungCTError
+from lungct.evaluation.bootstrap import N_RESAMPLES
 from lungct.evaluation.paired import paired_comparison
 from lungct.files import natural_key
 from lungct.inference.onnx_runtime import (
@@ -53,7 +54,6 @@ DEFAULT_CALIBRATION_SLICES = 128
 # ONNX Runtime's histogram calibrators keep every calibration activation in memory: 256 slices of the 224 px
 # MobileNetV2 fit in 24 GB, the 600 slices of a training part did not
 MAX_CALIBRATION_SLICES = 256
-N_RESAMPLES = 1000
 
 log = logging.getLogger("lungct")
 

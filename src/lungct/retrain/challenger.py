@@ -22,6 +22,7 @@ from lungct.contracts import SplitPart
 from lungct.data.sources import read_manifest
 from lungct.data.splits import SplitItem, load_split, make_split
 from lungct.errors import LungCTError
+from lungct.evaluation.bootstrap import N_RESAMPLES
 from lungct.evaluation.paired import paired_comparison
 from lungct.inference import Predictor
 from lungct.retrain.gate import DEFAULT_MARGIN, decide
@@ -50,7 +51,7 @@ def retrain(
     feedback: str | Path,
     out: str | Path,
     margin: float = DEFAULT_MARGIN,
-    n_resamples: int = 1000,
+    n_resamples: int = N_RESAMPLES,
     progress: bool = False,
 ) -> dict:
     """Train the challenger into `out`, compare it with the champion, write and return promotion.json."""
@@ -62,7 +63,9 @@ def retrain(
     extra = feedback_items(Path(feedback), classes, cfg.split.val_fraction, cfg.split.test_fraction, cfg.seed)
     challenger = train(cfg, out, progress=progress, items=base + extra)
 
-    test = [i for i in base + extra if i.part == SplitPart.test]
+    own_test = [i for i in base if i.part == SplitPart.test]  # the champion's own test part: curated labels
+    feedback_test = [i for i in extra if i.part == SplitPart.test]
+    test = own_test + feedback_test
     paths = [i.path for i in test]
     y = np.array([classes.index(i.label) for i in test])
     champion_probs = Predictor(champ.path).predict_paths_array(paths)
@@ -72,23 +75,17 @@ def retrain(
     groups = [i.group for i in test]
     names = ("champion", "challenger")
     comparison = paired_comparison(y, champion_probs, challenger_probs, groups, positive_index, names, n_resamples)
-    own = np.array([i in base for i in test])  # the champion's own test part: curated labels
+    own = slice(0, len(own_test))
     trusted = paired_comparison(
-        y[own],
-        champion_probs[own],
-        challenger_probs[own],
-        list(np.asarray(groups)[own]),
-        positive_index,
-        names,
-        n_resamples,
+        y[own], champion_probs[own], challenger_probs[own], groups[own], positive_index, names, n_resamples
     )
     decision = decide(comparison, margin, trusted=trusted)
     result = {
         "champion": {"run": str(champ.path), "model_version": model_version(champ)},
         "challenger": {"run": str(challenger.path), "model_version": model_version(challenger)},
         "test_images": {
-            "champion_test_part": sum(1 for i in base if i.part == SplitPart.test),
-            "held_out_feedback": sum(1 for i in extra if i.part == SplitPart.test),
+            "champion_test_part": len(own_test),
+            "held_out_feedback": len(feedback_test),
         },
         "feedback": {p: sum(1 for i in extra if i.part == p) for p in ("train", "val", "test")},
         "margin": margin,

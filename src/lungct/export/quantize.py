@@ -59,8 +59,8 @@ log = logging.getLogger("lungct")
 
 
 def calibration_paths(run: RunDir, n: int, seed: int = 0, folder: Path | None = None) -> list[str]:
-    """Up to n slices to calibrate on: from `folder` when given, else the run's training part, every class in
-    proportion (a seeded draw, so an export is reproducible)."""
+    """Up to n slices to calibrate on: from `folder` when given, else a seeded random draw from the run's training
+    part (classes in about their training proportions; seeded, so an export is reproducible)."""
     if folder is not None:
         if not folder.is_dir():
             raise LungCTError(f"calibration folder not found: {folder}")
@@ -112,24 +112,6 @@ def sensitive_nodes(model_path: Path) -> list[str]:
     return stem + head
 
 
-class _Reader:
-    """onnxruntime.quantization.CalibrationDataReader over an array, one slice per call: the histogram
-    calibrators stack every call's activations, which fails when the last batch is shorter than the others."""
-
-    def __init__(self, batch: np.ndarray, size: int = 1):
-        self.batch, self.size, self.at = batch, size, 0
-
-    def get_next(self) -> dict | None:
-        if self.at >= len(self.batch):
-            return None
-        chunk = self.batch[self.at : self.at + self.size]
-        self.at += self.size
-        return {INPUT_NAME: chunk}
-
-    def rewind(self) -> None:
-        self.at = 0
-
-
 def quantize_graph(src: Path, dst: Path, batch: np.ndarray, method: str = "percentile") -> list[str]:
     """Write the INT8 (QDQ) form of `src` to `dst`, calibrated on `batch`; returns the nodes kept in float."""
     from onnxruntime.quantization import (
@@ -143,7 +125,22 @@ def quantize_graph(src: Path, dst: Path, batch: np.ndarray, method: str = "perce
 
     if method not in CALIBRATION_METHODS:
         raise LungCTError(f"unknown INT8 calibration method {method!r}; choose one of {', '.join(CALIBRATION_METHODS)}")
-    reader = type("Reader", (_Reader, CalibrationDataReader), {})(batch)
+
+    class Reader(CalibrationDataReader):
+        """The calibration slices one at a time: the histogram calibrators stack every call's activations, which
+        fails when the last batch is shorter than the others."""
+
+        def __init__(self) -> None:
+            self.at = 0
+
+        def get_next(self) -> dict | None:
+            self.at += 1
+            return {INPUT_NAME: batch[self.at - 1 : self.at]} if self.at <= len(batch) else None
+
+        def rewind(self) -> None:
+            self.at = 0
+
+    reader = Reader()
     with tempfile.TemporaryDirectory(prefix="lungct-int8-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)

@@ -468,13 +468,11 @@ class InferenceService:
             )
         if feedback.label not in self.classes:
             raise UploadError(
-                422, "invalid_label", f"label {feedback.label[:100]!r} is not one of: {', '.join(self.classes)}"
+                422, "invalid_label", f"label {feedback.label!r} is not one of: {', '.join(self.classes)}"
             )
         logged = self.log.prediction(feedback.prediction_id)
         if logged is None:
-            raise UploadError(
-                404, "unknown_prediction", f"no prediction with id {feedback.prediction_id[:64]!r} in the log"
-            )
+            raise UploadError(404, "unknown_prediction", f"no prediction with id {feedback.prediction_id!r} in the log")
         image = None
         if self.keep_feedback_images is not None:
             path = self.keep_feedback_images / f"{logged['sha256']}.png"

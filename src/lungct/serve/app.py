@@ -139,7 +139,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         settings = follower.resolve()  # the alias's version, downloaded: served like any run from here on
     service = open_service(settings) if settings is not None else None
     # what answers now: swapped as a whole when a followed alias moves (lungct.serve.follow)
-    current: dict = {"service": service, "settings": settings}
+    current: dict = {"service": service}
     current["metrics"] = read_metrics(settings.run) if settings is not None else (None, "")
     limiter: dict[str, anyio.CapacityLimiter] = {}
     gates: dict[str, ExplainGate] = {}
@@ -148,7 +148,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         """Load a new version (in a worker thread), then make it the one that answers; close the old one later."""
         new_service = open_service(new_settings)
         old = current["service"]
-        current.update(service=new_service, settings=new_settings, metrics=read_metrics(new_settings.run))
+        current.update(service=new_service, metrics=read_metrics(new_settings.run))
         app.state.service = new_service
         log.info("now serving %s", new_service.version)
         delay = new_settings.shutdown_timeout_s + GRACE_S

@@ -30,6 +30,7 @@ EXTRA_OF_MODULE = {
     "pydicom": "dicom",
     **dict.fromkeys(("fastapi", "uvicorn", "multipart", "python_multipart", "pydantic_settings", "starlette"), "serve"),
     "streamlit": "app",
+    **dict.fromkeys(("pynetdicom", "highdicom", "dicomweb_client", "requests"), "pacs"),
     **dict.fromkeys(("mlflow", "optuna"), "mlops"),
 }
 

@@ -1,0 +1,154 @@
+"""`lungct dicom-listen` between two real DICOM nodes: Orthanc sends a CT study to lungct (C-STORE), lungct
+returns an SR and a Grad-CAM Secondary Capture to Orthanc (C-STORE), and the SR says what `lungct
+predict-series` says about the same files (acceptance 1); the SR and the overlay validate (acceptance 4).
+Refused and malformed instances get failure statuses while the association goes on."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+from types import SimpleNamespace
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pynetdicom
+import pytest
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
+
+from lungct.run import RunDir, model_version
+from tests.dicom.dicom_factory import MALFORMED, ct_dataset, malformed_dicom, write
+from tests.pacs.conftest import (
+    Listener,
+    Orthanc,
+    assert_no_identifiers,
+    dciodvfy_errors,
+    echo,
+    free_port,
+    needs_orthanc,
+    predict_series_lines,
+    sop_id,
+    sr_values,
+    wait_for,
+)
+
+
+@pytest.fixture(scope="module")
+def nodes(tmp_path_factory, pacs_run):
+    """Orthanc and a lungct listener forwarding to it; series are analysed on SIGUSR1 (the explicit trigger)."""
+    root = tmp_path_factory.mktemp("listen")
+    port = free_port()
+    orthanc = Orthanc(root / "orthanc", port).start()
+    listener = None
+    try:
+        listener = Listener(
+            pacs_run, port, root / "state", root / "listener.log",
+            "--forward", orthanc.node, "--series-timeout", "600", "--out", str(root / "out"),
+            "--prediction-log", str(root / "predictions.db"), "--retry-initial", "0.2", "--retry-max", "1",
+        )  # fmt: skip
+        yield SimpleNamespace(orthanc=orthanc, listener=listener, root=root, port=port)
+    finally:
+        if listener is not None:
+            assert listener.stop() == 0, listener.log.read_text()[-2000:]
+        orthanc.stop()
+
+
+@needs_orthanc
+def test_echo_refusals_and_malformed_instances_keep_the_association(nodes, tmp_path, monkeypatch):
+    monkeypatch.setattr(pynetdicom._config, "STORE_SEND_CHUNKED_DATASET", True)  # file bytes sent undecoded
+    assert echo(nodes.port, "NOTLUNGCT") is None  # an association addressed to another AE title is rejected
+    ae = AE(ae_title="TESTSCU")
+    for sop_class in (CTImageStorage, MRImageStorage, Verification):
+        ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", nodes.port, ae_title="LUNGCT")
+    assert assoc.is_established
+    try:
+        assert assoc.send_c_echo().Status == 0x0000
+        mr = ct_dataset(np.zeros((16, 16)), modality="MR")
+        mr.SOPClassUID = mr.file_meta.MediaStorageSOPClassUID = MRImageStorage
+        assert assoc.send_c_store(mr).Status == 0x0122  # SOP class not supported
+        truncated = ct_dataset(np.zeros((16, 16)))
+        truncated.PixelData = truncated.PixelData[:100]
+        cases = {kind: malformed_dicom(kind) for kind in MALFORMED}
+        cases["pixels"] = None
+        for kind, data in cases.items():
+            path = tmp_path / f"{kind}.dcm"
+            path.write_bytes(data) if data is not None else write(truncated, path)
+            status = assoc.send_c_store(path)  # the file's own bytes, as a broken modality would send them
+            assert status.Status == 0xC000, kind
+            assert MALFORMED.get(kind, "pixel data cannot be decoded") in status.ErrorComment, kind
+            assert assoc.is_established, f"the association ended after the {kind} instance"
+        good = ct_dataset(np.full((16, 16), -600.0))
+        assert assoc.send_c_store(good).Status == 0x0000
+    finally:
+        assoc.release()
+    spooled = list((nodes.root / "state" / "spool" / "incoming").rglob("*.dcm"))
+    assert len(spooled) == 1 and pydicom.dcmread(spooled[0]).SOPInstanceUID == good.SOPInstanceUID
+
+
+@needs_orthanc
+def test_study_from_orthanc_comes_back_as_an_sr_and_an_overlay(nodes, pacs_run, ct_series, capsys, tmp_path):
+    orthanc = nodes.orthanc
+    study_id = orthanc.upload(ct_series)
+    orthanc.send_study_to_lungct(study_id)  # Orthanc as the sender: C-STORE to lungct
+    nodes.listener.signal(signal.SIGUSR1)  # the explicit trigger: analyse what is spooled now
+    found = wait_for(
+        lambda: (m := orthanc.instances_by_modality(study_id)).get("SR") and m.get("OT") and m,
+        60, "the SR and the overlay in Orthanc's copy of the study", interval=0.3,
+    )  # fmt: skip
+    assert len(found["CT"]) == len(ct_series) and len(found["SR"]) == 1 and len(found["OT"]) == 1
+    sr_path = orthanc.download(found["SR"][0], tmp_path / "sr.dcm")
+    sc_path = orthanc.download(found["OT"][0], tmp_path / "sc.dcm")
+
+    # acceptance 1: the SR's numbers are predict-series' on the same files
+    slices, study = predict_series_lines(capsys, pacs_run, ct_series[0].parent)
+    values = sr_values(sr_path)
+    assert values["score"] == pytest.approx(study["score"], abs=1e-6)
+    assert values["threshold"] == pytest.approx(0.5)  # the run has no operating_points.json
+    assert values["decision"] == study["label"]
+    by_id = {line["id"]: line for line in slices}
+    assert [sop_id(uid) for uid in values["slices"]] == [d["id"] for d in study["driving_slices"]]
+    for uid, probabilities in values["slices"].items():
+        assert probabilities == pytest.approx(by_id[sop_id(uid)]["probabilities"], abs=1e-6)
+
+    # the results belong to the source study, in new series, made by lungct and this model version
+    source = pydicom.dcmread(ct_series[0])
+    sr, sc = pydicom.dcmread(sr_path), pydicom.dcmread(sc_path)
+    version = model_version(RunDir(pacs_run))
+    for ds in (sr, sc):
+        assert ds.StudyInstanceUID == source.StudyInstanceUID
+        assert ds.PatientName == source.PatientName and ds.PatientID == source.PatientID
+        assert ds.PatientBirthDate == source.PatientBirthDate and ds.AccessionNumber == source.AccessionNumber
+        assert ds.SeriesInstanceUID != source.SeriesInstanceUID
+        assert ds.Manufacturer == "lungct" and ds.ManufacturerModelName == version
+    assert sr.SeriesInstanceUID != sc.SeriesInstanceUID
+    evidence = {r.ReferencedSOPInstanceUID for s in sr.CurrentRequestedProcedureEvidenceSequence
+                for r in s.ReferencedSeriesSequence[0].ReferencedSOPSequence}  # fmt: skip
+    assert evidence == {pydicom.dcmread(p).SOPInstanceUID for p in ct_series}
+    driving_uid = next(iter(values["slices"]))
+    assert list(sc.ImageType) == ["DERIVED", "SECONDARY"] and "NOT FOR DIAGNOSTIC USE" in sc.ImageComments
+    assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == driving_uid
+    assert sc.pixel_array.shape == (64, 64, 3) and sc.PhotometricInterpretation == "RGB"
+
+    # acceptance 4: dciodvfy finds no error; highdicom read the SR above, and reads the overlay back too
+    for path in (sr_path, sc_path):
+        assert dciodvfy_errors(path) == [], path.name
+    overlay = hd.imread(sc_path)
+    assert overlay.SOPInstanceUID == sc.SOPInstanceUID and overlay.get_frame(1).shape == (64, 64, 3)
+
+    # --out holds the same objects
+    written = {pydicom.dcmread(p).SOPInstanceUID for p in (nodes.root / "out").rglob("*.dcm")}
+    assert {sr.SOPInstanceUID, sc.SOPInstanceUID} <= written
+
+    # nothing identifying in the listener's log or the prediction log, which has a row per slice
+    log_text = nodes.listener.log.read_text()
+    assert "score" in log_text and "delivered" in log_text
+    assert_no_identifiers(log_text, "the listener's log")
+    db = nodes.root / "predictions.db"
+    with sqlite3.connect(db) as con:
+        rows = con.execute("SELECT source, probabilities FROM predictions").fetchall()
+    assert len(rows) >= len(ct_series) and {r[0] for r in rows} == {"pacs"}
+    for f in db.parent.glob("predictions.db*"):
+        assert_no_identifiers(f.read_bytes().decode("latin-1"), f.name)

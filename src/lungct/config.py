@@ -154,8 +154,16 @@ class TrainConfig(_Strict):
     freeze_batchnorm: bool = True
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+    # DataLoader: worker processes (0 decodes in the training process: the 2-core default, where workers only
+    # compete with the model for the cores), pinned memory (None: on when training on a GPU) and batches
+    # prefetched per worker (None: PyTorch's 2)
     num_workers: int = Field(0, ge=0)
+    pin_memory: bool | None = None
+    prefetch_factor: int | None = Field(None, ge=1)
     threads: int | None = Field(None, ge=1)  # torch intra-op threads; None leaves torch's default
+    # GPU only (a CPU run stays fp32 and contiguous): autocast precision, and channels-last memory layout
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    channels_last: bool = False
 
     @model_validator(mode="after")
     def _something_trains(self) -> TrainConfig:

@@ -30,19 +30,39 @@ def train_command(
     split_file: Annotated[
         Path | None, typer.Option("--split-file", exists=True, dir_okay=False, help="use this split.csv")
     ] = None,
+    nproc: Annotated[
+        int,
+        typer.Option(
+            "--nproc", min=1, help="train on N processes of this machine (torch.distributed.run; gloo on CPUs)"
+        ),
+    ] = 1,
+    max_restarts: Annotated[
+        int,
+        typer.Option("--max-restarts", min=0, help="with --nproc: restart a failed worker group from its checkpoint"),
+    ] = 0,
     tracking_uri: TrackingUri = None,
     no_track: NoTrack = False,
     quiet: Quiet = False,
-) -> None:
-    """Train a classifier (two-phase fine-tuning) and write a run directory."""
+) -> int | None:
+    """Train a classifier (two-phase fine-tuning) and write a run directory.
+
+    Under torchrun (`torchrun --nproc-per-node N -m lungct train ...`) or with --nproc, every process trains
+    its share of each batch (DistributedDataParallel) and rank 0 writes the run; see docs/scale.md.
+    """
     from lungct.config import SourceConfig
+    from lungct.distributed import init_distributed
     from lungct.models.registry import get_spec
     from lungct.pipeline.params import load_config_with_params
     from lungct.pipeline.split import train_with_split
     from lungct.tracking import log_training_run, tracked_run
     from lungct.training import train as run_training
 
-    setup_logging(quiet)
+    dist = init_distributed()
+    if nproc > 1 and not dist.enabled:
+        from lungct.cli.launch import relaunch
+
+        return relaunch(nproc, max_restarts)
+    setup_logging(quiet or not dist.is_main)
     cfg = load_config_with_params(config, params)
     if data:
         aliases = {k: v for s in cfg.data.sources for k, v in s.aliases.items()}
@@ -68,11 +88,15 @@ def train_command(
         cfg.split.mode = split.value
     if seed is not None:
         cfg.seed = seed
-    with tracked_run("train", out.resolve().name, config=cfg, tracking_uri=tracking_uri, enabled=not no_track) as t:
+    track = not no_track and dist.is_main  # one MLflow run per training, made by rank 0
+    with tracked_run("train", out.resolve().name, config=cfg, tracking_uri=tracking_uri, enabled=track) as t:
         kwargs = {"progress": not quiet, "overwrite": overwrite, "callbacks": [t.epoch_callback()]}
         run = train_with_split(cfg, out, split_file, **kwargs) if split_file else run_training(cfg, out, **kwargs)
-        log_training_run(t, run.path, cfg.train.early_stopping.monitor)
-    typer.echo(f"run written to {run.path}")
+        if dist.is_main:
+            log_training_run(t, run.path, cfg.train.early_stopping.monitor)
+    if dist.is_main:
+        typer.echo(f"run written to {run.path}")
+    return None
 
 
 def evaluate_command(
@@ -87,13 +111,19 @@ def evaluate_command(
     quiet: Quiet = False,
 ) -> None:
     """Evaluate a run on its test part (or on --data) and write metrics.json, plots and a report."""
+    from lungct.distributed import init_distributed
     from lungct.evaluation.evaluate import evaluate as run_evaluation
     from lungct.tracking import log_evaluation, run_config, tracked_run
 
-    setup_logging(quiet)
+    dist = init_distributed()  # under torchrun: each rank predicts a shard, rank 0 reports
+    setup_logging(quiet or not dist.is_main)
     name = f"{run.resolve().name}-eval"
-    with tracked_run("evaluate", name, config=run_config(run), tracking_uri=tracking_uri, enabled=not no_track) as t:
-        m = run_evaluation(run, out, [str(d) for d in data] if data else None, progress=not quiet, tta=tta)
+    track = not no_track and dist.is_main
+    with tracked_run("evaluate", name, config=run_config(run), tracking_uri=tracking_uri, enabled=track) as t:
+        data_args = [str(d) for d in data] if data else None
+        m = run_evaluation(run, out, data_args, progress=not quiet and dist.is_main, tta=tta)
+        if not dist.is_main:
+            return
         log_evaluation(t, out, m, run_dir=run)
     typer.echo(
         f"n={m['n']} accuracy={m['accuracy']:.3f} balanced_accuracy={m['balanced_accuracy']:.3f} "
@@ -106,22 +136,45 @@ def predict_command(
     run: Annotated[Path, typer.Option("--run", exists=True, file_okay=False, help="run directory")],
     paths: ExistingPaths,
     tta: Annotated[bool, typer.Option("--tta", help="average each slice with its mirror image")] = False,
+    out: Annotated[
+        Path | None, typer.Option("--out", dir_okay=False, help="write the JSON lines to this file, not stdout")
+    ] = None,
 ) -> None:
-    """Predict image files or folders; one JSON line per file on stdout.
+    """Predict image files or folders; one JSON line per file on stdout (or --out).
 
     DICOM slices are named by file name only: folder names of DICOM exports often carry the patient's name.
+    Under torchrun each rank predicts a contiguous share of the files and rank 0 writes all the lines, in the
+    order one process writes them.
     """
-    from lungct.data.images import is_dicom_file
-    from lungct.inference import Predictor, unfinished_run
+    from lungct.distributed import current, init_distributed, map_shards
+    from lungct.files import atomic_write
+    from lungct.inference import Predictor, expand_paths, unfinished_run
 
     setup_logging(True)
+    init_distributed()
     predictor = Predictor(run, tta=tta)
-    if (reason := unfinished_run(run)) is not None:
+    if (reason := unfinished_run(run)) is not None and current().is_main:
         typer.echo(f"lungct: warning: {reason}", err=True)
-    for result in predictor.predict(paths):
-        if is_dicom_file(result["path"]):
-            result = {"file": Path(result.pop("path")).name, **result}
-        typer.echo(json.dumps(result))
+    files = [str(p) for p in expand_paths(paths)]
+    lines = map_shards(
+        files, lambda part: [json.dumps(_named(r)) for r in predictor.predict(part)], predictor.batch_size
+    )
+    if not current().is_main:
+        return
+    if out is None:
+        for line in lines:
+            typer.echo(line)
+    else:
+        atomic_write(out, "".join(f"{line}\n" for line in lines).encode())
+
+
+def _named(result: dict) -> dict:
+    """A DICOM slice's line names the file only (its folders may carry the patient's name)."""
+    from lungct.data.images import is_dicom_file
+
+    if is_dicom_file(result["path"]):
+        return {"file": Path(result.pop("path")).name, **result}
+    return result
 
 
 def backbones_command() -> None:

@@ -13,6 +13,7 @@ from lungct.contracts import SplitPart
 from lungct.data.scan import scan_samples
 from lungct.data.sources import collect_samples
 from lungct.data.splits import load_split
+from lungct.distributed import current, map_shards
 from lungct.errors import LungCTError
 from lungct.evaluation.bootstrap import N_RESAMPLES, bootstrap_ci
 from lungct.evaluation.metrics import compute_metrics, text_report
@@ -70,7 +71,11 @@ def evaluate(
     paths, labels, skipped = evaluation_items(predictor, data, progress)
     classes = predictor.classes
     y = np.array([classes.index(label) for label in labels])
-    probs = predictor.predict_paths_array(paths, progress)
+    # Under torchrun each rank predicts a contiguous run of whole batches; rank 0 gets them all, in order.
+    chunks = map_shards(paths, lambda part: [predictor.predict_paths_array(part, progress)], predictor.batch_size)
+    if not current().is_main:
+        return {}
+    probs = np.concatenate(chunks) if chunks else np.zeros((0, len(classes)))
     metrics = compute_metrics(y, probs, classes, predictor.card.positive_class)
     # Resample whole groups when the run's split names them (patients / look-alike slices).
     group_of = {i.path: i.group for i in load_split(predictor.run.split)} if not data else {}

@@ -42,10 +42,12 @@ def frozen_features(backbone: nn.Module, loader: DataLoader) -> tuple[np.ndarray
     """(features (n, 2, d) of each image and its horizontal mirror, labels (n,)): the mirror is the one
     augmentation that keeps a slice anatomically plausible, so it doubles the samples for free."""
     backbone.eval()
+    device = next(backbone.parameters()).device
     feats, labels = [], []
     for x, y in loader:
+        x = x.to(device)
         f = torch.stack([backbone(x), backbone(torch.flip(x, dims=[3]))], dim=1)
-        feats.append(f.float().numpy())
+        feats.append(f.float().cpu().numpy())
         labels.append(y.numpy())
     return np.concatenate(feats), np.concatenate(labels)
 

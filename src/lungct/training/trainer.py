@@ -3,6 +3,11 @@
 Phase "head": the backbone is frozen and only the head trains. Phase "finetune": the top layers of the
 backbone are unfrozen at a lower learning rate, starting from the best weights of phase one.
 Backbones without pretrained weights train whole in one phase ("all").
+
+Under torchrun (lungct.distributed) the same code runs on every rank with DistributedDataParallel: each
+rank takes its slice of every global batch, the loss is normalised over the whole global batch, so one step
+equals the single-process step on the config's batch size whatever the number of ranks; rank 0 alone
+prepares the data, writes the run directory and decides early stopping, and broadcasts what it decided.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import numpy as np
 import torch
 from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, WeightedRandomSampler
 from tqdm import tqdm
 
 from lungct.config import ExperimentConfig, load_config, save_config
@@ -29,6 +34,7 @@ from lungct.data.dataset import CTImageDataset
 from lungct.data.prepare import prepare_data, split_items
 from lungct.data.splits import SplitItem, load_split, part_counts, save_split
 from lungct.data.transforms import eval_transform, train_transform
+from lungct.distributed import IGNORE_INDEX, PaddedDataset, ShardedBatches, current, restart_count
 from lungct.errors import LungCTError
 from lungct.files import atomic_csv
 from lungct.models.classifier import build_classifier
@@ -101,13 +107,18 @@ class Trainer:
         self.given_items = items
         self.callbacks = list(callbacks)
         self.run = RunDir(out)
-        self.progress = progress
-        self.overwrite = overwrite
-        if self.run.read_summary().complete:
-            if not overwrite:
+        self.dist = current()
+        self.device = self.dist.device()
+        self.progress = progress and self.dist.is_main
+        # A worker group that torchrun restarted (--max-restarts) resumes its own run; it never starts afresh.
+        self.overwrite = overwrite and restart_count() == 0
+        if self.run.read_summary().complete:  # every rank checks (read only), so every rank stops alike
+            if not self.overwrite:
                 raise LungCTError(f"{self.run.path} already holds a finished run; use --overwrite or another --out")
-            shutil.rmtree(self.run.path)
-        self.run.path.mkdir(parents=True, exist_ok=True)
+            if self.dist.is_main:
+                shutil.rmtree(self.run.path)
+        if self.dist.is_main:
+            self.run.path.mkdir(parents=True, exist_ok=True)
 
     def _resumable(self) -> bool:
         """An interrupted run resumes only under the config it started with: mixing two recipes is refused,
@@ -129,6 +140,10 @@ class Trainer:
 
     # -- data ---------------------------------------------------------------------------------------
     def _items(self) -> tuple[list[SplitItem], list[dict]]:
+        """Rank 0 scans the data (or reads the split) once and hands the items to the other ranks."""
+        return self.dist.broadcast(self._main_items() if self.dist.is_main else None)
+
+    def _main_items(self) -> tuple[list[SplitItem], list[dict]]:
         if self.run.checkpoint.is_file() and self.run.split.is_file() and self._resumable():
             log.info("resuming: reusing the split in %s", self.run.split)
             return load_split(self.run.split), self.run.read_summary().skipped
@@ -140,54 +155,100 @@ class Trainer:
         save_split(items, self.run.split)
         return items, [{"path": s.path, "reason": s.reason} for s in data.skipped]
 
-    def _loader(self, items: list[SplitItem], transform, shuffle: bool) -> DataLoader:
+    def _loader(self, items: list[SplitItem], transform, shuffle: bool, shard: bool = True) -> DataLoader:
+        """Batches of `items`. The sampler and its seeded generator are the ones DataLoader(shuffle=...) would
+        make; under torchrun each rank takes its slice of every global batch (ShardedBatches), so the global
+        batches and their order are the single process's, whatever the number of ranks."""
+        t = self.cfg.train
         ds = CTImageDataset(
             [i.path for i in items], [self.class_index[i.label] for i in items], self.card.preprocess, transform
         )
         gen = torch.Generator().manual_seed(self.cfg.seed)
-        sampler = None
-        if shuffle and self.cfg.train.sampler == "balanced":  # every class drawn equally often, with replacement
+        if shuffle and t.sampler == "balanced":  # every class drawn equally often, with replacement
             labels = np.asarray(ds.targets)
             weights = 1.0 / np.bincount(labels)[labels]
             sampler = WeightedRandomSampler(torch.as_tensor(weights), len(labels), replacement=True, generator=gen)
-        mixing = self.cfg.train.mixup > 0 or self.cfg.train.cutmix > 0
+        else:
+            sampler = RandomSampler(ds, generator=gen) if shuffle else SequentialSampler(ds)
+        mixing = t.mixup > 0 or t.cutmix > 0
+        drop_last = shuffle and mixing and len(ds) > t.batch_size  # timm's Mixup pairs a batch
+        batches = BatchSampler(sampler, t.batch_size, drop_last)
+        dataset = ds
+        if shard and self.dist.enabled:
+            batches, dataset = ShardedBatches(batches, self.dist.rank, self.dist.world_size), PaddedDataset(ds)
+        workers = t.num_workers
         return DataLoader(
-            ds,
-            batch_size=self.cfg.train.batch_size,
-            shuffle=shuffle and sampler is None,
-            sampler=sampler,
+            dataset,  # type: ignore[arg-type]
+            batch_sampler=batches,
             generator=gen,
-            num_workers=self.cfg.train.num_workers,
-            persistent_workers=self.cfg.train.num_workers > 0,
-            drop_last=shuffle and mixing and len(ds) > self.cfg.train.batch_size,  # timm's Mixup pairs a batch
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=self.device.type == "cuda" if t.pin_memory is None else t.pin_memory,
+            prefetch_factor=t.prefetch_factor if workers > 0 else None,
         )
 
     # -- one epoch ----------------------------------------------------------------------------------
     def _run_epoch(self, loader: DataLoader, optimizer=None, desc: str = "") -> tuple[float, np.ndarray, np.ndarray]:
+        """(mean loss, predictions, targets) over the whole epoch (all ranks' samples under torchrun)."""
         training = optimizer is not None
         self.model.train(training)
         if training and self.cfg.train.freeze_batchnorm and self.card.pretrained:
             freeze_batchnorm_stats(self.model.backbone)
-        model = self.model if training or self.ema is None else self.ema.module
-        total, preds, targets = 0.0, [], []
+        if training:
+            model = self.ddp if self.ddp is not None else self.model
+        else:
+            model = self.model if self.ema is None else self.ema.module
+        total, count, preds, targets = 0.0, 0, [], []
         with torch.set_grad_enabled(training):
             for x, y in tqdm(loader, desc=desc, disable=not self.progress, leave=False):
+                x = x.to(self.device, non_blocking=True, memory_format=self.memory_format)
+                y = y.to(self.device, non_blocking=True)
                 target = y
-                if training and self.mixup is not None and len(y) % 2 == 0:
+                if training and self.mixup is not None and len(y) % 2 == 0 and not (y == IGNORE_INDEX).any():
                     x, target = self.mixup(x, y)  # soft targets; CrossEntropyLoss takes class probabilities
-                logits = model(x)
-                loss = self.criterion(logits, target)
+                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                    logits = model(x)
+                    loss, batch_total, batch_count = self._batch_loss(logits, target, y)
                 if training:
                     optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
+                    self.scaler.scale(loss).backward()
+                    self.scaler.step(optimizer)
+                    self.scaler.update()
                     KILL_POINT("batch")
                     if self.ema is not None:
                         self.ema.update(self.model)
-                total += loss.item() * len(y)
-                preds.append(logits.argmax(1).numpy())
-                targets.append(y.numpy())
-        return total / len(loader.dataset), np.concatenate(preds), np.concatenate(targets)
+                total += batch_total
+                count += batch_count
+                kept = y != IGNORE_INDEX
+                preds.append(logits.argmax(1)[kept].cpu().numpy())
+                targets.append(y[kept].cpu().numpy())
+        preds_all, targets_all = np.concatenate(preds), np.concatenate(targets)
+        if self.dist.enabled:
+            preds_all, targets_all = (np.concatenate(self.dist.gather(a)) for a in (preds_all, targets_all))
+        return total / max(count, 1), preds_all, targets_all
+
+    def _batch_loss(
+        self, logits: torch.Tensor, target: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, float, int]:
+        """(loss to back-propagate, the global batch's summed loss, its sample count).
+
+        A single process uses the criterion's mean. Under torchrun each rank's summed loss is divided by the
+        normaliser of the whole global batch (its sample count, or its summed class weights, as
+        CrossEntropyLoss's mean does), times the number of ranks because DDP averages the gradients: the
+        gradient is then exactly the single-process gradient of that global batch.
+        """
+        if not self.dist.enabled:
+            loss = self.criterion(logits, target)
+            return loss, loss.item() * len(y), len(y)
+        per_sample = self.per_sample_loss(logits.float(), target)  # 0 for IGNORE_INDEX padding
+        kept = y != IGNORE_INDEX
+        weight = self.per_sample_loss.weight
+        # class-probability targets (and no class weights): CrossEntropyLoss's mean divides by n
+        norm = kept.sum().double() if target.dim() == 2 or weight is None else weight[y[kept]].sum().double()
+        stats = torch.stack([per_sample.detach().sum().double(), norm, kept.sum().double()])
+        self.dist.all_reduce_sum(stats)
+        loss = per_sample.sum() / stats[1].float() * self.dist.world_size
+        return loss, float(stats[0] / stats[1]) * float(stats[2]), int(stats[2])
 
     def _set_phase(self, phase: Phase) -> None:
         if phase.unfreeze == -1:
@@ -216,6 +277,7 @@ class Trainer:
             raise LungCTError("the split left the training or validation part empty; add data or change fractions")
 
         self.model, backbone = build_classifier(cfg.model, len(classes), cfg.data.color)
+        self._place_model()
         self.card = ModelCard(
             cfg.model.arch,
             backbone.timm_name,
@@ -237,7 +299,7 @@ class Trainer:
             present = np.unique(train_labels)
             w = np.ones(len(classes), dtype=np.float32)
             w[present] = compute_class_weight("balanced", classes=present, y=np.asarray(train_labels))
-            weights = torch.tensor(w, dtype=torch.float32)
+            weights = torch.tensor(w, dtype=torch.float32, device=self.device)
         t = cfg.train
         self.mixup = None
         if t.mixup > 0 or t.cutmix > 0:
@@ -249,11 +311,14 @@ class Trainer:
             )
         smoothing = 0.0 if self.mixup is not None else t.label_smoothing
         self.criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=smoothing)
+        self.per_sample_loss = nn.CrossEntropyLoss(weight=weights, label_smoothing=smoothing, reduction="none")
         self.ema = None
-        save_config(cfg, self.run.config)
-        write_json(self.run.model_json, self.card.to_dict())
+        self.ddp = None
         counts = part_counts(items)
-        self._write_summary("running", counts, skipped, started)
+        if self.dist.is_main:
+            save_config(cfg, self.run.config)
+            write_json(self.run.model_json, self.card.to_dict())
+            self._write_summary("running", counts, skipped, started)
         log.info(
             "classes %s; train %d, val %d, test %d images; %d skipped",
             classes,
@@ -268,33 +333,63 @@ class Trainer:
         )
         val_loader = self._loader(by_part[SplitPart.val], eval_transform(self.card.preprocess), False)
         if cfg.train.phase1.solver == "logistic":  # frozen features of unaugmented slices
-            self._probe_loader = self._loader(by_part[SplitPart.train], eval_transform(self.card.preprocess), False)
+            # rank 0 fits the probe on every training slice (unsharded) and broadcasts the head
+            self._probe_loader = self._loader(
+                by_part[SplitPart.train], eval_transform(self.card.preprocess), False, shard=False
+            )
             self._probe_groups = [i.group for i in by_part[SplitPart.train]]
         self._fit_phases(plan_phases(cfg, backbone.pretrained), train_loader, val_loader)
-        self._write_summary("complete", counts, skipped, started)
-        self.run.checkpoint.unlink(missing_ok=True)
-        from lungct.plots import plot_history
+        if self.dist.is_main:
+            self._write_summary("complete", counts, skipped, started)
+            self.run.checkpoint.unlink(missing_ok=True)
+            from lungct.plots import plot_history
 
-        plot_history(self.run.history, self.run.curves)
+            plot_history(self.run.history, self.run.curves)
+        self.dist.barrier()  # every rank returns once the run directory is complete
         return self.run
+
+    def _place_model(self) -> None:
+        """The model on this rank's device; channels-last and mixed precision (autocast) on GPUs only."""
+        t = self.cfg.train
+        cuda = self.device.type == "cuda"
+        self.memory_format = torch.channels_last if cuda and t.channels_last else torch.contiguous_format
+        self.model.to(self.device, memory_format=self.memory_format)
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.precision) if cuda else None
+        if t.precision != "fp32" and not cuda:
+            log.info("precision %s applies on GPUs; this run trains in fp32 on the CPU", t.precision)
+        # fp16 gradients need loss scaling; disabled, the scaler passes everything through unchanged
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+
+    def _wrap_for_phase(self, probe: bool) -> None:
+        """DistributedDataParallel over the parameters this phase trains (made again at each phase, since
+        DDP registers its gradient hooks on the parameters that require gradients when it is made)."""
+        self.ddp = None
+        if self.dist.enabled and not probe:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp = DistributedDataParallel(self.model, device_ids=ids)
 
     def _fit_phases(self, phases: list[Phase], train_loader: DataLoader, val_loader: DataLoader) -> None:
         monitor = self.cfg.train.early_stopping.monitor
         patience = self.cfg.train.early_stopping.patience
         state = {"phase": 0, "epoch": 0, "best": -float("inf"), "bad": 0, "history": []}
-        resume = self._load_checkpoint()
+        resume = self.dist.broadcast(self._load_checkpoint() if self.dist.is_main else None)
         if resume:
             state = resume["state"]
             log.info("resuming from phase %d, epoch %d", state["phase"] + 1, state["epoch"])
         for index, phase in enumerate(phases):
             if index < state["phase"]:
                 continue
-            if index > 0 and self.run.weights.is_file():
-                load_weights(self.model, self.run.weights)  # fine-tune from the best head
+            if index > 0 and self.dist.broadcast(self.run.weights.is_file() if self.dist.is_main else None):
+                if self.dist.is_main:
+                    load_weights(self.model, self.run.weights)  # fine-tune from the best head
+                self.dist.broadcast_module(self.model)
             self._set_phase(phase)
             decay = self.cfg.train.layer_decay if phase.name != "head" else None
             optimizer = build_optimizer(self.model, phase.lr, self.cfg.train, decay)
             probe = self._is_probe(phase)
+            self._wrap_for_phase(probe)
             scheduler = None if probe else build_scheduler(optimizer, self.cfg.train, phase.epochs)
             self.ema = self._new_ema(phase)
             if resume and index == state["phase"]:
@@ -318,15 +413,18 @@ class Trainer:
                     row = self._epoch(phase, state["epoch"], train_loader, val_loader, optimizer)
                 if scheduler:
                     scheduler.step()
+                row = self.dist.broadcast(row)  # rank 0's figures decide early stopping on every rank
                 state["history"].append(row)
                 state["epoch"] += 1
                 if _score(row, monitor) > state["best"]:
                     state["best"], state["bad"] = _score(row, monitor), 0
-                    save_weights(self.model if self.ema is None else self.ema.module, self.run.weights)
+                    if self.dist.is_main:
+                        save_weights(self.model if self.ema is None else self.ema.module, self.run.weights)
                     KILL_POINT("weights")
                 else:
                     state["bad"] += 1
-                self._write_history(state["history"])
+                if self.dist.is_main:
+                    self._write_history(state["history"])
                 KILL_POINT("history")
                 for callback in self.callbacks:  # tracking, pruning; may raise to stop the run (e.g. a pruned trial)
                     callback({**row, "step": len(state["history"])})
@@ -337,6 +435,8 @@ class Trainer:
             state.update(phase=index + 1, epoch=0, bad=0)
 
     def _checkpoint(self, state: dict, optimizer, scheduler, train_loader: DataLoader) -> None:
+        if not self.dist.is_main:
+            return
         save_checkpoint(
             {
                 "state": state,
@@ -369,7 +469,7 @@ class Trainer:
         if not path.is_file():
             return None
         try:
-            resume = torch.load(path, weights_only=False)
+            resume = torch.load(path, weights_only=False, map_location="cpu")
             if not isinstance(resume, dict) or "state" not in resume:
                 raise ValueError("not a lungct checkpoint")
             return resume
@@ -387,23 +487,26 @@ class Trainer:
         from lungct.training.probe import fit_probe
 
         t0 = time.time()
-        fit = fit_probe(
-            self.model.backbone,
-            self.model.head,
-            self._probe_loader,
-            self._probe_groups,
-            len(self.class_index),
-            self.cfg.train.class_weights,
-            self.cfg.seed,
-            self.cfg.train.phase1.c,
-        )
+        fit = None
+        if self.dist.is_main:
+            fit = fit_probe(
+                self.model.backbone,
+                self.model.head,
+                self._probe_loader,
+                self._probe_groups,
+                len(self.class_index),
+                self.cfg.train.class_weights,
+                self.cfg.seed,
+                self.cfg.train.phase1.c,
+            )
+        self.dist.broadcast_module(self.model.head)
         val_loss, vp, vt = self._run_epoch(val_loader, None, "validating")
         row = {
             "phase": phase.name,
             "epoch": 1,
             "lr": 0.0,
-            "train_loss": fit.train_loss,
-            "train_accuracy": fit.train_accuracy,
+            "train_loss": fit.train_loss if fit else float("nan"),  # other ranks take rank 0's row
+            "train_accuracy": fit.train_accuracy if fit else float("nan"),
             "val_loss": val_loss,
             "val_accuracy": float((vp == vt).mean()),
             "val_balanced_accuracy": float(balanced_accuracy_score(vt, vp)),
@@ -459,6 +562,8 @@ class Trainer:
                 "counts": counts,
                 "skipped": skipped,
                 "train_seconds": round(time.time() - started, 1) if status == "complete" else None,
+                "world_size": self.dist.world_size,
+                "backend": self.dist.backend,
             },
         )
 

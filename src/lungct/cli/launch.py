@@ -1,0 +1,55 @@
+"""`lungct train --nproc N`: the same command again under PyTorch's own launcher (torch.distributed.run, which
+`torchrun` also is), on this machine, so that nothing in lungct schedules processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+# The arguments `lungct.cli.main.main` is parsing, recorded there: the launcher passes them on to each rank.
+ARGV: list[str] = []
+
+LAUNCH_OPTIONS = ("--nproc", "--max-restarts")
+
+
+def without_launch_options(argv: list[str]) -> list[str]:
+    """argv less `--nproc N` and `--max-restarts R` (also in their `--option=value` form)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in LAUNCH_OPTIONS:
+            skip = True
+        elif not arg.startswith(tuple(f"{o}=" for o in LAUNCH_OPTIONS)):
+            out.append(arg)
+    return out
+
+
+def launch_command(nproc: int, max_restarts: int, argv: list[str]) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",  # one machine: a local rendezvous on a free port
+        f"--nproc-per-node={nproc}",
+        f"--max-restarts={max_restarts}",
+        "-m",
+        "lungct",
+        # "--": the launcher's own parser takes the arguments that follow for lungct's, even `--run`, which it
+        # would otherwise read as an abbreviation of its `--run-path`
+        "--",
+        *without_launch_options(argv),
+    ]
+
+
+def launch_env() -> dict[str, str]:
+    """The launcher's environment. The workers get their own rendezvous store instead of sharing the agent's:
+    with a shared store, a worker group restarted by --max-restarts can read the previous group's addresses
+    and fail to connect (pytorch/pytorch#135712)."""
+    return {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", **os.environ}
+
+
+def relaunch(nproc: int, max_restarts: int) -> int:
+    """Run this very command on `nproc` ranks and return the launcher's exit code."""
+    return subprocess.call(launch_command(nproc, max_restarts, ARGV), env=launch_env())

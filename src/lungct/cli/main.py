@@ -22,6 +22,7 @@ from lungct.cli import (
     explain,
     export,
     feedback,
+    launch,
     pacs,
     pipeline,
     promote,
@@ -70,6 +71,7 @@ app.add_typer(feedback.app, name="feedback")
 
 
 def main(argv: list[str] | None = None) -> int:
+    launch.ARGV[:] = sys.argv[1:] if argv is None else list(argv)
     try:
         result = app(args=argv, standalone_mode=False)
     except typer.TyperException as exc:  # typer's usage errors: unknown option, missing path, bad value

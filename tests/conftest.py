@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,12 @@ MOBILENET_WEIGHTS = SHARED / "weights" / "mobilenetv2_100.imagenet.safetensors"
 def needs_shared(test):
     """A test that reads ../shared: marked `realdata`, and skipped where the shared data are absent."""
     return pytest.mark.realdata(pytest.mark.skipif(not IQ_OTH.is_dir(), reason="../shared datasets not present")(test))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _scan_cache_in_tmp(tmp_path_factory):
+    """The scan cache (lungct.data.scan_cache) of this test session, never the user's ~/.cache."""
+    os.environ["LUNGCT_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
 
 
 @pytest.fixture(autouse=True)

@@ -48,6 +48,10 @@ class DataConfig(_Strict):
     field: Literal["full", "body"] = "full"
     positive_class: str | None = None  # for binary metrics and operating points
     max_images_per_class: int | None = Field(None, ge=1)  # small subsets for tests and quick looks
+    # the scan of every image (lungct.data.scan): worker processes (None: the cores, at most 8) and its cache
+    # of unchanged files under $LUNGCT_CACHE_DIR (default ~/.cache/lungct)
+    scan_workers: int | None = Field(None, ge=1)
+    scan_cache: bool = True
 
     @model_validator(mode="after")
     def _stack3_is_rgb(self) -> DataConfig:

@@ -1,9 +1,17 @@
-"""One pass over the images: drop unreadable files (with reasons) and record what grouping and audits need."""
+"""One pass over the images: drop unreadable files (with reasons) and record what grouping and audits need.
+
+At scale (100k+ slices) the pass runs in worker processes and its results are kept in a cache
+(lungct.data.scan_cache) keyed by path, size and modification time, so a second run over unchanged files
+reads them back instead of decoding and hashing every image again.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 
 import numpy as np
@@ -58,17 +66,64 @@ def describe_image(path: str | Path) -> ImageInfo:
     )
 
 
-def scan_samples(samples: list[Sample], progress: bool = True) -> ScanResult:
+PARALLEL_MIN = 512  # files to scan below which starting worker processes costs more than it saves
+
+
+def default_scan_workers() -> int:
+    """The cores this process may use, at most 8 (decoding is bounded by the disk beyond that)."""
+    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
+def scan_samples(
+    samples: list[Sample], progress: bool = True, workers: int | None = None, cache: bool = True
+) -> ScanResult:
+    """Each sample described (or skipped, with its reason), in order; from the cache where the file is unchanged,
+    otherwise on `workers` processes (default: default_scan_workers) when there are many files to read."""
+    from lungct.data.scan_cache import ScanCache, file_key
+
+    keys = [file_key(s.path) for s in samples]
+    store = ScanCache() if cache else None
+    known = store.lookup([k for k in keys if k is not None]) if store else {}
+    results: list[ImageInfo | str | None] = [known.get(k.path) if k else None for k in keys]
+    todo = [i for i, r in enumerate(results) if r is None]
+    fresh = _describe_all([samples[i].path for i in todo], progress, workers or default_scan_workers())
+    to_store = []
+    for i, (result, cacheable) in zip(todo, fresh, strict=True):
+        results[i] = result
+        if cacheable and keys[i] is not None:
+            to_store.append((keys[i], result))
+    if store is not None:
+        store.store(to_store)
+        store.close()
     kept, infos, skipped = [], [], []
-    for sample in tqdm(samples, desc="checking images", disable=not progress, leave=False):
-        try:
-            info = describe_image(sample.path)
-        except ImageReadError as exc:
-            skipped.append(Skipped(sample.path, exc.reason))
-            continue
-        except OSError as exc:
-            skipped.append(Skipped(sample.path, f"cannot read file ({exc.strerror or exc})"))
-            continue
-        kept.append(sample)
-        infos.append(info)
+    for sample, result in zip(samples, results, strict=True):
+        if isinstance(result, ImageInfo):
+            kept.append(sample)
+            infos.append(result)
+        else:
+            skipped.append(Skipped(sample.path, str(result)))
     return ScanResult(kept, infos, skipped)
+
+
+def describe_or_reason(path: str) -> tuple[ImageInfo | str, bool]:
+    """(the image's description, or why it was skipped; whether that may be cached). A file that cannot be
+    opened (permissions, a vanished mount) is not cached: fixing it does not change its size or mtime."""
+    try:
+        return describe_image(path), True
+    except ImageReadError as exc:
+        return exc.reason, True
+    except OSError as exc:
+        return f"cannot read file ({exc.strerror or exc})", False
+
+
+def _describe_all(paths: list[str], progress: bool, workers: int) -> list[tuple[ImageInfo | str, bool]]:
+    bar = {"desc": "checking images", "disable": not progress, "leave": False, "total": len(paths)}
+    if workers < 2 or len(paths) < PARALLEL_MIN:
+        return [describe_or_reason(p) for p in tqdm(paths, **bar)]
+    # fork where there is one: the workers run Pillow, numpy and hashlib only, never the parent's PyTorch thread
+    # pools; spawn would import the caller's __main__ again in every worker (which fails for a notebook, stdin
+    # or a script without a __main__ guard) and costs a second per worker
+    method = "fork" if "fork" in get_all_start_methods() else "spawn"
+    with ProcessPoolExecutor(workers, mp_context=get_context(method)) as pool:
+        chunk = max(16, len(paths) // (workers * 32))
+        return list(tqdm(pool.map(describe_or_reason, paths, chunksize=chunk), **bar))

@@ -1,12 +1,17 @@
 """`lungct dicom-listen` between two real DICOM nodes: Orthanc sends a CT study to lungct (C-STORE), lungct
 returns an SR and a Grad-CAM Secondary Capture to Orthanc (C-STORE), and the SR says what `lungct
-predict-series` says about the same files (acceptance 1); the SR and the overlay validate (acceptance 4).
-Refused and malformed instances get failure statuses while the association goes on."""
+predict-series` says about the same files (acceptance 1); the SR and the overlay validate (acceptance 4);
+results survive an outage of Orthanc and a restart of lungct, and arrive once (acceptance 3). Refused and
+malformed instances get failure statuses while the association goes on.
+
+The tests share one Orthanc and one listener (a listener process imports PyTorch: seconds), in file order."""
 
 from __future__ import annotations
 
+import json
 import signal
 import sqlite3
+from pathlib import Path
 from types import SimpleNamespace
 
 import highdicom as hd
@@ -41,17 +46,15 @@ def nodes(tmp_path_factory, pacs_run):
     root = tmp_path_factory.mktemp("listen")
     port = free_port()
     orthanc = Orthanc(root / "orthanc", port).start()
-    listener = None
+    args = ["--forward", orthanc.node, "--series-timeout", "600", "--out", str(root / "out"),
+            "--prediction-log", str(root / "predictions.db"), "--retry-initial", "0.2", "--retry-max", "1"]  # fmt: skip
+    nodes = SimpleNamespace(orthanc=orthanc, listener=None, root=root, port=port, args=args)
     try:
-        listener = Listener(
-            pacs_run, port, root / "state", root / "listener.log",
-            "--forward", orthanc.node, "--series-timeout", "600", "--out", str(root / "out"),
-            "--prediction-log", str(root / "predictions.db"), "--retry-initial", "0.2", "--retry-max", "1",
-        )  # fmt: skip
-        yield SimpleNamespace(orthanc=orthanc, listener=listener, root=root, port=port)
+        nodes.listener = Listener(pacs_run, port, root / "state", root / "listener.log", *args)
+        yield nodes
     finally:
-        if listener is not None:
-            assert listener.stop() == 0, listener.log.read_text()[-2000:]
+        if nodes.listener is not None:
+            assert nodes.listener.stop() == 0, nodes.listener.log.read_text()[-2000:]
         orthanc.stop()
 
 
@@ -152,3 +155,48 @@ def test_study_from_orthanc_comes_back_as_an_sr_and_an_overlay(nodes, pacs_run, 
     assert len(rows) >= len(ct_series) and {r[0] for r in rows} == {"pacs"}
     for f in db.parent.glob("predictions.db*"):
         assert_no_identifiers(f.read_bytes().decode("latin-1"), f.name)
+
+
+def _queued(outbox: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in (outbox / "items").glob("*.json")]
+
+
+def _journal(outbox: Path) -> list[str]:
+    journal = outbox / "sent.jsonl"
+    return [json.loads(line)["key"] for line in journal.read_text().splitlines()] if journal.exists() else []
+
+
+@needs_orthanc
+def test_results_survive_a_pacs_outage_and_a_restart(nodes, pacs_run, ct_series, tmp_path):
+    orthanc, state = nodes.orthanc, nodes.root / "state"
+    outbox = state / "outbox"
+    wait_for(lambda: not _queued(outbox), 30, "earlier results to be delivered")
+    study_id = orthanc.upload(ct_series)
+    orthanc.send_study_to_lungct(study_id)  # returns when lungct has every instance
+    orthanc.stop()  # Orthanc goes down (killed) before lungct has analysed the series
+    nodes.listener.signal(signal.SIGUSR1)
+    queued = wait_for(
+        lambda: len(q := _queued(outbox)) == 2 and min(i["attempts"] for i in q) >= 2 and q,
+        60, "the SR and the overlay queued, with failed attempts", interval=0.2,
+    )  # fmt: skip
+    assert nodes.listener.stop() == 0  # a clean stop (SIGTERM) leaves the queue on disk
+    keys = {item["key"] for item in queued}
+    assert {item["key"] for item in _queued(outbox)} == keys and not keys & set(_journal(outbox))
+    assert not list((state / "spool").rglob("*.dcm"))  # analysed: nothing is left to analyse again
+    first_log = nodes.listener.log.read_text()
+    assert "not delivered" in first_log
+
+    orthanc.start()  # the same storage folder and ports
+    nodes.listener = Listener(pacs_run, nodes.port, state, nodes.root / "listener2.log", *nodes.args)
+    found = wait_for(
+        lambda: not _queued(outbox) and (m := orthanc.instances_by_modality(study_id)).get("SR") and m,
+        60, "the queued results in Orthanc after both restarts", interval=0.2,
+    )  # fmt: skip
+    assert len(found["SR"]) == 1 and len(found["OT"]) == 1 and len(found["CT"]) == len(ct_series)
+    journal = _journal(outbox)
+    assert sorted(k for k in journal if k in keys) == sorted(keys)  # each delivered exactly once
+    sr = pydicom.dcmread(orthanc.download(found["SR"][0], tmp_path / "sr.dcm"))
+    assert sr.StudyInstanceUID == pydicom.dcmread(ct_series[0]).StudyInstanceUID
+    second_log = nodes.listener.log.read_text()
+    assert "delivered 2 results" in second_log
+    assert_no_identifiers(first_log + second_log, "the listener's logs")

@@ -165,13 +165,15 @@ def dicom_listen_command(
     previous = {s: signal.signal(s, lambda *_: done.set()) for s in (signal.SIGTERM, signal.SIGINT)}
     previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, lambda *_: listener.trigger.set())
     try:
-        while not done.wait(0.5):
+        while not done.wait(0.5) and not listener.stopping.is_set():
             pass
     finally:
         log.info("stopping: spooled series and queued results stay in %s for the next start", state)
         listener.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if listener.fatal:
+        raise LungCTError(listener.fatal)
 
 
 def dicomweb_command(

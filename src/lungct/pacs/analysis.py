@@ -25,6 +25,7 @@ from lungct.errors import LungCTError
 from lungct.inference.study import predict_series, resolve_positive_class
 from lungct.pacs.ids import short_id
 from lungct.pacs.results import ModelInfo, StudyFinding, blend, build_overlay, build_sr
+from lungct.run import RunDir, model_version
 
 log = logging.getLogger("lungct.pacs")
 
@@ -61,7 +62,9 @@ class SeriesResult:
 
 
 class Analyzer:
-    """Loads the run once (the model and its Grad-CAM) and turns series folders into results."""
+    """Turns series folders into results with one run. The run's card, positive class and operating point are
+    checked when it is made; the model (PyTorch and Grad-CAM, seconds to import) loads on `load()` or the first
+    analysis, so a listener answers and delivers queued results before it is ready to analyse."""
 
     def __init__(
         self,
@@ -72,18 +75,34 @@ class Analyzer:
         threshold: float | None = None,
         prediction_log=None,  # a lungct.inference.service.PredictionSink, e.g. monitoring's PredictionLog
     ):
-        from lungct.explain import Explainer
-
-        self.explainer = Explainer(run_dir, batch_size=8)
-        self.predictor = self.explainer.predictor
-        card = self.predictor.card
-        self.classes = tuple(self.predictor.classes)
+        run = RunDir(run_dir)
+        card = run.card()
+        self.run_dir = Path(run_dir)
+        self.classes = tuple(card.classes)
         self.positive = resolve_positive_class(list(self.classes), card.positive_class, positive_class)
         self.threshold, self.threshold_source = operating_threshold(run_dir, threshold, self.positive)
         self.aggregate, self.top_k = aggregate, top_k
-        self.model = ModelInfo(self.predictor.model_version, card.arch, self.classes)
-        self.window = default_window(card.preprocess.color, getattr(card.preprocess, "dicom_window", None))
+        self.model = ModelInfo(model_version(run), card.arch, self.classes)
+        self.color = card.preprocess.color
+        self.window = default_window(self.color, getattr(card.preprocess, "dicom_window", None))
         self.sink = prediction_log
+        self._explainer = None
+
+    def load(self):
+        """The run's Explainer (and so its Predictor), loaded once; a LungCTError when the run is broken."""
+        if self._explainer is None:
+            from lungct.explain import Explainer
+
+            self._explainer = Explainer(self.run_dir, batch_size=8)
+        return self._explainer
+
+    @property
+    def loaded(self) -> bool:
+        return self._explainer is not None
+
+    @property
+    def predictor(self):
+        return self.load().predictor
 
     def analyse(self, folder: Path) -> SeriesResult:
         """Predict the series in `folder` and build its result objects; a LungCTError when it cannot be used."""
@@ -114,10 +133,10 @@ class Analyzer:
             f"{self.aggregate}/{self.top_k}/{self.positive}/{self.threshold}",
         ]
         top = series.slices[driving[0]]
-        image = to_image(top.dataset, self.window, self.predictor.card.preprocess.color, top.name)
+        image = to_image(top.dataset, self.window, self.color, top.name)
         objects = [build_sr(sources, finding, self.model, seed)]
         try:
-            explanation = self.explainer.explain_images([image], target=self.positive)[0]
+            explanation = self.load().explain_images([image], target=self.positive)[0]
         except LungCTError as exc:  # a model Grad-CAM cannot explain still gets its report
             log.warning("no Grad-CAM overlay for series %s: %s", short_id(first.SeriesInstanceUID), exc)
         else:
@@ -133,7 +152,7 @@ class Analyzer:
 
     def _log(self, folder: Path, series, finding: StudyFinding, latency_ms: float) -> None:
         """One prediction-log row per slice: content hash, probabilities, intensity statistics; no tag."""
-        color = self.predictor.card.preprocess.color
+        color = self.color
         for s, probs in zip(series.slices, finding.probabilities, strict=True):
             digest = hashlib.sha256((folder / s.name).read_bytes()).hexdigest()
             prediction = Prediction.from_probabilities(

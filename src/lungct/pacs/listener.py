@@ -10,6 +10,7 @@ ErrorComment. A refused instance never ends the association: the next one is tak
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 
@@ -19,6 +20,7 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
 
 from lungct.dicom.errors import DicomError
+from lungct.errors import LungCTError
 from lungct.pacs.accept import accept_instance
 from lungct.pacs.ids import short_id
 from lungct.pacs.pipeline import Pipeline
@@ -53,6 +55,7 @@ class Listener:
         self.series_timeout = series_timeout
         self.stopping = threading.Event()
         self.trigger = threading.Event()  # analyse every spooled series now (SIGUSR1)
+        self.fatal: str | None = None  # why the worker stopped the listener
         self.server = None
         self._worker: threading.Thread | None = None
 
@@ -112,15 +115,24 @@ class Listener:
 
     # --- the worker ---
     def _work(self) -> None:
+        frozen = False
         while not self.stopping.is_set():
             try:
                 self.step()
+            except LungCTError as exc:  # the run itself is broken (its weights cannot be loaded): stop here
+                self.fatal = str(exc)
+                self.stopping.set()
+                return
             except Exception as exc:  # keep listening; the queue and the spool are on disk
                 log.error("worker step failed (%s); trying again", type(exc).__name__)
+            if not frozen and self.pipeline.analyzer.loaded:
+                gc.freeze()  # the model and its libraries live until exit: the last collection need not walk them
+                frozen = True
             self.stopping.wait(POLL_SECONDS)
 
     def step(self) -> None:
-        """Analyse what is ready (series left in work/ by a crash first), then deliver what is due."""
+        """Analyse what is ready (series left in work/ by a crash first), then deliver what is due. The model
+        loads with the first series to analyse, so a restart with nothing to analyse delivers at once."""
         for work_dir in self.spool.claimed():
             if work_dir not in self.pipeline.stuck and not self.stopping.is_set():
                 self.pipeline.process(work_dir)

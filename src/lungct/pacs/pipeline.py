@@ -63,6 +63,7 @@ class Pipeline:
         """Analyse one claimed series folder and queue its results; False when it must wait (queue full)."""
         if not self._room_for(work_dir):
             return False
+        self.analyzer.load()  # a run that cannot be loaded is no fault of the series: its LungCTError ends the command
         try:
             result = self.analyzer.analyse(work_dir)
         except LungCTError as exc:  # the series cannot be used: our messages name no patient

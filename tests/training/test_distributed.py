@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -63,7 +64,17 @@ def _env(**extra: str) -> dict:
 
 
 def _launch(args: list[str], env: dict, timeout: int = 240) -> subprocess.CompletedProcess:
-    return subprocess.run(args, capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
+    """Run a launcher in its own process group: on a timeout its workers are killed with it, not orphaned."""
+    proc = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT, start_new_session=True
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{' '.join(args[:6])} ... did not finish in {timeout}s\n{err[-3000:]}")
+    return subprocess.CompletedProcess(args, proc.returncode, out, err)
 
 
 def _max_weight_difference(a: Path, b: Path) -> float:

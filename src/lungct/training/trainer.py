@@ -277,7 +277,6 @@ class Trainer:
             raise LungCTError("the split left the training or validation part empty; add data or change fractions")
 
         self.model, backbone = build_classifier(cfg.model, len(classes), cfg.data.color)
-        self._place_model()
         self.card = ModelCard(
             cfg.model.arch,
             backbone.timm_name,
@@ -289,6 +288,7 @@ class Trainer:
             cfg.data.positive_class,
             cfg.model.pool,
         )
+        self._place_model()
         if not backbone.pretrained:
             log.warning(
                 "%s starts from random weights: it is trained from scratch, not transfer-learned", cfg.model.arch
@@ -352,6 +352,14 @@ class Trainer:
         """The model on this rank's device; channels-last and mixed precision (autocast) on GPUs only."""
         t = self.cfg.train
         cuda = self.device.type == "cuda"
+        if self.dist.enabled and not (t.freeze_batchnorm and self.card.pretrained):
+            # BatchNorm that learns its statistics: under DDP each rank would see only its slice of the batch.
+            # SyncBatchNorm computes them over the global batch; it needs GPUs, so gloo on CPUs keeps per-rank
+            # statistics (the one way a CPU run over N processes differs from one process).
+            if cuda:
+                self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            else:
+                log.warning("BatchNorm statistics are per rank on CPU processes (SyncBatchNorm needs GPUs)")
         self.memory_format = torch.channels_last if cuda and t.channels_last else torch.contiguous_format
         self.model.to(self.device, memory_format=self.memory_format)
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.precision) if cuda else None

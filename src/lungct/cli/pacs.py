@@ -49,13 +49,14 @@ PredictionLogOpt = Annotated[
 
 
 def _quiet_libraries() -> None:
-    """pydicom warns with the offending value (which can be a patient's name) and pynetdicom's INFO lines list
-    every request: neither belongs in a log that must name no patient."""
+    """pydicom warns with the offending value (which can be a patient's name), pynetdicom's INFO lines list
+    every request and dicomweb-client's DEBUG lines show the Authorization header: none belongs in our log."""
     import pydicom
 
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     logging.getLogger("pydicom").setLevel(logging.ERROR)
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    logging.getLogger("dicomweb_client").setLevel(logging.WARNING)  # its DEBUG lines print request headers
 
 
 def _pipeline(

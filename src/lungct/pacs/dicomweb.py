@@ -46,8 +46,12 @@ def session_from_env(env: Mapping[str, str] | None = None) -> requests.Session:
     return session
 
 
-def make_client(url: str, env: Mapping[str, str] | None = None) -> DICOMwebClient:
-    return DICOMwebClient(check_url(url), session=session_from_env(env), timeout=TIMEOUT)
+def make_client(url: str, env: Mapping[str, str] | None = None, attempts: int = 1) -> DICOMwebClient:
+    """A client; `attempts` > 1 lets dicomweb-client retry a request (also on a refused connection) with waits
+    of 0.5, 1, 2... seconds. Storing uses 1: the outgoing queue retries, with its own backoff."""
+    client = DICOMwebClient(check_url(url), session=session_from_env(env), timeout=TIMEOUT)
+    client.set_http_retry_params(retry=attempts > 1, max_attempts=attempts, wait_exponential_multiplier=500)
+    return client
 
 
 def describe_http_error(exc: Exception) -> str:

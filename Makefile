@@ -28,6 +28,16 @@ setup: $(STAMP)
 	    echo "setup: no apt-get here; install Chromium at /usr/bin/chromium to run the browser test"; \
 	  fi; \
 	fi
+	@# Debian's Orthanc with its DICOMweb plugin (a real PACS for tests/pacs) and dicom3tools (dciodvfy checks the SR).
+	@if [ ! -x /usr/sbin/Orthanc ] || [ ! -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || ! command -v dciodvfy >/dev/null 2>&1; then \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+	    $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb dicom3tools \
+	      || echo "setup: orthanc/dicom3tools could not be installed; the PACS tests will be skipped"; \
+	  else \
+	    echo "setup: no apt-get here; install Orthanc, its DICOMweb plugin and dicom3tools to run tests/pacs"; \
+	  fi; \
+	fi
 
 demo: setup
 	$(VENV)/bin/lungct train --config $(CONFIG) --out $(RUN) --overwrite

@@ -57,6 +57,7 @@ def _quiet_libraries() -> None:
     logging.getLogger("pydicom").setLevel(logging.ERROR)
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     logging.getLogger("dicomweb_client").setLevel(logging.WARNING)  # its DEBUG lines print request headers
+    logging.getLogger("highdicom").setLevel(logging.WARNING)  # its INFO lines name every source instance
 
 
 def _pipeline(

@@ -109,7 +109,10 @@ class Pipeline:
         self.spool.release(work_dir)
         if self.destinations:
             log.info(
-                "study %s: %d results queued for %d destinations", result.study, len(encoded), len(self.destinations)
+                "study %s: %d results queued for %s",
+                result.study,
+                len(encoded),
+                ", ".join(map(_where, self.destinations)),
             )
         return True
 

@@ -106,7 +106,7 @@ def cstore(node: Node, datasets: list[Dataset], calling_ae_title: str = "LUNGCT"
 
 
 # HTTP statuses after which sending the same objects again can succeed
-_RETRY_HTTP = {401, 403, 404, 408, 409, 425, 429}
+_RETRY_HTTP = {401, 403, 408, 425, 429}  # credentials can be fixed, the server can get less busy
 
 
 def stow(url: str, datasets: list[Dataset]) -> list[Result]:

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from lungct.errors import LungCTError
 from lungct.pacs import pipeline as pipeline_module
 from lungct.pacs.listener import Listener
 from lungct.pacs.outbox import Outbox, QueueFull
@@ -77,6 +78,7 @@ def test_an_object_without_its_record_is_not_an_item(tmp_path):
 
 def test_spool_limit_replacement_and_claim(tmp_path):
     spool = Spool(tmp_path / "spool", max_bytes=300)
+    assert (tmp_path / "spool").stat().st_mode & 0o077 == 0  # instances carry the patient module: owner only
     path = spool.store("1.2.840.1", "1.2.840.1.1", "1.2.840.1.1.1", b"a" * 100)
     assert "1.2.840" not in str(path.relative_to(tmp_path))  # names are hashes, not UIDs
     spool.store("1.2.840.1", "1.2.840.1.1", "1.2.840.1.1.1", b"b" * 150)  # the same instance again
@@ -126,6 +128,20 @@ def test_a_trigger_analyses_at_once_and_leftovers_come_first(tmp_path):
     listener.trigger.set()
     listener.step()
     assert processed[0] == leftover and len(processed) == 2
+
+
+def test_a_run_that_cannot_load_stops_the_listener_with_its_reason(tmp_path):
+    spool = Spool(tmp_path / "spool", max_bytes=10_000)
+
+    def process(work_dir: Path) -> bool:
+        raise LungCTError("model.safetensors is damaged or truncated and cannot be read")
+
+    pipe = SimpleNamespace(stuck=set(), process=process, drain=lambda: 0, analyzer=SimpleNamespace(loaded=False))
+    listener = Listener(pipe, spool, "LUNGCT", 0, series_timeout=0)
+    spool.store("1.1", "1.1.1", "1.1.1.1", b"a")
+    listener._work()  # returns instead of looping: the command then ends with this one line
+    assert listener.stopping.is_set() and "damaged" in listener.fatal
+    assert len(spool.claimed()) == 1  # the series is kept for a start with a working run
 
 
 def test_drain_retries_keeps_and_refuses_by_outcome(tmp_path, monkeypatch):

@@ -54,7 +54,7 @@ def _with_meta(ds: Dataset) -> Dataset:
 def pull_study(url: str, study_uid: str, pipeline: Pipeline, wait_seconds: float = 60.0) -> PullSummary:
     """Retrieve, analyse, store back; waits up to `wait_seconds` for the queue to empty (retries with backoff)."""
     check_uid(study_uid)
-    client = dicomweb.make_client(url, attempts=3)
+    client = dicomweb.make_client(url, attempts=2)
     spool = pipeline.spool
     summary = PullSummary()
     for ds in dicomweb.iter_study(client, study_uid):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 
@@ -18,22 +18,12 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from lungct.data.image_info import THUMB_SIZE, ImageInfo
 from lungct.data.images import ImageReadError, load_image
+from lungct.data.scan_cache import ScanCache, file_key
 from lungct.data.sources import Sample
 
-THUMB_SIZE = 64
-
-
-@dataclass
-class ImageInfo:
-    sha256: str
-    width: int
-    height: int
-    mode: str
-    format: str
-    mean: float
-    std: float
-    thumb: np.ndarray = field(repr=False)  # zero-mean, unit-norm THUMB_SIZE**2 vector of the grey image
+__all__ = ["THUMB_SIZE", "ImageInfo", "ScanResult", "Skipped", "describe_image", "scan_samples"]
 
 
 @dataclass
@@ -79,8 +69,6 @@ def scan_samples(
 ) -> ScanResult:
     """Each sample described (or skipped, with its reason), in order; from the cache where the file is unchanged,
     otherwise on `workers` processes (default: default_scan_workers) when there are many files to read."""
-    from lungct.data.scan_cache import ScanCache, file_key
-
     keys = [file_key(s.path) for s in samples]
     store = ScanCache() if cache else None
     known = store.lookup([k for k in keys if k is not None]) if store else {}

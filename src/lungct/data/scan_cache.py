@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lungct.data.scan import THUMB_SIZE, ImageInfo
+from lungct.data.image_info import THUMB_SIZE, ImageInfo
 
 log = logging.getLogger("lungct")
 

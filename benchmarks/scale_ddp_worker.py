@@ -24,16 +24,23 @@ from lungct.models.classifier import build_classifier
 from lungct.training.freezing import freeze_batchnorm_stats, set_trainable, unfreeze_top
 
 
+def sync() -> None:
+    """All ranks at one point, GPU work included (CUDA calls return before the kernels finish)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    dist.barrier()
+
+
 def timed_medians(steps: dict, repeats: int) -> dict[str, float]:
     """Median seconds of each step function, the functions taking turns (so that other load on the machine
     falls on all of them alike rather than on whichever ran last)."""
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(repeats):
         for name, step in steps.items():
-            dist.barrier()
+            sync()
             started = time.perf_counter()
             step()
-            dist.barrier()
+            sync()
             times[name].append(time.perf_counter() - started)
     return {name: statistics.median(values) for name, values in times.items()}
 
@@ -47,19 +54,24 @@ def main() -> None:
     parser.add_argument("--unfreeze", type=float, default=0.3)
     parser.add_argument("--json", required=True)
     args = parser.parse_args()
-    dist.init_process_group("gloo")
+    cuda = torch.cuda.is_available()
+    dist.init_process_group("nccl" if cuda else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
     torch.manual_seed(0)
     model, _ = build_classifier(ModelConfig(arch=args.arch, input_size=args.size), 3)
     set_trainable(model.head, True)
     unfreeze_top(model.backbone, args.unfreeze)
     model.train()
     freeze_batchnorm_stats(model.backbone)
-    ddp = DistributedDataParallel(model)
+    model.to(device)
+    ddp = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     per_rank = args.global_batch // world
-    x = torch.randn(per_rank, 3, args.size, args.size)
-    y = torch.randint(0, 3, (per_rank,))
+    x = torch.randn(per_rank, 3, args.size, args.size, device=device)
+    y = torch.randint(0, 3, (per_rank,), device=device)
     loss_fn = torch.nn.CrossEntropyLoss()
 
     def step() -> None:
@@ -74,7 +86,7 @@ def main() -> None:
         optimizer.step()
 
     grad_numel = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    buffer = torch.zeros(grad_numel)
+    buffer = torch.zeros(grad_numel, device=device)
     step()  # warm-up: allocations, DDP's bucket rebuild
     step_without_allreduce()
     medians = timed_medians(
@@ -85,6 +97,8 @@ def main() -> None:
         result = {
             "arch": args.arch,
             "world_size": world,
+            "device": str(device.type),
+            "backend": dist.get_backend(),
             "threads_per_rank": torch.get_num_threads(),
             "global_batch": args.global_batch,
             "per_rank_batch": per_rank,

@@ -28,23 +28,25 @@ LABELS = ("benign", "malignant", "normal")
 
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory) -> Path:
-    """20,000 tiny noise images in 400 patients; rows 5 and 19,005 are one picture saved twice (a leak
-    across two patients, far apart in the manifest, that only the look-alike pairs can find)."""
+    """20,000 small noise JPEGs (96 px: cheap to write, but decoded and resized as a scan of real slices is,
+    though at a fifth of a 512 px slice's cost) in 400 patients; rows 5 and 19,005 are one picture saved twice
+    with one pixel changed (a leak across two patients, far apart in the manifest, that only the look-alike
+    pairs can find)."""
     root = tmp_path_factory.mktemp("scale")
     images = root / "images"
     images.mkdir()
     rng = np.random.default_rng(0)
-    twin = rng.integers(0, 256, (48, 48), dtype=np.uint8)
+    twin = rng.integers(0, 256, (96, 96), dtype=np.uint8)
     rows = []
     for i in range(N):
-        pixels = twin if i in (5, N - 995) else rng.integers(0, 256, (48, 48), dtype=np.uint8)
-        name = f"images/s{i:05d}.png"
-        Image.fromarray(pixels, mode="L").save(root / name, compress_level=0)
+        pixels = twin if i in (5, N - 995) else rng.integers(0, 256, (96, 96), dtype=np.uint8)
+        name = f"images/s{i:05d}.jpg"
+        Image.fromarray(pixels, mode="L").save(root / name, quality=90)
         rows.append({"path": name, "label": LABELS[(i // 50) % 3], "group": f"p{i // 50:04d}"})
-    # one byte differs between the twins, so they are near-identical, not byte-identical (not a hash match)
+    # one pixel differs between the twins, so they are near-identical, not byte-identical (not a hash match)
     twin_b = twin.copy()
-    twin_b[0, 0] ^= 1
-    Image.fromarray(twin_b, mode="L").save(root / f"images/s{N - 995:05d}.png", compress_level=0)
+    twin_b[0, 0] ^= 0x80
+    Image.fromarray(twin_b, mode="L").save(root / f"images/s{N - 995:05d}.jpg", quality=90)
     with (root / "manifest.csv").open("w", newline="") as fh:
         writer = csv.DictWriter(fh, ["path", "label", "group"])
         writer.writeheader()

@@ -162,8 +162,8 @@ def test_shards_are_contiguous_whole_batches_that_cover_everything_once():
 def test_each_rank_takes_its_slice_of_every_global_batch_and_a_padding_sample_when_empty():
     batches = [[4, 1, 3, 0, 2], [5]]
     parts = [list(ShardedBatches(batches, r, 2)) for r in range(2)]
-    assert parts[0] == [[4, 1], [5]]
-    assert parts[1] == [[3, 0, 2], [-6]]
+    assert parts[0] == [[4, 1], [-6]]  # the last batch has one slice: rank 1 takes it, rank 0 gets padding
+    assert parts[1] == [[3, 0, 2], [5]]
     padded = PaddedDataset([("x0", 0), ("x5", 5)])
     assert padded[-2] == ("x5", IGNORE_INDEX)
     assert padded[1] == ("x5", 5)

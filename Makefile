@@ -50,10 +50,11 @@ demo: setup
 test: setup
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/lint-imports
-	$(VENV)/bin/pytest -q --durations=15
+	@# one test file per worker process (--dist loadfile: a file's module fixtures, such as a started PACS, stay together)
+	$(VENV)/bin/pytest -q -n auto --maxprocesses 4 --dist loadfile --durations=15
 
 test-fast: setup
-	$(VENV)/bin/pytest -q -m "not realdata"
+	$(VENV)/bin/pytest -q -n auto --maxprocesses 4 --dist loadfile -m "not realdata"
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks

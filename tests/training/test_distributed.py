@@ -23,7 +23,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from lungct.cli.launch import launch_command, launch_env, without_launch_options
+from lungct.cli.launch import launch_env, launcher_args, without_launch_options
 from lungct.config import load_config
 from lungct.distributed import IGNORE_INDEX, PaddedDataset, ShardedBatches, shard_bounds
 from lungct.run import RunDir
@@ -132,6 +132,17 @@ def test_nproc_resumes_a_single_process_run_interrupted_mid_epoch(setup, monkeyp
     assert json.loads((out / "summary.json").read_text())["world_size"] == 2
     assert _max_weight_difference(out, setup["reference"]) < ATOL
 
+    # The same command again: every worker refuses the finished run, and the launch ends as one line.
+    again = _launch(
+        [sys.executable, "-m", "lungct", "train", "--config", str(setup["config"]), "--out", str(out), "--nproc", "2"],
+        _env(),
+    )
+    assert again.returncode == 1
+    assert "already holds a finished run" in again.stderr
+    last = again.stderr.strip().splitlines()[-1]
+    assert last.startswith("lungct: error: training on 2 processes failed (rank 0: exit code 1"), last
+    assert "Traceback" not in again.stderr
+
 
 def test_sharded_prediction_over_two_ranks_is_byte_identical_to_one_process(setup):
     run, data = setup["reference"], setup["data"]
@@ -148,6 +159,20 @@ def test_sharded_prediction_over_two_ranks_is_byte_identical_to_one_process(setu
     lines = single.stdout.splitlines()
     assert len(lines) == 36 and all(json.loads(line)["label"] for line in lines)
     assert sharded.stdout.encode() == single.stdout.encode()
+
+
+def test_sharded_evaluation_over_two_ranks_writes_the_single_process_report(setup, tmp_path):
+    run, data = setup["reference"], setup["data"]
+    outs = {"one": tmp_path / "one", "two": tmp_path / "two"}
+    args = ["evaluate", "--run", str(run), "--data", str(data), "-q"]
+    single = _launch([sys.executable, "-m", "lungct", *args, "--out", str(outs["one"])], _env(OMP_NUM_THREADS="1"))
+    assert single.returncode == 0, single.stderr[-2000:]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    sharded = _launch([*launcher, "-m", "lungct", "--", *args, "--out", str(outs["two"])], _env())
+    assert sharded.returncode == 0, sharded.stderr[-2000:]
+    assert sharded.stdout.count("n=36 accuracy=") == 1  # rank 0 alone reports
+    for name in ("metrics.json", "predictions.csv", "classification_report.txt"):
+        assert (outs["two"] / name).read_bytes() == (outs["one"] / name).read_bytes(), name
 
 
 def test_shards_are_contiguous_whole_batches_that_cover_everything_once():
@@ -172,7 +197,6 @@ def test_each_rank_takes_its_slice_of_every_global_batch_and_a_padding_sample_wh
 def test_the_launcher_gets_the_same_command_without_the_launch_options():
     argv = ["train", "--config", "c.yaml", "--nproc", "4", "--out", "r", "--max-restarts=2"]
     assert without_launch_options(argv) == ["train", "--config", "c.yaml", "--out", "r"]
-    command = launch_command(4, 2, argv)
-    assert command[1:3] == ["-m", "torch.distributed.run"]
+    command = launcher_args(4, 2, argv)
     assert "--nproc-per-node=4" in command and "--max-restarts=2" in command
     assert command[-8:] == ["-m", "lungct", "--", "train", "--config", "c.yaml", "--out", "r"]

@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
+
+from lungct.errors import LungCTError
 
 # The arguments `lungct.cli.main.main` is parsing, recorded there: the launcher passes them on to each rank.
 ARGV: list[str] = []
@@ -26,11 +26,9 @@ def without_launch_options(argv: list[str]) -> list[str]:
     return out
 
 
-def launch_command(nproc: int, max_restarts: int, argv: list[str]) -> list[str]:
+def launcher_args(nproc: int, max_restarts: int, argv: list[str]) -> list[str]:
+    """torch.distributed.run's arguments for this command on `nproc` local ranks."""
     return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
         "--standalone",  # one machine: a local rendezvous on a free port
         f"--nproc-per-node={nproc}",
         f"--max-restarts={max_restarts}",
@@ -51,5 +49,16 @@ def launch_env() -> dict[str, str]:
 
 
 def relaunch(nproc: int, max_restarts: int) -> int:
-    """Run this very command on `nproc` ranks and return the launcher's exit code."""
-    return subprocess.call(launch_command(nproc, max_restarts, ARGV), env=launch_env())
+    """Run this very command on `nproc` ranks with torch.distributed.run's agent (in this process, as the
+    `torchrun` script does); a failed worker group ends as one line naming the ranks and exit codes, after the
+    workers' own messages, instead of the launcher's traceback."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    os.environ.update(launch_env())
+    try:
+        run(parse_args(launcher_args(nproc, max_restarts, ARGV)))
+    except ChildFailedError as exc:
+        failed = "; ".join(f"rank {rank}: exit code {f.exitcode}" for rank, f in sorted(exc.failures.items()))
+        raise LungCTError(f"training on {nproc} processes failed ({failed}); the workers' messages are above") from None
+    return 0

@@ -132,6 +132,18 @@ def test_train_extra_trains_evaluates_and_predicts_untracked_and_names_the_other
     assert_names_extra(lungct(bin_dir, *tune, cwd=cwd), "mlops")
 
 
+def test_pacs_extra_reaches_the_network_and_the_dicom_extra_names_it(envs, project):
+    """[pacs] imports pynetdicom, highdicom and dicomweb-client (the command gets as far as the network: a
+    closed port is one line); without it, the PACS commands name the extra (tests/pacs covers the rest)."""
+    web = ["dicomweb", "--url", "http://127.0.0.1:9/dicom-web", "--study", "1.2.3", "--run", str(project["run"])]
+    result = lungct(envs("pacs"), *web, cwd=project["root"])
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "lungct: error: cannot retrieve the study from http://127.0.0.1:9/dicom-web: ConnectionError"
+    ]
+    assert_names_extra(lungct(envs("dicom"), *web, cwd=project["root"]), "pacs")
+
+
 def test_dicom_extra_predicts_a_dicom_series(envs, project):
     from tests.conftest import synthetic_slice
     from tests.dicom.dicom_factory import write_study

@@ -133,6 +133,30 @@ def test_from_scratch_backbone_trains_in_one_phase(tiny_dataset, tmp_path):
     assert {r["phase"] for r in _history(run)} == {"all"}
 
 
+def test_image_cache_off_keeps_nothing_in_memory_and_trains_the_same_weights(tiny_dataset, tmp_path, monkeypatch):
+    from lungct.training import trainer
+
+    made = []
+
+    class Recorded(trainer.CTImageDataset):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(trainer, "CTImageDataset", Recorded)
+    cfg = tiny_config(tiny_dataset)
+    cfg.model.arch = "small_cnn"
+    cfg.train.phase1.epochs, cfg.train.phase2.epochs = 2, 0
+    cached = train(cfg, tmp_path / "cached", progress=False)
+    assert made and all(ds._cache for ds in made)  # filled during training
+    made.clear()
+    cfg.train.cache_images = False
+    uncached = train(cfg, tmp_path / "uncached", progress=False)
+    assert made and all(ds._cache is None for ds in made)
+    a, b = load_file(str(cached.weights)), load_file(str(uncached.weights))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_epoch_callbacks_see_every_epoch_and_can_stop_the_run(tiny_dataset, fake_pretrained, tmp_path):
     rows: list[dict] = []
     run = train(tiny_config(tiny_dataset, fake_pretrained), tmp_path / "a", progress=False, callbacks=[rows.append])

@@ -161,7 +161,11 @@ class Trainer:
         batches and their order are the single process's, whatever the number of ranks."""
         t = self.cfg.train
         ds = CTImageDataset(
-            [i.path for i in items], [self.class_index[i.label] for i in items], self.card.preprocess, transform
+            [i.path for i in items],
+            [self.class_index[i.label] for i in items],
+            self.card.preprocess,
+            transform,
+            cache=t.cache_images,
         )
         gen = torch.Generator().manual_seed(self.cfg.seed)
         if shuffle and t.sampler == "balanced":  # every class drawn equally often, with replacement

@@ -28,7 +28,7 @@ from lungct.config import load_config
 from lungct.distributed import IGNORE_INDEX, PaddedDataset, ShardedBatches, shard_bounds
 from lungct.run import RunDir
 from lungct.training import trainer
-from lungct.training.trainer import train
+from lungct.training.trainer import rank_seed, train
 from tests.conftest import tiny_config, write_dataset
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
@@ -192,6 +192,18 @@ def test_each_rank_takes_its_slice_of_every_global_batch_and_a_padding_sample_wh
     padded = PaddedDataset([("x0", 0), ("x5", 5)])
     assert padded[-2] == ("x5", IGNORE_INDEX)
     assert padded[1] == ("x5", 5)
+
+
+def test_each_rank_and_epoch_draws_from_its_own_stream_and_a_resumed_epoch_from_the_same():
+    seeds = {
+        (phase, epoch, rank): rank_seed(42, phase, epoch, rank)
+        for phase in (0, 1)
+        for epoch in range(3)
+        for rank in range(4)
+    }
+    assert len(set(seeds.values())) == len(seeds)
+    assert rank_seed(42, 1, 2, 3) == seeds[(1, 2, 3)] and rank_seed(43, 1, 2, 3) != seeds[(1, 2, 3)]
+    assert all(0 <= seed < 2**63 for seed in seeds.values())
 
 
 def test_the_launcher_gets_the_same_command_without_the_launch_options():

@@ -19,6 +19,7 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -188,6 +189,7 @@ class Trainer:
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=self.device.type == "cuda" if t.pin_memory is None else t.pin_memory,
+            worker_init_fn=partial(_offset_worker_seed, self.dist.rank) if self.dist.enabled and workers else None,
             prefetch_factor=t.prefetch_factor if workers > 0 else None,
         )
 
@@ -372,6 +374,18 @@ class Trainer:
         # fp16 gradients need loss scaling; disabled, the scaler passes everything through unchanged
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
 
+    def _seed_rank_streams(self, phase_index: int, epoch: int) -> None:
+        """Under DDP: each rank's dropout, augmentation and mixup draws come from a stream of its own for this
+        epoch, so that rank r's k-th slice is not augmented as rank 0's k-th is. The stream depends only on
+        (seed, phase, epoch, rank), so a resumed epoch draws what it drew before. The batches themselves come
+        from the loader's own generator, the same on every rank. A single process is not reseeded."""
+        if not self.dist.enabled:
+            return
+        seed = rank_seed(self.cfg.seed, phase_index, epoch, self.dist.rank)
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
+
     def _wrap_for_phase(self, probe: bool) -> None:
         """DistributedDataParallel over the parameters this phase trains (made again at each phase, since
         DDP registers its gradient hooks on the parameters that require gradients when it is made)."""
@@ -422,6 +436,7 @@ class Trainer:
                 if probe:
                     row = self._probe_epoch(phase, val_loader)
                 else:
+                    self._seed_rank_streams(index, state["epoch"])
                     row = self._epoch(phase, state["epoch"], train_loader, val_loader, optimizer)
                 if scheduler:
                     scheduler.step()
@@ -578,6 +593,19 @@ class Trainer:
                 "backend": self.dist.backend,
             },
         )
+
+
+def rank_seed(seed: int, phase_index: int, epoch: int, rank: int) -> int:
+    """A seed for one rank's random draws in one epoch (numpy's SeedSequence mixes the four numbers)."""
+    return int(np.random.SeedSequence([seed, phase_index, epoch, rank]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def _offset_worker_seed(rank: int, worker_id: int) -> None:
+    """DataLoader workers of rank r: their seed (the loader's, the same on every rank) moved by the rank."""
+    seed = (torch.initial_seed() + rank * 1_000_003) % 2**63
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
 
 
 def changed_fields(before: dict, now: dict, prefix: str = "") -> list[str]:

@@ -54,10 +54,15 @@ class Phase:
     unfreeze: float | None  # None: whole backbone frozen; "all" phase uses -1
 
 
-def seed_everything(seed: int) -> None:
+def seed_generators(seed: int) -> None:
+    """Python's, numpy's and torch's global generators (dropout, augmentation, mixup draw from them)."""
     random.seed(seed)
-    np.random.seed(seed)
+    np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def seed_everything(seed: int) -> None:
+    seed_generators(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
@@ -381,10 +386,7 @@ class Trainer:
         from the loader's own generator, the same on every rank. A single process is not reseeded."""
         if not self.dist.enabled:
             return
-        seed = rank_seed(self.cfg.seed, phase_index, epoch, self.dist.rank)
-        torch.manual_seed(seed)
-        np.random.seed(seed % 2**32)
-        random.seed(seed)
+        seed_generators(rank_seed(self.cfg.seed, phase_index, epoch, self.dist.rank))
 
     def _wrap_for_phase(self, probe: bool) -> None:
         """DistributedDataParallel over the parameters this phase trains (made again at each phase, since
@@ -602,10 +604,7 @@ def rank_seed(seed: int, phase_index: int, epoch: int, rank: int) -> int:
 
 def _offset_worker_seed(rank: int, worker_id: int) -> None:
     """DataLoader workers of rank r: their seed (the loader's, the same on every rank) moved by the rank."""
-    seed = (torch.initial_seed() + rank * 1_000_003) % 2**63
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
+    seed_generators((torch.initial_seed() + rank * 1_000_003) % 2**63)
 
 
 def changed_fields(before: dict, now: dict, prefix: str = "") -> list[str]:

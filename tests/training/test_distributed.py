@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,7 +24,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from lungct.cli.launch import launch_env, launcher_args, without_launch_options
+from lungct.cli.launch import describe_failures, launch_env, launcher_args, without_launch_options
 from lungct.config import load_config
 from lungct.distributed import IGNORE_INDEX, PaddedDataset, ShardedBatches, shard_bounds
 from lungct.run import RunDir
@@ -140,7 +141,9 @@ def test_nproc_resumes_a_single_process_run_interrupted_mid_epoch(setup, monkeyp
     assert again.returncode == 1
     assert "already holds a finished run" in again.stderr
     last = again.stderr.strip().splitlines()[-1]
-    assert last.startswith("lungct: error: training on 2 processes failed (rank 0: exit code 1"), last
+    # Which rank fails first is a race (the launcher then stops the other), but the message leads with a rank
+    # that failed on its own.
+    assert re.match(r"lungct: error: training on 2 processes failed \(rank [01]: exit code 1[;)]", last), last
     assert "Traceback" not in again.stderr
 
 
@@ -212,3 +215,10 @@ def test_the_launcher_gets_the_same_command_without_the_launch_options():
     command = launcher_args(4, 2, argv)
     assert "--nproc-per-node=4" in command and "--max-restarts=2" in command
     assert command[-8:] == ["-m", "lungct", "--", "train", "--config", "c.yaml", "--out", "r"]
+
+
+def test_a_failed_launch_names_first_the_ranks_that_failed_on_their_own():
+    message = describe_failures({0: -signal.SIGTERM, 1: 1, 2: -signal.SIGKILL})
+    assert message == (
+        "rank 1: exit code 1; rank 0: ended by SIGTERM after another rank failed; rank 2: ended by SIGKILL"
+    )

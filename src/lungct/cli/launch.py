@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import signal
 
 from lungct.errors import LungCTError
 
@@ -48,6 +49,20 @@ def launch_env() -> dict[str, str]:
     return {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", **os.environ}
 
 
+def describe_failures(exit_codes: dict[int, int]) -> str:
+    """The failed ranks, those that failed on their own first: when one rank fails, the launcher stops the others
+    with SIGTERM, and which rank that hits is a race, so a rank ended by a signal is named as such."""
+
+    def describe(code: int) -> str:
+        if code >= 0:
+            return f"exit code {code}"
+        name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
+        return f"ended by {name}" + (" after another rank failed" if -code == signal.SIGTERM else "")
+
+    ordered = sorted(exit_codes.items(), key=lambda item: (item[1] < 0, item[0]))
+    return "; ".join(f"rank {rank}: {describe(code)}" for rank, code in ordered)
+
+
 def relaunch(nproc: int, max_restarts: int) -> int:
     """Run this very command on `nproc` ranks with torch.distributed.run's agent (in this process, as the
     `torchrun` script does); a failed worker group ends as one line naming the ranks and exit codes, after the
@@ -59,6 +74,6 @@ def relaunch(nproc: int, max_restarts: int) -> int:
     try:
         run(parse_args(launcher_args(nproc, max_restarts, ARGV)))
     except ChildFailedError as exc:
-        failed = "; ".join(f"rank {rank}: exit code {f.exitcode}" for rank, f in sorted(exc.failures.items()))
+        failed = describe_failures({rank: f.exitcode for rank, f in exc.failures.items()})
         raise LungCTError(f"training on {nproc} processes failed ({failed}); the workers' messages are above") from None
     return 0

@@ -69,6 +69,7 @@ def main() -> None:
         worker(args.config, args.worker[0], Path(args.worker[1]))
         return
     results = []
+    load_before = [round(x, 2) for x in os.getloadavg()]
     configs = [c for c in args.configs.split(",") if c]
     for config in configs:
         for mode in args.modes.split(","):
@@ -88,6 +89,9 @@ def main() -> None:
         "configs": [os.path.relpath(c, ROOT) for c in configs],
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        # other work on the same cores stretches every time figure: the load average (1, 5, 15 min) says how much
+        "load_before": load_before,
+        "load_after": [round(x, 2) for x in os.getloadavg()],
         "results": results,
     }
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)

@@ -44,6 +44,29 @@ def test_bad_config_content_is_one_line(capsys, tmp_path):
     assert code == 1 and "train.batch_size" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    ("config", "needle"),
+    [("seed: 1\n", "no data given"), ("data:\n  sources: [{path: nowhere}]\n", "data path not found")],
+)
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["train", "--out", "r"],
+        ["cv", "--folds", "3", "--out", "r"],
+        ["tune", "--trials", "2"],
+        ["compare", "--archs", "small_cnn", "--out", "r"],
+    ],
+)
+def test_a_config_without_data_fails_before_tracking_or_a_run_directory(
+    capsys, tmp_path, monkeypatch, config, needle, command
+):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.yaml").write_text(config)
+    code, _, err = _run(capsys, *command, "--config", "c.yaml")
+    assert code == 1 and needle in err and len(err.strip().splitlines()) == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]  # no mlruns/, no run or study folder
+
+
 def test_evaluate_on_a_folder_that_is_not_a_run(capsys, tmp_path):
     code, _, err = _run(capsys, "evaluate", "--run", tmp_path, "--out", tmp_path / "o")
     assert code == 1 and "not a finished run" in err

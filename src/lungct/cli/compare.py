@@ -33,10 +33,12 @@ def compare_command(
     from lungct.compare.core import compare
     from lungct.compare.settings import CompareSettings
     from lungct.config import load_config
+    from lungct.data.sources import check_sources
     from lungct.tracking import tracked_run
 
     setup_logging(quiet)
     cfg = load_config(config)
+    check_sources(cfg.data)
     if weights is not None and weights not in ("hub",):
         weights = str(Path(weights).expanduser().resolve())
     settings = CompareSettings(

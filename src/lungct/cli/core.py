@@ -50,6 +50,7 @@ def train_command(
     its share of each batch (DistributedDataParallel) and rank 0 writes the run; see docs/scale.md.
     """
     from lungct.config import SourceConfig
+    from lungct.data.sources import check_sources
     from lungct.distributed import init_distributed
     from lungct.models.registry import get_spec
     from lungct.pipeline.params import load_config_with_params
@@ -88,6 +89,8 @@ def train_command(
         cfg.split.mode = split.value
     if seed is not None:
         cfg.seed = seed
+    if not split_file:  # a --split-file run takes its images from that file
+        check_sources(cfg.data)
     track = not no_track and dist.is_main  # one MLflow run per training, made by rank 0
     with tracked_run("train", out.resolve().name, config=cfg, tracking_uri=tracking_uri, enabled=track) as t:
         kwargs = {"progress": not quiet, "overwrite": overwrite, "callbacks": [t.epoch_callback()]}

@@ -31,6 +31,7 @@ def cv_command(
     """Stratified group k-fold cross-validation: mean and spread of every metric over K folds."""
     from lungct.config import load_config
     from lungct.crossval.folds import cross_validate
+    from lungct.data.sources import check_sources
     from lungct.run import RunDir
     from lungct.tracking import log_cv, tracked_run
 
@@ -38,6 +39,8 @@ def cv_command(
     if config is None and within is not None:
         config = RunDir(within).config
     cfg = load_config(config)
+    if within is None:  # --within takes its images from that run
+        check_sources(cfg.data)
     name = f"cv-{out.resolve().name}"
     params = {"folds": folds, "within": str(within) if within else None}
     with tracked_run("cv", name, params, cfg, tracking_uri, enabled=not no_track) as tracker:

@@ -50,12 +50,14 @@ def tune_command(
 ) -> None:
     """Search training settings with Optuna on one fixed group split's validation part; resumable."""
     from lungct.config import load_config
+    from lungct.data.sources import check_sources
     from lungct.tracking import tracked_run
     from lungct.tuning.settings import TuneSettings
     from lungct.tuning.study import tune
 
     setup_logging(quiet)
     cfg = load_config(config)
+    check_sources(cfg.data)
     settings = TuneSettings(
         trials=trials,
         study_dir=study_dir or Path("runs") / "tune" / cfg.name,

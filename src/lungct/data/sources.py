@@ -38,9 +38,18 @@ class Sample:
     source: str = ""
 
 
-def collect_samples(config: DataConfig, seed: int = 0) -> list[Sample]:
+def check_sources(config: DataConfig) -> None:
+    """Fail on a config without data, or with a source path that is not there, before anything is started (an
+    MLflow run, a run directory) on its behalf."""
     if not config.sources:
-        raise LungCTError("no data given: set data.sources in the config or pass --data DIR")
+        raise LungCTError("no data given: set data.sources in the config (train also takes --data DIR)")
+    for source in config.sources:
+        if not Path(source.path).expanduser().exists():
+            raise LungCTError(f"data path not found: {Path(source.path).expanduser()}")
+
+
+def collect_samples(config: DataConfig, seed: int = 0) -> list[Sample]:
+    check_sources(config)
     samples: list[Sample] = []
     for source in config.sources:
         samples.extend(read_source(source))

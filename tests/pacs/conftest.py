@@ -272,12 +272,12 @@ class Listener:
         return self.process.returncode
 
 
-def echo(port: int, ae_title: str = "LUNGCT") -> int | None:
+def echo(port: int, ae_title: str = "LUNGCT", calling: str = "TESTSCU") -> int | None:
     """C-ECHO status from the listener, or None when no association could be made."""
     from pynetdicom import AE
     from pynetdicom.sop_class import Verification
 
-    ae = AE(ae_title="TESTSCU")
+    ae = AE(ae_title=calling)
     ae.add_requested_context(Verification)
     ae.acse_timeout = ae.network_timeout = 5
     assoc = ae.associate("127.0.0.1", port, ae_title=ae_title)

@@ -47,7 +47,8 @@ def nodes(tmp_path_factory, pacs_run):
     port = free_port()
     orthanc = Orthanc(root / "orthanc", port).start()
     args = ["--forward", orthanc.node, "--series-timeout", "600", "--out", str(root / "out"),
-            "--prediction-log", str(root / "predictions.db"), "--retry-initial", "0.2", "--retry-max", "1"]  # fmt: skip
+            "--prediction-log", str(root / "predictions.db"), "--retry-initial", "0.2", "--retry-max", "1",
+            "--allow-ae", "ORTHANC", "--allow-ae", "TESTSCU"]  # fmt: skip
     nodes = SimpleNamespace(orthanc=orthanc, listener=None, root=root, port=port, args=args)
     try:
         nodes.listener = Listener(pacs_run, port, root / "state", root / "listener.log", *args)
@@ -62,6 +63,9 @@ def nodes(tmp_path_factory, pacs_run):
 def test_echo_refusals_and_malformed_instances_keep_the_association(nodes, tmp_path, monkeypatch):
     monkeypatch.setattr(pynetdicom._config, "STORE_SEND_CHUNKED_DATASET", True)  # file bytes sent undecoded
     assert echo(nodes.port, "NOTLUNGCT") is None  # an association addressed to another AE title is rejected
+    assert echo(nodes.port, calling="INTRUDER") is None  # a sender missing from --allow-ae is rejected
+    assert echo(nodes.port) == 0x0000  # one that is listed gets in
+    wait_for(lambda: "calling AE title 'INTRUDER'" in nodes.listener.log.read_text(), 10, "the refusal in the log")
     ae = AE(ae_title="TESTSCU")
     for sop_class in (CTImageStorage, MRImageStorage, Verification):
         ae.add_requested_context(sop_class, ExplicitVRLittleEndian)

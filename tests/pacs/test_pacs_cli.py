@@ -42,6 +42,10 @@ def _one_line_error(capsys, argv: list[str]) -> str:
         (["--forward", "pacs.example:http:PACS"], "is not a port number"),
         (["--forward", "pacs.example:104:A_TITLE_FAR_TOO_LONG"], "not a valid AE title"),
         (["--out", "o", "--ae-title", "BAD\\AET"], "not a valid AE title"),
+        (
+            ["--out", "o", "--allow-ae", "ORTHANC", "--allow-ae", "BAD\\AET"],
+            "--allow-ae 'BAD\\\\AET' is not a valid AE title",
+        ),
         (["--out", "o", "--port", "70000"], "is not a TCP port"),
         (["--stow", "ftp://pacs/dicom-web"], "not a DICOMweb base URL"),
     ],

@@ -111,6 +111,10 @@ def dicom_listen_command(
         list[str] | None, typer.Option("--forward", help="C-STORE results to HOST:PORT:AET (repeatable)")
     ] = None,
     stow: Annotated[str | None, typer.Option("--stow", help="store results to this DICOMweb URL (STOW-RS)")] = None,
+    allow_ae: Annotated[
+        list[str] | None,
+        typer.Option("--allow-ae", help="accept associations only from this calling AE title (repeatable)"),
+    ] = None,
     out: Out = None,
     state: State = Path("lungct-pacs"),
     aggregate: AggregateOpt = Aggregate.max,
@@ -134,6 +138,8 @@ def dicom_listen_command(
     setup_logging(quiet, server=True)
     _quiet_libraries()
     check_ae_title(ae_title, "--ae-title")
+    for sender in allow_ae or ():
+        check_ae_title(sender, "--allow-ae")
     check_port(port, "--port")
     destinations = [cstore_destination(parse_node(f)) for f in forward or []]
     if stow:
@@ -158,7 +164,7 @@ def dicom_listen_command(
         prediction_log,
         ae_title,
     )
-    listener = Listener(pipeline, pipeline.spool, ae_title, port, host, series_timeout)
+    listener = Listener(pipeline, pipeline.spool, ae_title, port, host, series_timeout, tuple(allow_ae or ()))
     try:
         listener.start()
     except OSError as exc:

@@ -49,8 +49,10 @@ class Listener:
         port: int,
         host: str = "0.0.0.0",
         series_timeout: float = 10.0,
+        allowed_senders: tuple[str, ...] = (),
     ):
         self.pipeline, self.spool = pipeline, spool
+        self.allowed_senders = allowed_senders  # calling AE titles let in; empty: any sender
         self.ae_title, self.host, self.port = ae_title, host, port
         self.series_timeout = series_timeout
         self.stopping = threading.Event()
@@ -86,14 +88,30 @@ class Listener:
         log.debug("stored an instance of series %s", short_id(accepted.series_uid))
         return _status(SUCCESS)
 
+    def handle_rejected(self, event) -> None:
+        """Say who was turned away (a PACS sending under an AE title missing from --allow-ae shows up here)."""
+        requestor = event.assoc.requestor
+        log.warning(
+            "refused an association from %s, calling AE title %r: addressed to another AE title, a sender not "
+            "in --allow-ae, or too many associations",
+            requestor.address,
+            requestor.ae_title,
+        )
+
     def start(self) -> None:
         """Listen (an OSError when the port is taken) and start the worker."""
         ae = AE(ae_title=self.ae_title)
         ae.require_called_aet = True  # an association addressed to another AE title is rejected
+        # pynetdicom rejects any other calling AE title itself ("calling AE title not recognised", PS3.8 9.3.4)
+        ae.require_calling_aet = list(self.allowed_senders)
         ae.supported_contexts = AllStoragePresentationContexts
         ae.add_supported_context(Verification)
         ae.maximum_associations = 8
-        handlers = [(evt.EVT_C_STORE, self.handle_store), (evt.EVT_C_ECHO, lambda event: SUCCESS)]
+        handlers = [
+            (evt.EVT_C_STORE, self.handle_store),
+            (evt.EVT_C_ECHO, lambda event: SUCCESS),
+            (evt.EVT_REJECTED, self.handle_rejected),
+        ]
         self.server = ae.start_server((self.host, self.port), block=False, evt_handlers=handlers)
         self._worker = threading.Thread(target=self._work, name="lungct-pacs-worker", daemon=True)
         self._worker.start()

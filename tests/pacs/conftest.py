@@ -231,8 +231,8 @@ def ct_series(tmp_path) -> list[Path]:
 class Listener:
     """`lungct dicom-listen` as a real process; its stderr goes to a file the test reads."""
 
-    def __init__(self, run: Path, port: int, state: Path, log: Path, *args: str):
-        self.port, self.log = port, log
+    def __init__(self, run: Path, port: int, state: Path, log: Path, *args: str, tls_args=None):
+        self.port, self.log, self.tls_args = port, log, tls_args
         argv = [
             str(LUNGCT),
             "dicom-listen",
@@ -256,7 +256,7 @@ class Listener:
     def _ready(self) -> bool:
         if self.process.poll() is not None:
             raise AssertionError(f"lungct dicom-listen exited: {self.log.read_text()[-3000:]}")
-        return echo(self.port) == 0x0000
+        return echo(self.port, tls_args=self.tls_args) == 0x0000
 
     def signal(self, sig: int) -> None:
         self.process.send_signal(sig)
@@ -272,15 +272,16 @@ class Listener:
         return self.process.returncode
 
 
-def echo(port: int, ae_title: str = "LUNGCT", calling: str = "TESTSCU") -> int | None:
-    """C-ECHO status from the listener, or None when no association could be made."""
+def echo(port: int, ae_title: str = "LUNGCT", calling: str = "TESTSCU", tls_args=None) -> int | None:
+    """C-ECHO status from the listener, or None when no association could be made. `tls_args`: pynetdicom's
+    (ssl.SSLContext, server hostname) for DICOM TLS."""
     from pynetdicom import AE
     from pynetdicom.sop_class import Verification
 
     ae = AE(ae_title=calling)
     ae.add_requested_context(Verification)
     ae.acse_timeout = ae.network_timeout = 5
-    assoc = ae.associate("127.0.0.1", port, ae_title=ae_title)
+    assoc = ae.associate("127.0.0.1", port, ae_title=ae_title, tls_args=tls_args)
     if not assoc.is_established:
         return None
     try:
@@ -340,3 +341,83 @@ def dciodvfy_errors(path: Path) -> list[str]:
     assert shutil.which("dciodvfy"), "dciodvfy is missing: `make setup` installs Debian's dicom3tools"
     out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
     return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
+
+
+def make_pki(folder: Path) -> dict[str, Path]:
+    """A test CA; a server certificate for 127.0.0.1 and a client certificate signed by it; and a self-signed
+    "rogue" client certificate. PEM files in `folder`, keyed ca, server, server_key, client, client_key, rogue,
+    rogue_key."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+
+    def name(common: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+    def issue(common, key, issuer_name, issuer_key, ca=False, usage=None, ip=None) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(name(common))
+            .issuer_name(issuer_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if ca:
+            builder = builder.add_extension(
+                x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+            )
+            builder = builder.add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        else:
+            builder = builder.add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), False
+            )
+        if usage:
+            builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        if ip:
+            builder = builder.add_extension(x509.SubjectAlternativeName([x509.IPAddress(ip)]), critical=False)
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    def save(label: str, cert: x509.Certificate, key=None) -> None:
+        paths[label] = folder / f"{label}.pem"
+        paths[label].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        if key is not None:
+            paths[f"{label}_key"] = folder / f"{label}.key"
+            paths[f"{label}_key"].write_bytes(
+                key.private_bytes(
+                    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+                )
+            )
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    save("ca", issue("lungct test CA", ca_key, name("lungct test CA"), ca_key, ca=True))
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    server = issue("127.0.0.1", server_key, name("lungct test CA"), ca_key, usage=ExtendedKeyUsageOID.SERVER_AUTH,
+                   ip=ipaddress.ip_address("127.0.0.1"))  # fmt: skip
+    save("server", server, server_key)
+    client_key = ec.generate_private_key(ec.SECP256R1())
+    save("client", issue("PACS", client_key, name("lungct test CA"), ca_key, usage=ExtendedKeyUsageOID.CLIENT_AUTH),
+         client_key)  # fmt: skip
+    rogue_key = ec.generate_private_key(ec.SECP256R1())
+    save("rogue", issue("rogue", rogue_key, name("rogue"), rogue_key, usage=ExtendedKeyUsageOID.CLIENT_AUTH), rogue_key)
+    return paths
+
+
+def client_tls(pki: dict[str, Path], who: str | None = "client") -> tuple:
+    """pynetdicom's tls_args for a sender that trusts the test CA and presents `who`'s certificate (or none)."""
+    import ssl
+
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(pki["ca"]))
+    if who is not None:
+        context.load_cert_chain(str(pki[who]), str(pki[f"{who}_key"]))
+    return context, "127.0.0.1"

@@ -29,9 +29,11 @@ from tests.pacs.conftest import (
     Listener,
     Orthanc,
     assert_no_identifiers,
+    client_tls,
     dciodvfy_errors,
     echo,
     free_port,
+    make_pki,
     needs_orthanc,
     predict_series_lines,
     sop_id,
@@ -204,3 +206,31 @@ def test_results_survive_a_pacs_outage_and_a_restart(nodes, pacs_run, ct_series,
     second_log = nodes.listener.log.read_text()
     assert "delivered 2 results" in second_log
     assert_no_identifiers(first_log + second_log, "the listener's logs")
+
+
+def test_dicom_tls_takes_only_senders_with_a_certificate_from_the_ca(pacs_run, tmp_path):
+    """--tls-cert/--tls-key/--tls-ca: plain TCP, TLS without a certificate and a certificate the CA did not sign
+    get no association; a sender with the CA's certificate stores a CT instance over TLS."""
+    pki = make_pki(tmp_path / "pki")
+    port, state = free_port(), tmp_path / "state"
+    args = ["--out", str(tmp_path / "out"), "--series-timeout", "600", "--tls-cert", str(pki["server"]),
+            "--tls-key", str(pki["server_key"]), "--tls-ca", str(pki["ca"])]  # fmt: skip
+    listener = Listener(pacs_run, port, state, tmp_path / "listener.log", *args, tls_args=client_tls(pki))
+    try:
+        assert echo(port) is None
+        assert echo(port, tls_args=client_tls(pki, None)) is None
+        assert echo(port, tls_args=client_tls(pki, "rogue")) is None
+        ae = AE(ae_title="TESTSCU")
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", port, ae_title="LUNGCT", tls_args=client_tls(pki))
+        assert assoc.is_established
+        try:
+            good = ct_dataset(np.full((16, 16), -600.0))
+            assert assoc.send_c_store(good).Status == 0x0000
+        finally:
+            assoc.release()
+        assert "(DICOM TLS)" in listener.log.read_text()
+    finally:
+        assert listener.stop() == 0, listener.log.read_text()[-2000:]
+    spooled = list((state / "spool" / "incoming").rglob("*.dcm"))
+    assert len(spooled) == 1 and pydicom.dcmread(spooled[0]).SOPInstanceUID == good.SOPInstanceUID

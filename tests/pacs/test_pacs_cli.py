@@ -48,10 +48,14 @@ def _one_line_error(capsys, argv: list[str]) -> str:
         ),
         (["--out", "o", "--port", "70000"], "is not a TCP port"),
         (["--stow", "ftp://pacs/dicom-web"], "not a DICOMweb base URL"),
+        (["--out", "o", "--tls-cert", "node.pem"], "DICOM TLS needs both --tls-cert and --tls-key"),
+        (["--out", "o", "--tls-cert", "node.pem", "--tls-key", "node.key"], "--tls-cert node.pem: no such file"),
+        (["--out", "o", "--tls-cert", "junk.pem", "--tls-key", "junk.pem"], "not a certificate and its private key"),
     ],
 )
 def test_listen_arguments(capsys, pacs_run, tmp_path, monkeypatch, extra, needle):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "junk.pem").write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
     assert needle in _one_line_error(capsys, ["dicom-listen", "--run", pacs_run, *extra])
 
 

@@ -115,6 +115,14 @@ def dicom_listen_command(
         list[str] | None,
         typer.Option("--allow-ae", help="accept associations only from this calling AE title (repeatable)"),
     ] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option("--tls-cert", help="DICOM TLS: this node's certificate (PEM); needs --tls-key")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option("--tls-key", help="DICOM TLS: its private key (PEM)")] = None,
+    tls_ca: Annotated[
+        Path | None,
+        typer.Option("--tls-ca", help="DICOM TLS: accept only senders with a certificate signed by this CA (PEM)"),
+    ] = None,
     out: Out = None,
     state: State = Path("lungct-pacs"),
     aggregate: AggregateOpt = Aggregate.max,
@@ -140,6 +148,13 @@ def dicom_listen_command(
     check_ae_title(ae_title, "--ae-title")
     for sender in allow_ae or ():
         check_ae_title(sender, "--allow-ae")
+    ssl_context = None
+    if tls_cert or tls_key or tls_ca:
+        from lungct.pacs.tls import server_context
+
+        if tls_cert is None or tls_key is None:
+            raise LungCTError("DICOM TLS needs both --tls-cert and --tls-key")
+        ssl_context = server_context(tls_cert, tls_key, tls_ca)
     check_port(port, "--port")
     destinations = [cstore_destination(parse_node(f)) for f in forward or []]
     if stow:
@@ -164,7 +179,9 @@ def dicom_listen_command(
         prediction_log,
         ae_title,
     )
-    listener = Listener(pipeline, pipeline.spool, ae_title, port, host, series_timeout, tuple(allow_ae or ()))
+    listener = Listener(
+        pipeline, pipeline.spool, ae_title, port, host, series_timeout, tuple(allow_ae or ()), ssl_context
+    )
     try:
         listener.start()
     except OSError as exc:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import ssl
 import threading
 
 from pydicom.dataset import Dataset
@@ -50,9 +51,11 @@ class Listener:
         host: str = "0.0.0.0",
         series_timeout: float = 10.0,
         allowed_senders: tuple[str, ...] = (),
+        ssl_context: ssl.SSLContext | None = None,
     ):
         self.pipeline, self.spool = pipeline, spool
         self.allowed_senders = allowed_senders  # calling AE titles let in; empty: any sender
+        self.ssl_context = ssl_context  # DICOM TLS (lungct.pacs.tls); None: plain TCP
         self.ae_title, self.host, self.port = ae_title, host, port
         self.series_timeout = series_timeout
         self.stopping = threading.Event()
@@ -112,14 +115,17 @@ class Listener:
             (evt.EVT_C_ECHO, lambda event: SUCCESS),
             (evt.EVT_REJECTED, self.handle_rejected),
         ]
-        self.server = ae.start_server((self.host, self.port), block=False, evt_handlers=handlers)
+        self.server = ae.start_server(
+            (self.host, self.port), block=False, ssl_context=self.ssl_context, evt_handlers=handlers
+        )
         self._worker = threading.Thread(target=self._work, name="lungct-pacs-worker", daemon=True)
         self._worker.start()
         log.info(
-            "listening as %s on %s:%d; series are analysed after %g s without a new instance",
+            "listening as %s on %s:%d%s; series are analysed after %g s without a new instance",
             self.ae_title,
             self.host,
             self.port,
+            "" if self.ssl_context is None else " (DICOM TLS)",
             self.series_timeout,
         )
 

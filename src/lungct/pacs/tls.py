@@ -1,0 +1,37 @@
+"""DICOM TLS for the Storage SCP (PS3.15 Annex B, the BCP 195 profile): the standard library's `ssl` context that
+pynetdicom's `start_server(ssl_context=...)` wraps each association in.
+
+With a CA file the listener also asks every sender for a certificate and accepts only those signed by that CA
+(mutual TLS), which, unlike an AE title, is a credential.
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+from lungct.errors import LungCTError
+
+
+def _readable(path: Path, option: str) -> str:
+    if not path.is_file():
+        raise LungCTError(f"{option} {path}: no such file")
+    return str(path)
+
+
+def server_context(cert: Path, key: Path, ca: Path | None = None) -> ssl.SSLContext:
+    """A TLS 1.2+ server context with this node's certificate and key; with `ca`, senders must present a
+    certificate signed by it. Unreadable or mismatched files are one LungCTError naming the option."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(_readable(cert, "--tls-cert"), _readable(key, "--tls-key"))
+    except ssl.SSLError as exc:
+        raise LungCTError(f"--tls-cert/--tls-key: not a certificate and its private key ({exc.reason})") from None
+    if ca is not None:
+        try:
+            context.load_verify_locations(cafile=_readable(ca, "--tls-ca"))
+        except ssl.SSLError as exc:
+            raise LungCTError(f"--tls-ca {ca}: not a CA certificate file ({exc.reason})") from None
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context

@@ -73,7 +73,9 @@ def wait_for(check, timeout: float, what: str, interval: float = 0.1):
 class Orthanc:
     """One Orthanc server: DICOM (AET ORTHANC) and HTTP with basic authentication, DICOMweb at /dicom-web."""
 
-    def __init__(self, root: Path, lungct_port: int):
+    def __init__(self, root: Path, lungct_port: int, tls: dict[str, Path] | None = None):
+        """`tls` (make_pki's files): DICOM TLS both ways, with the "client" certificate as Orthanc's own, the CA
+        trusted, and a certificate required of lungct when it sends."""
         self.root = root
         self.http_port, self.dicom_port = free_port(), free_port()
         self.config = root / "orthanc.json"
@@ -92,7 +94,20 @@ class Orthanc:
                     "RemoteAccessAllowed": False,
                     "AuthenticationEnabled": True,
                     "RegisteredUsers": {USER: PASSWORD},
-                    "DicomModalities": {"lungct": ["LUNGCT", "127.0.0.1", lungct_port]},
+                    "DicomModalities": {
+                        "lungct": {"AET": "LUNGCT", "Host": "127.0.0.1", "Port": lungct_port, "UseDicomTls": bool(tls)}
+                    },
+                    **(
+                        {
+                            "DicomTlsEnabled": True,
+                            "DicomTlsCertificate": str(tls["client"]),
+                            "DicomTlsPrivateKey": str(tls["client_key"]),
+                            "DicomTlsTrustedCertificates": str(tls["ca"]),
+                            "DicomTlsRemoteCertificateRequired": True,
+                        }
+                        if tls
+                        else {}
+                    ),
                     "DicomScuTimeout": 10,
                     "Plugins": [DICOMWEB_PLUGIN],
                     "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
@@ -344,9 +359,9 @@ def dciodvfy_errors(path: Path) -> list[str]:
 
 
 def make_pki(folder: Path) -> dict[str, Path]:
-    """A test CA; a server certificate for 127.0.0.1 and a client certificate signed by it; and a self-signed
-    "rogue" client certificate. PEM files in `folder`, keyed ca, server, server_key, client, client_key, rogue,
-    rogue_key."""
+    """A test CA and two node certificates it signs, "server" (lungct) and "client" (the sender, or Orthanc), each
+    for 127.0.0.1 and good for both TLS roles; and a self-signed "rogue" certificate. PEM files in `folder`, keyed
+    ca, server, server_key, client, client_key, rogue, rogue_key."""
     import datetime
     import ipaddress
 
@@ -362,11 +377,11 @@ def make_pki(folder: Path) -> dict[str, Path]:
     def name(common: str) -> x509.Name:
         return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
 
-    def issue(common, key, issuer_name, issuer_key, ca=False, usage=None, ip=None) -> x509.Certificate:
+    def issue(common: str, key, issuer: str, issuer_key, ca: bool = False) -> x509.Certificate:
         builder = (
             x509.CertificateBuilder()
             .subject_name(name(common))
-            .issuer_name(issuer_name)
+            .issuer_name(name(issuer))
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
@@ -374,18 +389,17 @@ def make_pki(folder: Path) -> dict[str, Path]:
             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
         )
         if ca:
-            builder = builder.add_extension(
-                x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+            usage = x509.KeyUsage(False, False, False, False, False, True, True, False, False)
+            builder = builder.add_extension(usage, critical=True).add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
             )
-            builder = builder.add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
         else:
-            builder = builder.add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), False
+            roles = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            builder = (
+                builder.add_extension(x509.ExtendedKeyUsage(roles), critical=False)
+                .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), False)
             )
-        if usage:
-            builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        if ip:
-            builder = builder.add_extension(x509.SubjectAlternativeName([x509.IPAddress(ip)]), critical=False)
         return builder.sign(issuer_key, hashes.SHA256())
 
     def save(label: str, cert: x509.Certificate, key=None) -> None:
@@ -393,23 +407,18 @@ def make_pki(folder: Path) -> dict[str, Path]:
         paths[label].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         if key is not None:
             paths[f"{label}_key"] = folder / f"{label}.key"
-            paths[f"{label}_key"].write_bytes(
-                key.private_bytes(
-                    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-                )
+            raw = key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
             )
+            paths[f"{label}_key"].write_bytes(raw)
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    save("ca", issue("lungct test CA", ca_key, name("lungct test CA"), ca_key, ca=True))
-    server_key = ec.generate_private_key(ec.SECP256R1())
-    server = issue("127.0.0.1", server_key, name("lungct test CA"), ca_key, usage=ExtendedKeyUsageOID.SERVER_AUTH,
-                   ip=ipaddress.ip_address("127.0.0.1"))  # fmt: skip
-    save("server", server, server_key)
-    client_key = ec.generate_private_key(ec.SECP256R1())
-    save("client", issue("PACS", client_key, name("lungct test CA"), ca_key, usage=ExtendedKeyUsageOID.CLIENT_AUTH),
-         client_key)  # fmt: skip
+    save("ca", issue("lungct test CA", ca_key, "lungct test CA", ca_key, ca=True))
+    for label in ("server", "client"):
+        key = ec.generate_private_key(ec.SECP256R1())
+        save(label, issue(label, key, "lungct test CA", ca_key), key)
     rogue_key = ec.generate_private_key(ec.SECP256R1())
-    save("rogue", issue("rogue", rogue_key, name("rogue"), rogue_key, usage=ExtendedKeyUsageOID.CLIENT_AUTH), rogue_key)
+    save("rogue", issue("rogue", rogue_key, "rogue", rogue_key), rogue_key)
     return paths
 
 

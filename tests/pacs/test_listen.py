@@ -234,3 +234,33 @@ def test_dicom_tls_takes_only_senders_with_a_certificate_from_the_ca(pacs_run, t
         assert listener.stop() == 0, listener.log.read_text()[-2000:]
     spooled = list((state / "spool" / "incoming").rglob("*.dcm"))
     assert len(spooled) == 1 and pydicom.dcmread(spooled[0]).SOPInstanceUID == good.SOPInstanceUID
+
+
+@needs_orthanc
+def test_a_study_comes_in_and_its_results_go_out_over_dicom_tls(pacs_run, ct_series, tmp_path):
+    """Orthanc with DICOM TLS only (it refuses plain TCP) and a certificate from the test CA sends a study to lungct
+    over TLS; lungct (--forward-tls) stores the SR and the overlay back over TLS."""
+    pki = make_pki(tmp_path / "pki")
+    port = free_port()
+    orthanc = Orthanc(tmp_path / "orthanc", port, tls=pki).start()
+    args = ["--forward", orthanc.node, "--forward-tls", "--series-timeout", "600", "--tls-cert", str(pki["server"]),
+            "--tls-key", str(pki["server_key"]), "--tls-ca", str(pki["ca"]), "--allow-ae", "ORTHANC",
+            "--allow-ae", "TESTSCU", "--retry-initial", "0.2", "--retry-max", "1"]  # fmt: skip
+    listener = None
+    try:
+        assert echo(orthanc.dicom_port, "ORTHANC") is None  # this Orthanc speaks TLS only
+        listener = Listener(
+            pacs_run, port, tmp_path / "state", tmp_path / "listener.log", *args, tls_args=client_tls(pki)
+        )
+        study_id = orthanc.upload(ct_series)
+        orthanc.send_study_to_lungct(study_id)
+        listener.signal(signal.SIGUSR1)
+        found = wait_for(
+            lambda: (m := orthanc.instances_by_modality(study_id)).get("SR") and m.get("OT") and m,
+            60, "the SR and the overlay in Orthanc over TLS", interval=0.3,
+        )  # fmt: skip
+        assert len(found["CT"]) == len(ct_series) and len(found["SR"]) == 1 and len(found["OT"]) == 1
+    finally:
+        if listener is not None:
+            assert listener.stop() == 0, listener.log.read_text()[-2000:]
+        orthanc.stop()

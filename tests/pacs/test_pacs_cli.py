@@ -51,6 +51,9 @@ def _one_line_error(capsys, argv: list[str]) -> str:
         (["--out", "o", "--tls-cert", "node.pem"], "DICOM TLS needs both --tls-cert and --tls-key"),
         (["--out", "o", "--tls-cert", "node.pem", "--tls-key", "node.key"], "--tls-cert node.pem: no such file"),
         (["--out", "o", "--tls-cert", "junk.pem", "--tls-key", "junk.pem"], "not a certificate and its private key"),
+        (["--out", "o", "--tls-ca", "junk.pem"], "--tls-ca needs --tls-cert and --tls-key"),
+        (["--out", "o", "--forward-tls"], "--forward-tls: there is no --forward destination"),
+        (["--forward", "127.0.0.1:104:PACS", "--forward-tls", "--tls-ca", "junk.pem"], "not a CA certificate file"),
     ],
 )
 def test_listen_arguments(capsys, pacs_run, tmp_path, monkeypatch, extra, needle):

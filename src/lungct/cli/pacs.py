@@ -75,6 +75,7 @@ def _pipeline(
     retry_max,
     prediction_log,
     ae_title="LUNGCT",
+    tls=None,
 ):
     """The spool, queue and analyser both commands share, built from their options."""
     from lungct.pacs.analysis import Analyzer
@@ -95,7 +96,7 @@ def _pipeline(
 
         sink = PredictionLog(prediction_log)
     analyzer = Analyzer(run, aggregate.value, top_k, positive_class, threshold, sink)
-    return Pipeline(analyzer, spool, outbox, destinations, out, ae_title)
+    return Pipeline(analyzer, spool, outbox, destinations, out, ae_title, tls)
 
 
 def dicom_listen_command(
@@ -123,6 +124,12 @@ def dicom_listen_command(
         Path | None,
         typer.Option("--tls-ca", help="DICOM TLS: accept only senders with a certificate signed by this CA (PEM)"),
     ] = None,
+    forward_tls: Annotated[
+        bool,
+        typer.Option(
+            "--forward-tls", help="send --forward results over DICOM TLS (checked against --tls-ca, showing --tls-cert)"
+        ),
+    ] = False,
     out: Out = None,
     state: State = Path("lungct-pacs"),
     aggregate: AggregateOpt = Aggregate.max,
@@ -148,13 +155,21 @@ def dicom_listen_command(
     check_ae_title(ae_title, "--ae-title")
     for sender in allow_ae or ():
         check_ae_title(sender, "--allow-ae")
-    ssl_context = None
-    if tls_cert or tls_key or tls_ca:
+    ssl_context = sending_tls = None
+    if (tls_cert is None) != (tls_key is None):
+        raise LungCTError("DICOM TLS needs both --tls-cert and --tls-key")
+    if tls_cert is not None:
         from lungct.pacs.tls import server_context
 
-        if tls_cert is None or tls_key is None:
-            raise LungCTError("DICOM TLS needs both --tls-cert and --tls-key")
         ssl_context = server_context(tls_cert, tls_key, tls_ca)
+    elif tls_ca is not None and not forward_tls:
+        raise LungCTError("--tls-ca needs --tls-cert and --tls-key (to receive over DICOM TLS) or --forward-tls")
+    if forward_tls:
+        from lungct.pacs.tls import client_context
+
+        if not forward:
+            raise LungCTError("--forward-tls: there is no --forward destination to send to over DICOM TLS")
+        sending_tls = client_context(tls_ca, tls_cert, tls_key)
     check_port(port, "--port")
     destinations = [cstore_destination(parse_node(f)) for f in forward or []]
     if stow:
@@ -178,6 +193,7 @@ def dicom_listen_command(
         retry_max,
         prediction_log,
         ae_title,
+        sending_tls,
     )
     listener = Listener(
         pipeline, pipeline.spool, ae_title, port, host, series_timeout, tuple(allow_ae or ()), ssl_context

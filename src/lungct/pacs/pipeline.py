@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import logging
+import ssl
 from collections import defaultdict
 from pathlib import Path
 
@@ -39,9 +40,11 @@ class Pipeline:
         destinations: list[str],
         out_dir: Path | None = None,
         calling_ae_title: str = "LUNGCT",
+        tls: ssl.SSLContext | None = None,
     ):
         self.analyzer, self.spool, self.outbox = analyzer, spool, outbox
         self.destinations, self.out_dir, self.calling_ae_title = destinations, out_dir, calling_ae_title
+        self.tls = tls  # C-STORE destinations over DICOM TLS (--forward-tls)
         self.stuck: set[Path] = set()  # series that failed for a reason other than their content: next start
         self._full_warned = False
 
@@ -127,7 +130,9 @@ class Pipeline:
             for start in range(0, len(items), SEND_CHUNK):
                 chunk = items[start : start + SEND_CHUNK]
                 try:
-                    results = deliver(destination, [self.outbox.path(i) for i in chunk], self.calling_ae_title)
+                    results = deliver(
+                        destination, [self.outbox.path(i) for i in chunk], self.calling_ae_title, self.tls
+                    )
                 except Exception as exc:  # whatever goes wrong on the way is a reason to try again
                     results = None
                     reason = type(exc).__name__

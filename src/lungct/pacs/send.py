@@ -8,6 +8,7 @@ resources), or was refused for good (a failure status that sending again would r
 from __future__ import annotations
 
 import logging
+import ssl
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -57,11 +58,14 @@ def check_destination(destination: str) -> str:
     return destination
 
 
-def deliver(destination: str, files: list[Path], calling_ae_title: str = "LUNGCT") -> list[Result]:
-    """Send `files` to one destination over one association or request; one Result per file, in order."""
+def deliver(
+    destination: str, files: list[Path], calling_ae_title: str = "LUNGCT", tls: ssl.SSLContext | None = None
+) -> list[Result]:
+    """Send `files` to one destination over one association or request; one Result per file, in order. `tls`:
+    C-STORE over DICOM TLS with that context (lungct.pacs.tls.client_context)."""
     datasets = [pydicom.dcmread(f) for f in files]
     if destination.startswith(CSTORE):
-        return cstore(parse_node(destination[len(CSTORE) :]), datasets, calling_ae_title)
+        return cstore(parse_node(destination[len(CSTORE) :]), datasets, calling_ae_title, tls)
     if destination.startswith(STOW):
         return stow(destination[len(STOW) :], datasets)
     raise ValueError(f"unknown destination {destination!r}")
@@ -78,14 +82,17 @@ def _cstore_outcome(status: Dataset) -> Result:
     return Result(Outcome.REFUSED, f"status 0x{code:04X}")
 
 
-def cstore(node: Node, datasets: list[Dataset], calling_ae_title: str = "LUNGCT") -> list[Result]:
+def cstore(
+    node: Node, datasets: list[Dataset], calling_ae_title: str = "LUNGCT", tls: ssl.SSLContext | None = None
+) -> list[Result]:
     """C-STORE SCU: every dataset over one association; a refused or lost association means retry all."""
     ae = AE(ae_title=calling_ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = NETWORK_TIMEOUT
     ae.connection_timeout = NETWORK_TIMEOUT
     for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets}):
         ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-    assoc = ae.associate(node.host, node.port, ae_title=node.ae_title)
+    tls_args = None if tls is None else (tls, node.host)  # the host name its certificate must carry
+    assoc = ae.associate(node.host, node.port, ae_title=node.ae_title, tls_args=tls_args)
     if not assoc.is_established:
         why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "no connection"
         return [Result(Outcome.RETRY, f"association {why}")] * len(datasets)

@@ -35,3 +35,22 @@ def server_context(cert: Path, key: Path, ca: Path | None = None) -> ssl.SSLCont
             raise LungCTError(f"--tls-ca {ca}: not a CA certificate file ({exc.reason})") from None
         context.verify_mode = ssl.CERT_REQUIRED
     return context
+
+
+def client_context(ca: Path | None, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:
+    """A TLS 1.2+ context for sending (C-STORE SCU): the destination's certificate is checked against `ca` (the
+    system's CAs without it) and its host name; `cert` and `key`, when given, are presented to destinations that
+    require a certificate of their senders."""
+    try:
+        context = ssl.create_default_context(
+            ssl.Purpose.SERVER_AUTH, cafile=None if ca is None else _readable(ca, "--tls-ca")
+        )
+    except ssl.SSLError as exc:
+        raise LungCTError(f"--tls-ca {ca}: not a CA certificate file ({exc.reason})") from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert is not None and key is not None:
+        try:
+            context.load_cert_chain(_readable(cert, "--tls-cert"), _readable(key, "--tls-key"))
+        except ssl.SSLError as exc:
+            raise LungCTError(f"--tls-cert/--tls-key: not a certificate and its private key ({exc.reason})") from None
+    return context

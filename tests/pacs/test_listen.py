@@ -8,6 +8,7 @@ The tests share one Orthanc and one listener (a listener process imports PyTorch
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import sqlite3
@@ -19,7 +20,14 @@ import numpy as np
 import pydicom
 import pynetdicom
 import pytest
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage
+from pydicom.uid import (
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    JPEGLosslessSV1,
+    MRImageStorage,
+    RLELossless,
+)
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
@@ -95,6 +103,37 @@ def test_echo_refusals_and_malformed_instances_keep_the_association(nodes, tmp_p
         assoc.release()
     spooled = list((nodes.root / "state" / "spool" / "incoming").rglob("*.dcm"))
     assert len(spooled) == 1 and pydicom.dcmread(spooled[0]).SOPInstanceUID == good.SOPInstanceUID
+
+
+@needs_orthanc
+def test_lossless_compressed_ct_is_taken_as_it_comes(nodes, tmp_path):
+    """CT as PACS often keep it: JPEG Lossless (transcoded by Orthanc's own codec) and RLE Lossless (pydicom's
+    encoder) are negotiated, stored and decoded to HU on arrival; lossy JPEG is not negotiated."""
+    source = write(ct_dataset(np.full((16, 16), -600.0)), tmp_path / "plain.dcm")
+    instance = json.loads(nodes.orthanc.request("POST", "/instances", source.read_bytes(), "application/dicom"))["ID"]
+    body = json.dumps({"Transcode": str(JPEGLosslessSV1), "Force": True}).encode()
+    jpeg_bytes = nodes.orthanc.request("POST", f"/instances/{instance}/modify", body, "application/json")
+    jpeg = pydicom.dcmread(io.BytesIO(jpeg_bytes))
+    rle = ct_dataset(np.full((16, 16), -300.0))
+    rle.compress(RLELossless)
+    assert jpeg.file_meta.TransferSyntaxUID == JPEGLosslessSV1 and rle.file_meta.TransferSyntaxUID == RLELossless
+    ae = AE(ae_title="TESTSCU")
+    for syntax in (JPEGLosslessSV1, RLELossless, JPEGBaseline8Bit):
+        ae.add_requested_context(CTImageStorage, syntax)
+    assoc = ae.associate("127.0.0.1", nodes.port, ae_title="LUNGCT")
+    assert assoc.is_established
+    try:
+        accepted = {str(c.transfer_syntax[0]) for c in assoc.accepted_contexts}
+        assert accepted == {JPEGLosslessSV1, RLELossless}  # no lossy JPEG
+        assert assoc.send_c_store(jpeg).Status == 0x0000
+        assert assoc.send_c_store(rle).Status == 0x0000
+    finally:
+        assoc.release()
+    spooled = {pydicom.dcmread(p).SOPInstanceUID: p for p in (nodes.root / "state" / "spool").rglob("*.dcm")}
+    for ds in (jpeg, rle):
+        kept = pydicom.dcmread(spooled[ds.SOPInstanceUID])
+        assert kept.file_meta.TransferSyntaxUID == ds.file_meta.TransferSyntaxUID  # spooled as it came
+        assert np.array_equal(kept.pixel_array, ds.pixel_array)
 
 
 @needs_orthanc

@@ -16,7 +16,19 @@ import ssl
 import threading
 
 from pydicom.dataset import Dataset
-from pydicom.uid import CTImageStorage
+from pydicom.pixels import get_decoder
+from pydicom.uid import (
+    CTImageStorage,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    RLELossless,
+)
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
 
@@ -31,6 +43,18 @@ log = logging.getLogger("lungct.pacs")
 
 SUCCESS, NOT_SUPPORTED, OUT_OF_RESOURCES, MISMATCH, CANNOT_UNDERSTAND = 0x0000, 0x0122, 0xA700, 0xA900, 0xC000
 POLL_SECONDS = 0.2
+
+
+UNCOMPRESSED = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian]
+# Lossless compressions a PACS may keep CT in. Lossy ones are not negotiated (the sender transcodes): the
+# Hounsfield units the model's windows are set on would no longer be the scanner's.
+LOSSLESS = [JPEGLosslessSV1, JPEGLossless, JPEGLSLossless, JPEG2000Lossless, RLELossless]
+
+
+def ct_transfer_syntaxes() -> list[str]:
+    """What CT instances may arrive in: uncompressed, plus each lossless compression that an installed pydicom
+    decoder reads (the [dicom] extra brings JPEG Lossless; RLE is pydicom's own)."""
+    return UNCOMPRESSED + [uid for uid in LOSSLESS if get_decoder(uid).is_available]
 
 
 def _status(code: int, comment: str | None = None) -> Dataset:
@@ -108,6 +132,8 @@ class Listener:
         # pynetdicom rejects any other calling AE title itself ("calling AE title not recognised", PS3.8 9.3.4)
         ae.require_calling_aet = list(self.allowed_senders)
         ae.supported_contexts = AllStoragePresentationContexts
+        ae.remove_supported_context(CTImageStorage)
+        ae.add_supported_context(CTImageStorage, ct_transfer_syntaxes())
         ae.add_supported_context(Verification)
         ae.maximum_associations = 8
         handlers = [

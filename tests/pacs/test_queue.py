@@ -150,7 +150,7 @@ def test_drain_retries_keeps_and_refuses_by_outcome(tmp_path, monkeypatch):
     ok, later, bad = (box.put(b"x", DEST, uid) for uid in ("1.1", "1.2", "1.3"))
     calls = []
 
-    def deliver(destination, files, calling):
+    def deliver(destination, files, calling, tls=None):
         calls.append((destination, [f.name for f in files]))
         outcome = {ok.key: Outcome.SENT, later.key: Outcome.RETRY, bad.key: Outcome.REFUSED}
         return [Result(outcome[f.stem], "test") for f in files]

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
+from PIL import Image
 
 from lungct.contracts import Prediction
-from lungct.monitoring.predlog import PredictionLog, PredictionRecord
+from lungct.monitoring.predlog import PredictionLog, PredictionRecord, image_stats
 
 COLUMNS = {"id", "ts", "sha256", "model_version", "label", "confidence", "probabilities", "latency_ms", "source"}
 COLUMNS |= {"stats", "embedding", "prediction_id"}
@@ -63,3 +65,18 @@ def test_records_are_predictions_and_still_take_the_log_spelling():
     )
     assert isinstance(rec, Prediction) and rec.predicted == "a" and rec.confidence == 0.6
     assert rec.model_dump()["label"] == "a" and "embedding" not in rec.model_dump()
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_image_stats_equal_numpy_on_the_pixels(mode):
+    """The histogram shortcut gives np.mean, np.std and np.percentile (linear) of the grey levels exactly."""
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, size=(97, 131, 3), dtype=np.uint8)
+    img = Image.fromarray(pixels if mode == "RGB" else pixels[..., 0], mode)
+    grey = np.asarray(img.convert("L"), dtype=np.float64)
+    stats = image_stats(img)
+    assert stats["mean"] == pytest.approx(grey.mean(), abs=1e-9)
+    assert stats["std"] == pytest.approx(grey.std(), abs=1e-9)
+    for q in (5, 50, 95):
+        assert stats[f"p{q}"] == pytest.approx(np.percentile(grey, q), abs=1e-9)
+    assert (stats["width"], stats["height"]) == (131.0, 97.0)

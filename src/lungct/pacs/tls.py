@@ -19,20 +19,28 @@ def _readable(path: Path, option: str) -> str:
     return str(path)
 
 
+def _load_own_certificate(context: ssl.SSLContext, cert: Path, key: Path) -> None:
+    try:
+        context.load_cert_chain(_readable(cert, "--tls-cert"), _readable(key, "--tls-key"))
+    except ssl.SSLError as exc:
+        raise LungCTError(f"--tls-cert/--tls-key: not a certificate and its private key ({exc.reason})") from None
+
+
+def _trust(context: ssl.SSLContext, ca: Path) -> None:
+    try:
+        context.load_verify_locations(cafile=_readable(ca, "--tls-ca"))
+    except ssl.SSLError as exc:
+        raise LungCTError(f"--tls-ca {ca}: not a CA certificate file ({exc.reason})") from None
+
+
 def server_context(cert: Path, key: Path, ca: Path | None = None) -> ssl.SSLContext:
     """A TLS 1.2+ server context with this node's certificate and key; with `ca`, senders must present a
     certificate signed by it. Unreadable or mismatched files are one LungCTError naming the option."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_cert_chain(_readable(cert, "--tls-cert"), _readable(key, "--tls-key"))
-    except ssl.SSLError as exc:
-        raise LungCTError(f"--tls-cert/--tls-key: not a certificate and its private key ({exc.reason})") from None
+    _load_own_certificate(context, cert, key)
     if ca is not None:
-        try:
-            context.load_verify_locations(cafile=_readable(ca, "--tls-ca"))
-        except ssl.SSLError as exc:
-            raise LungCTError(f"--tls-ca {ca}: not a CA certificate file ({exc.reason})") from None
+        _trust(context, ca)
         context.verify_mode = ssl.CERT_REQUIRED
     return context
 
@@ -41,16 +49,12 @@ def client_context(ca: Path | None, cert: Path | None = None, key: Path | None =
     """A TLS 1.2+ context for sending (C-STORE SCU): the destination's certificate is checked against `ca` (the
     system's CAs without it) and its host name; `cert` and `key`, when given, are presented to destinations that
     require a certificate of their senders."""
-    try:
-        context = ssl.create_default_context(
-            ssl.Purpose.SERVER_AUTH, cafile=None if ca is None else _readable(ca, "--tls-ca")
-        )
-    except ssl.SSLError as exc:
-        raise LungCTError(f"--tls-ca {ca}: not a CA certificate file ({exc.reason})") from None
+    if ca is None:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)  # the system's CAs
+    else:  # what create_default_context makes (host name and certificate checked), trusting `ca` alone
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        _trust(context, ca)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     if cert is not None and key is not None:
-        try:
-            context.load_cert_chain(_readable(cert, "--tls-cert"), _readable(key, "--tls-key"))
-        except ssl.SSLError as exc:
-            raise LungCTError(f"--tls-cert/--tls-key: not a certificate and its private key ({exc.reason})") from None
+        _load_own_certificate(context, cert, key)
     return context

@@ -62,9 +62,8 @@ def collect_samples(config: DataConfig, seed: int = 0) -> list[Sample]:
 
 
 def read_source(source: SourceConfig) -> list[Sample]:
+    """One source's samples; its path exists (collect_samples has checked it with check_sources)."""
     root = Path(source.path).expanduser()
-    if not root.exists():
-        raise LungCTError(f"data path not found: {root}")
     if root.is_file():
         if root.suffix.lower() != ".csv":
             raise LungCTError(f"data path {root} is a file but not a CSV manifest")

@@ -1,5 +1,6 @@
-"""DICOM TLS for the Storage SCP (PS3.15 Annex B, the BCP 195 profile): the standard library's `ssl` context that
-pynetdicom's `start_server(ssl_context=...)` wraps each association in.
+"""DICOM TLS (PS3.15 Annex B, the BCP 195 profile) with the standard library's `ssl` contexts: the one that
+pynetdicom's `start_server(ssl_context=...)` wraps each received association in, and the one that C-STORE to a
+`--forward` destination uses (`associate(tls_args=...)`).
 
 With a CA file the listener also asks every sender for a certificate and accepts only those signed by that CA
 (mutual TLS), which, unlike an AE title, is a credential.

@@ -1,6 +1,6 @@
 """The scan and the grouping at scale: a 20,000-row manifest of tiny images.
 
-The bounds asserted here are loose on purpose (this machine may be busy); what they rule out is the old
+Nothing here is timed (this machine may be busy): the tests count what ran. What they rule out is the old
 behaviour, all-pairs thumbnail comparison (2e8 pairs of 4096-value thumbnails) and a second scan that decodes
 every file again. Measured figures for the doc come from benchmarks/scale.py, not from here.
 """
@@ -8,7 +8,6 @@ every file again. Measured figures for the doc come from benchmarks/scale.py, no
 from __future__ import annotations
 
 import csv
-import time
 import tracemalloc
 from pathlib import Path
 
@@ -75,27 +74,30 @@ def test_scan_runs_in_workers_then_hits_the_cache_and_grouping_is_not_all_pairs(
     samples = collect_samples(cfg.data)
     assert len(samples) == N
 
-    started = time.perf_counter()
     cold = scan.scan_samples(samples, progress=False, workers=2)
-    cold_seconds = time.perf_counter() - started
     assert pools == [2], "the first scan did not run on two worker processes"
     assert len(cold.samples) == N and not cold.skipped
 
-    warm_seconds = float("inf")
-    for _ in range(2):  # the faster of two: a busy machine's hiccup is not the cache's cost
-        started = time.perf_counter()
-        warm = scan.scan_samples(samples, progress=False, workers=2)
-        warm_seconds = min(warm_seconds, time.perf_counter() - started)
-    assert pools == [2], "the second scan started workers: the cache missed"
-    assert [i.sha256 for i in warm.infos] == [i.sha256 for i in cold.infos]
-    assert warm_seconds * 10 <= cold_seconds, f"cached scan {warm_seconds:.2f}s vs cold {cold_seconds:.2f}s"
+    # The second scan must decode nothing: every file comes from the cache. Counted, not timed (a busy machine
+    # makes timings flaky; benchmarks/scale.py measures the speed-up).
+    decoded = []
 
-    started = time.perf_counter()
+    def counting_describe(path):
+        decoded.append(path)
+        return describe(path)
+
+    describe = scan.describe_or_reason
+    monkeypatch.setattr(scan, "describe_or_reason", counting_describe)
+    warm = scan.scan_samples(samples, progress=False, workers=2)
+    assert pools == [2], "the second scan started workers: the cache missed"
+    assert decoded == [], f"the second scan decoded {len(decoded)} files again"
+    assert [i.sha256 for i in warm.infos] == [i.sha256 for i in cold.infos]
+
     tracemalloc.start()
     data = prepare_data(cfg, progress=False)  # the scan from the cache, then the grouping
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    assert time.perf_counter() - started < 300
+    assert decoded == [], f"prepare_data decoded {len(decoded)} files again"
     assert peak < 2 * 1024**3, f"grouping {N} images peaked at {peak / 2**20:.0f} MiB"
     # The twins' patients were merged into one group (the hashed pairs found them); nothing else merged.
     assert data.groups[5] == data.groups[N - 995]

@@ -12,7 +12,8 @@ import pytest
 from lungct.inference.batching import MicroBatcher
 
 
-def test_each_caller_gets_its_own_result_under_concurrent_load():
+@pytest.mark.parametrize("calls", [1, 2])
+def test_each_caller_gets_its_own_result_under_concurrent_load(calls):
     sizes: list[int] = []
 
     def model(items):  # a slow "model" whose answer identifies its input: the row sum and the row itself
@@ -21,7 +22,7 @@ def test_each_caller_gets_its_own_result_under_concurrent_load():
         batch = np.stack(items)
         return list(zip(batch.sum(axis=1), batch, strict=True))
 
-    batcher = MicroBatcher(model, max_batch=8, max_wait_ms=5)
+    batcher = MicroBatcher(model, max_batch=8, max_wait_ms=5, calls=calls)
     rng = np.random.default_rng(0)
     inputs = [rng.normal(size=16) for _ in range(200)]
     try:
@@ -84,3 +85,32 @@ def test_closing_answers_what_is_queued_and_refuses_new_work():
     assert [f.result(timeout=10) for f in futures] == list(range(5))
     with pytest.raises(RuntimeError, match="closed"):
         batcher.submit(9)
+
+
+def test_two_calls_run_at_once_when_two_threads_own_the_model():
+    both_in = threading.Barrier(2, timeout=10)  # broken (and the test failed) unless two calls overlap
+
+    def model(items):
+        both_in.wait()
+        return [i + 100 for i in items]
+
+    batcher = MicroBatcher(model, max_batch=1, max_wait_ms=0, calls=2)
+    try:
+        first, second = batcher.submit(1), batcher.submit(2)
+        assert (first.result(timeout=20), second.result(timeout=20)) == (101, 102)
+    finally:
+        batcher.close()
+
+
+def test_closing_several_call_threads_answers_the_queue_and_stops_every_thread():
+    batcher = MicroBatcher(lambda items: [i * 3 for i in items], max_batch=2, max_wait_ms=1, calls=3)
+    futures = [batcher.submit(i) for i in range(11)]
+    batcher.close()
+    assert [f.result(timeout=10) for f in futures] == [i * 3 for i in range(11)]
+    assert not any(t.is_alive() for t in batcher._threads)
+    assert batcher.items == 11
+
+
+def test_a_batcher_needs_at_least_one_call_thread():
+    with pytest.raises(ValueError, match="calls"):
+        MicroBatcher(lambda items: items, calls=0)

@@ -59,6 +59,39 @@ def test_a_prediction_is_logged_without_its_file_name(tmp_path):
     assert b"Doe_Jane" not in stored
 
 
+def _prediction(i: int, prediction_id: str) -> Prediction:
+    probs = np.array([0.1, 0.7, 0.2], dtype=np.float32)
+    return Prediction.from_probabilities(
+        ["benign", "malignant", "normal"],
+        probs,
+        name=f"s{i}.png",
+        sha256=f"{i:064x}",
+        latency_ms=1.0,
+        model_version="v",
+        backend="onnx",
+        prediction_id=prediction_id,
+    )
+
+
+def test_a_served_batch_is_logged_in_one_transaction_all_rows_or_none(tmp_path):
+    log = PredictionLog(tmp_path / "log.sqlite")
+    batch = [(_prediction(i, f"id{i}"), {"mean": float(i)}, np.full(4, i, np.float32)) for i in range(3)]
+    log.record_many(batch, source="api")
+    assert [(r["prediction_id"], r["stats"]["mean"], r["embedding"][0]) for r in log.read()] == [
+        ("id0", 0.0, 0.0),
+        ("id1", 1.0, 1.0),
+        ("id2", 2.0, 2.0),
+    ]
+    clash = [(_prediction(3, "id3"), {}, None), (_prediction(4, "id1"), {}, None)]  # id1 is taken: the batch fails
+    with pytest.raises(Exception, match="UNIQUE"):
+        log.record_many(clash, source="api")
+    assert [r["prediction_id"] for r in log.read()] == ["id0", "id1", "id2"]  # id3 was rolled back with it
+    log.record_many([(_prediction(5, "id5"), {}, None)], source="api")  # and the log takes the next batch
+    log.record_many([], source="api")
+    assert [r["prediction_id"] for r in log.read()] == ["id0", "id1", "id2", "id5"]
+    log.close()
+
+
 def test_records_are_predictions_and_still_take_the_log_spelling():
     rec = PredictionRecord(
         sha256="s", model_version="v", label="a", probabilities={"a": 0.6, "b": 0.4}, latency_ms=1.0, stats={}

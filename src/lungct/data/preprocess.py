@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -91,12 +92,26 @@ class Preprocess:
     def to_array(self, img: Image.Image) -> np.ndarray:
         """A decoded slice as the model's input: float32, 3 x input_size x input_size, normalised."""
         square = self.center_crop(self.resize(img))
-        mean = np.asarray(self.mean, dtype=np.float32)[:, None, None]
-        std = np.asarray(self.std, dtype=np.float32)[:, None, None]
-        if square.mode == "L":  # grey CT: three identical channels, scaled once (the same float operations)
-            return (np.asarray(square, dtype=np.float32) * np.float32(1 / 255) - mean) / std
-        channels = np.asarray(square.convert("RGB"), dtype=np.float32).transpose(2, 0, 1)
-        return np.ascontiguousarray((channels * np.float32(1 / 255) - mean) / std)
+        lut = self._lookup
+        if square.mode == "L":  # grey CT: the three channels of each pixel looked up at once
+            return np.take(lut, np.asarray(square), axis=1)
+        pixels = np.asarray(square.convert("RGB"))
+        return np.stack([np.take(lut[c], pixels[..., c]) for c in range(3)])
+
+    @cached_property
+    def _lookup(self) -> np.ndarray:
+        """3 x 256: the normalised float32 value of each 8-bit pixel value per channel.
+
+        It is ToDtype's scaling and Normalize done once for the 256 possible values with the same float32
+        operations, so a lookup gives the very numbers the per-pixel arithmetic gives, at a third of its cost in
+        the server's decode path.
+        """
+        values = np.arange(256, dtype=np.float32)[None, :] * np.float32(1 / 255)
+        mean = np.asarray(self.mean, dtype=np.float32)[:, None]
+        std = np.asarray(self.std, dtype=np.float32)[:, None]
+        lut = (values - mean) / std
+        lut.flags.writeable = False
+        return lut
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,10 +1,12 @@
 """Request batching: concurrent single-slice requests gathered into one model call, each answered with its own.
 
-One thread owns the model call. It takes the first waiting request, then keeps taking requests that arrive
-within `max_wait_ms` of that first one (up to `max_batch`), runs them as one batch, and hands each caller the
-result at its own position. A lone request therefore waits at most `max_wait_ms`; under load, requests that
-queued while a batch ran are taken at once, without waiting. The caller gets a concurrent.futures.Future, which
-an asyncio handler awaits without holding a worker thread (asyncio.wrap_future).
+Each of `calls` threads owns one model call at a time. A thread takes the first waiting request, then keeps
+taking requests that arrive within `max_wait_ms` of that first one (up to `max_batch`), runs them as one batch,
+and hands each caller the result at its own position. A lone request therefore waits at most `max_wait_ms`;
+under load, requests that queued while a batch ran are taken at once, without waiting. With more than one
+thread, a batch runs while the next one gathers and runs beside it: a single-threaded model call (one core)
+would otherwise leave the other cores idle while requests queue behind it. The caller gets a
+concurrent.futures.Future, which an asyncio handler awaits without holding a worker thread (asyncio.wrap_future).
 
 Written here because neither ONNX Runtime nor FastAPI batches requests, and the serving frameworks that do
 (Triton, TorchServe, Ray Serve) are servers of their own rather than a library this one can call.
@@ -30,18 +32,28 @@ _STOP = object()
 class MicroBatcher(Generic[In, Out]):
     """`submit(item)` -> Future of `fn([... item ...])[its index]`; `fn` must return one result per item, in order."""
 
-    def __init__(self, fn: Callable[[Sequence[In]], Sequence[Out]], max_batch: int = 16, max_wait_ms: float = 2.0):
-        if max_batch < 1 or max_wait_ms < 0:
-            raise ValueError("max_batch must be at least 1 and max_wait_ms at least 0")
+    def __init__(
+        self,
+        fn: Callable[[Sequence[In]], Sequence[Out]],
+        max_batch: int = 16,
+        max_wait_ms: float = 2.0,
+        calls: int = 1,
+    ):
+        if max_batch < 1 or max_wait_ms < 0 or calls < 1:
+            raise ValueError("max_batch and calls must be at least 1, max_wait_ms at least 0")
         self.fn = fn
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000
         self.batches = 0  # counts, for /v1/model and the benchmark: items / batches is the mean batch size
         self.items = 0
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._loop, name="lungct-batcher", daemon=True)
+        self._count = threading.Lock()
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"lungct-batcher-{i}", daemon=True) for i in range(calls)
+        ]
         self._closed = False
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def submit(self, item: In) -> Future[Out]:
         if self._closed:
@@ -51,11 +63,14 @@ class MicroBatcher(Generic[In, Out]):
         return future
 
     def close(self, timeout: float = 10.0) -> None:
-        """Answer what is queued, then stop the thread."""
+        """Answer what is queued, then stop the threads."""
         if not self._closed:
             self._closed = True
-            self._queue.put(_STOP)
-            self._thread.join(timeout)
+            for _ in self._threads:
+                self._queue.put(_STOP)
+            deadline = time.monotonic() + timeout
+            for thread in self._threads:
+                thread.join(max(0.0, deadline - time.monotonic()))
 
     def _gather(self, first: tuple[In, Future[Out]]) -> tuple[list[tuple[In, Future[Out]]], bool]:
         batch, stop = [first], False
@@ -91,7 +106,8 @@ class MicroBatcher(Generic[In, Out]):
                 for _, fut in live:
                     fut.set_exception(exc)
                 continue
-            self.batches += 1
-            self.items += len(live)
+            with self._count:
+                self.batches += 1
+                self.items += len(live)
             for (_, fut), result in zip(live, results, strict=True):
                 fut.set_result(result)

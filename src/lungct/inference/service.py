@@ -165,6 +165,10 @@ class PredictionSink(Protocol):
         self, prediction: Prediction, *, stats: dict[str, float], embedding: np.ndarray | None, source: str
     ) -> None: ...
 
+    def record_many(
+        self, predictions: list[tuple[Prediction, dict[str, float], np.ndarray | None]], *, source: str
+    ) -> None: ...
+
     def prediction(self, prediction_id: str) -> dict | None: ...
 
     def add_feedback(self, prediction_id: str, label: str, reason: str | None, image: str | None) -> int: ...
@@ -237,6 +241,7 @@ class InferenceService:
         int8_max_drop: float = 0.01,
         batch_max_size: int | None = None,
         batch_wait_ms: float = 2.0,
+        batch_calls: int = 1,
         keep_feedback_images: Path | None = None,
     ):
         run = Path(run)
@@ -270,7 +275,7 @@ class InferenceService:
         # concurrent single predictions share model calls (lungct.inference.batching); None: each call its own
         self.batcher: MicroBatcher[Decoded, Prediction] | None = None
         if batch_max_size is not None and batch_max_size > 1:
-            self.batcher = MicroBatcher(lambda items: self.predict(items), batch_max_size, batch_wait_ms)
+            self.batcher = MicroBatcher(lambda items: self.predict(items), batch_max_size, batch_wait_ms, batch_calls)
 
     @property
     def classes(self) -> list[str]:
@@ -358,7 +363,7 @@ class InferenceService:
             t0 = time.perf_counter()
             probs, features = self.predictor.probabilities_and_features(np.stack([d.array for d in chunk]))
             share = (time.perf_counter() - t0) * 1000 / len(chunk)
-            for d, p, f in zip(chunk, probs, features, strict=True):
+            for d, p in zip(chunk, probs, strict=True):
                 prediction = Prediction.from_probabilities(
                     self.card.classes,
                     p,
@@ -369,9 +374,12 @@ class InferenceService:
                     backend=self.predictor.backend,
                     prediction_id=uuid.uuid4().hex if self.log is not None else None,
                 )
-                if self.log is not None:
-                    self.log.record(prediction, stats=d.stats, embedding=f, source=self.source)
                 results.append(prediction)
+            if self.log is not None:  # one write for the chunk
+                done = results[start:]
+                self.log.record_many(
+                    [(p, d.stats, f) for p, d, f in zip(done, chunk, features, strict=True)], source=self.source
+                )
         return results
 
     def predict_files(self, files: list[tuple[str, bytes, str]]) -> list[Prediction | FileError]:

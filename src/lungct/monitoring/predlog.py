@@ -122,6 +122,23 @@ class PredictionRecord(Prediction):
         return d
 
 
+def _row(rec: PredictionRecord) -> tuple:
+    emb = None if rec.embedding is None else np.asarray(rec.embedding, dtype="<f2").tobytes()
+    return (
+        rec.ts,
+        rec.prediction_id,
+        rec.sha256,
+        rec.model_version,
+        rec.predicted,
+        rec.probability,
+        json.dumps(rec.probabilities),
+        float(rec.latency_ms),
+        rec.source,
+        json.dumps(rec.stats),
+        emb,
+    )
+
+
 class PredictionLog:
     """Append-only log; thread-safe, so API worker threads can share one instance.
 
@@ -157,27 +174,29 @@ class PredictionLog:
         """Append a served prediction (never its file name) with the decoded slice's statistics and embedding."""
         self.append(PredictionRecord.of(prediction, stats, embedding, source))
 
-    def append(self, rec: PredictionRecord) -> None:
-        emb = None if rec.embedding is None else np.asarray(rec.embedding, dtype="<f2").tobytes()
-        row = (
-            rec.ts,
-            rec.prediction_id,
-            rec.sha256,
-            rec.model_version,
-            rec.predicted,
-            rec.probability,
-            json.dumps(rec.probabilities),
-            float(rec.latency_ms),
-            rec.source,
-            json.dumps(rec.stats),
-            emb,
-        )
+    def record_many(
+        self, predictions: list[tuple[Prediction, dict[str, float], np.ndarray | None]], *, source: str
+    ) -> None:
+        """`record` for each (prediction, stats, embedding) of one model batch, written in one transaction."""
+        self.append(*(PredictionRecord.of(p, stats, emb, source) for p, stats, emb in predictions))
+
+    def append(self, *records: PredictionRecord) -> None:
+        """Write the records in one transaction: one WAL commit for a whole served batch, not one per row."""
+        rows = [_row(rec) for rec in records]
+        if not rows:
+            return
         with self._lock:
-            self._db.execute(
-                "INSERT INTO predictions (ts, prediction_id, sha256, model_version, label, confidence, probabilities,"
-                " latency_ms, source, stats, embedding) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                row,
-            )
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany(
+                    "INSERT INTO predictions (ts, prediction_id, sha256, model_version, label, confidence,"
+                    " probabilities, latency_ms, source, stats, embedding) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     def read(self, since: str | None = None, model_version: str | None = None, limit: int | None = None) -> list[dict]:
         """Rows as dicts (newest last), optionally from ISO time `since` on and for one model version."""

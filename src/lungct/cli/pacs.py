@@ -7,7 +7,7 @@ import json
 import logging
 import signal
 import threading
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -60,23 +60,25 @@ def _quiet_libraries() -> None:
     logging.getLogger("highdicom").setLevel(logging.WARNING)  # its INFO lines name every source instance
 
 
-def _pipeline(
-    run,
-    state,
-    out,
-    destinations,
-    aggregate,
-    top_k,
-    positive_class,
-    threshold,
-    spool_mb,
-    queue_mb,
-    retry_initial,
-    retry_max,
-    prediction_log,
-    ae_title="LUNGCT",
-    tls=None,
-):
+@dataclass(frozen=True)
+class PipelineOptions:
+    """The options dicom-listen and dicomweb share: where state lives, how a series is judged, the limits."""
+
+    run: Path
+    state: Path
+    out: Path | None
+    aggregate: Aggregate
+    top_k: int
+    positive_class: str | None
+    threshold: float | None
+    spool_mb: float
+    queue_mb: float
+    retry_initial: float
+    retry_max: float
+    prediction_log: Path | None
+
+
+def _pipeline(o: PipelineOptions, destinations: list, ae_title: str = "LUNGCT", tls=None):
     """The spool, queue and analyser both commands share, built from their options."""
     from lungct.pacs.analysis import Analyzer
     from lungct.pacs.outbox import Outbox
@@ -84,19 +86,19 @@ def _pipeline(
     from lungct.pacs.spool import Spool
 
     try:
-        spool = Spool(state / "spool", spool_mb * 2**20)
-        outbox = Outbox(state / "outbox", queue_mb * 2**20, retry_initial, retry_max)
-        if out is not None:
-            out.mkdir(parents=True, exist_ok=True)
+        spool = Spool(o.state / "spool", o.spool_mb * 2**20)
+        outbox = Outbox(o.state / "outbox", o.queue_mb * 2**20, o.retry_initial, o.retry_max)
+        if o.out is not None:
+            o.out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise LungCTError(f"cannot use the state folder {state}: {exc.strerror or exc}") from None
+        raise LungCTError(f"cannot use the state folder {o.state}: {exc.strerror or exc}") from None
     sink = None
-    if prediction_log is not None:
+    if o.prediction_log is not None:
         from lungct.monitoring.predlog import PredictionLog
 
-        sink = PredictionLog(prediction_log)
-    analyzer = Analyzer(run, aggregate.value, top_k, positive_class, threshold, sink)
-    return Pipeline(analyzer, spool, outbox, destinations, out, ae_title, tls)
+        sink = PredictionLog(o.prediction_log)
+    analyzer = Analyzer(o.run, o.aggregate.value, o.top_k, o.positive_class, o.threshold, sink)
+    return Pipeline(analyzer, spool, outbox, destinations, o.out, ae_title, tls)
 
 
 def dicom_listen_command(
@@ -178,11 +180,10 @@ def dicom_listen_command(
         raise LungCTError("results would go nowhere: give --forward HOST:PORT:AET, --stow URL and/or --out DIR")
     from lungct.pacs.listener import Listener
 
-    pipeline = _pipeline(
+    options = PipelineOptions(
         run,
         state,
         out,
-        destinations,
         aggregate,
         top_k,
         positive_class,
@@ -192,9 +193,8 @@ def dicom_listen_command(
         retry_initial,
         retry_max,
         prediction_log,
-        ae_title,
-        sending_tls,
     )
+    pipeline = _pipeline(options, destinations, ae_title, sending_tls)
     listener = Listener(
         pipeline, pipeline.spool, ae_title, port, host, series_timeout, tuple(allow_ae or ()), ssl_context
     )
@@ -252,11 +252,10 @@ def dicomweb_command(
     destinations = [stow_destination(url)] if store else []
     if not destinations and out is None:
         raise LungCTError("results would go nowhere: drop --no-store or give --out DIR")
-    pipeline = _pipeline(
+    options = PipelineOptions(
         run,
         state,
         out,
-        destinations,
         aggregate,
         top_k,
         positive_class,
@@ -267,6 +266,7 @@ def dicomweb_command(
         retry_max,
         prediction_log,
     )
+    pipeline = _pipeline(options, destinations)
     summary = pull_study(url, study, pipeline, wait)
     typer.echo(json.dumps(asdict(summary)))
     if summary.waiting:

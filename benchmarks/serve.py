@@ -149,10 +149,15 @@ def free_port() -> int:
 
 def start_server(bin_dir: Path, run: Path, port: int, options: list[str]) -> tuple[subprocess.Popen, float]:
     """A `lungct serve` process and the seconds from its start to the first healthy /health."""
-    import httpx
-
     cmd = [str(bin_dir / "lungct"), "serve", "--run", str(run), "--port", str(port), *options]
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    return launch_healthy(cmd, env, port)
+
+
+def launch_healthy(cmd: list[str], env: dict, port: int) -> tuple[subprocess.Popen, float]:
+    """Start a server command; return it once /health on `port` answers 200, with the seconds that took."""
+    import httpx
+
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     deadline = time.monotonic() + 180

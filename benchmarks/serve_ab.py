@@ -21,32 +21,21 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from serve import ROOT, _wrk_load, cpu_seconds, free_port, load_average, test_slices
+from serve import ROOT, _wrk_load, cpu_seconds, free_port, launch_healthy, load_average, test_slices
 
 ENTRY = "from lungct.cli.main import run; run()"
 
 
 def start(src: Path, run: Path, port: int, options: list[str], log: Path) -> subprocess.Popen:
-    import httpx
-
+    """The server of the `lungct` package in `src`, run with this environment's packages."""
     env = {**{k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}, "PYTHONPATH": str(src)}
     cmd = [sys.executable, "-c", ENTRY, "serve", "--run", str(run), "--port", str(port), "--log", str(log)]
-    proc = subprocess.Popen([*cmd, *options], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the server from {src} exited: {proc.stderr.read().decode()[-2000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    proc.kill()
-    raise SystemExit(f"the server from {src} did not start within 180 s")
+    try:
+        return launch_healthy([*cmd, *options], env, port)[0]
+    except RuntimeError as exc:
+        raise SystemExit(f"the server from {src}: {exc}") from None
 
 
 def one_round(src: Path, run: Path, options: list[str], slices, n: int, concurrency: int) -> dict:

@@ -227,7 +227,7 @@ async def _load(url: str, slices: list[tuple[str, bytes]], n: int, concurrency: 
     }
 
 
-def _wrk_load(url: str, slices: list[tuple[str, bytes]], n: int, concurrency: int) -> dict:
+def wrk_load(url: str, slices: list[tuple[str, bytes]], n: int, concurrency: int) -> dict:
     """The load test driven by wrk: N answered requests; every non-2xx and socket error counted as an error."""
     import signal
 
@@ -272,7 +272,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def load_test(url: str, run: Path, n: int, concurrency: int, server_pid: int) -> dict:
+def load_test(url: str, run: Path, slices, n: int, concurrency: int, server_pid: int) -> dict:
     """The load client in its own process (wrk, or this file with `--client`), so it does not share an interpreter
     with this one; with the CPU time the server and the client spent per request (both run on the same cores)."""
     import resource
@@ -281,7 +281,7 @@ def load_test(url: str, run: Path, n: int, concurrency: int, server_pid: int) ->
     before_server = cpu_seconds(server_pid)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     if shutil.which("wrk"):
-        out = _wrk_load(url, test_slices(run, 40), n, concurrency)
+        out = wrk_load(url, slices, n, concurrency)
     else:
         done = subprocess.run([*cmd, "--concurrency", str(concurrency)], capture_output=True, text=True, check=True)
         out = {"client": "aiohttp", **json.loads(done.stdout)}
@@ -315,7 +315,7 @@ def bench_server(name: str, bin_dir: Path, run: Path, options: list[str], slices
             info = httpx.get(f"{url}/v1/model").json()
             out.update({k: info[k] for k in ("backend", "precision", "explain_available")})
             out["single_image_latency"] = sequential_latency(url, slices, args.latency_requests)
-            out["load_test"] = load_test(url, run, args.requests, args.concurrency, server.pid)
+            out["load_test"] = load_test(url, run, slices, args.requests, args.concurrency, server.pid)
             out["rss_mb_after_load"] = rss_mb(server.pid)
             batching = httpx.get(f"{url}/v1/model").json()["batching"]
             out["batching"] = batching

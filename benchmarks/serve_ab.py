@@ -23,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from serve import ROOT, _wrk_load, cpu_seconds, free_port, launch_healthy, load_average, test_slices
+from serve import ROOT, cpu_seconds, free_port, launch_healthy, load_average, test_slices, wrk_load
 
 ENTRY = "from lungct.cli.main import run; run()"
 
@@ -44,9 +44,9 @@ def one_round(src: Path, run: Path, options: list[str], slices, n: int, concurre
         proc = start(src, run, port, options, Path(tmp) / "predictions.sqlite")
         url = f"http://127.0.0.1:{port}"
         try:
-            _wrk_load(url, slices, max(200, n // 10), concurrency)  # warm-up: connections, arena, caches
+            wrk_load(url, slices, max(200, n // 10), concurrency)  # warm-up: connections, arena, caches
             before = cpu_seconds(proc.pid)
-            out = _wrk_load(url, slices, n, concurrency)
+            out = wrk_load(url, slices, n, concurrency)
             out["server_cpu_ms_per_request"] = round((cpu_seconds(proc.pid) - before) * 1000 / out["answered"], 2)
         finally:
             proc.terminate()

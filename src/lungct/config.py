@@ -148,6 +148,9 @@ class TrainConfig(_Strict):
     warmup_epochs: int = Field(0, ge=0)
     layer_decay: float | None = Field(None, gt=0, le=1)  # fine-tuning: lr x decay^(depth from the top) per block
     label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    # cross_entropy, or focal: cross-entropy x (1 - p_target)^focal_gamma (lungct.training.losses)
+    loss: Literal["cross_entropy", "focal"] = "cross_entropy"
+    focal_gamma: float = Field(2.0, ge=0, le=10)
     sampler: Literal["shuffle", "balanced"] = "shuffle"  # balanced: each class drawn equally often (with replacement)
     mixup: float = Field(0.0, ge=0)  # timm Mixup alpha (0: off)
     cutmix: float = Field(0.0, ge=0)  # timm CutMix alpha (0: off)
@@ -176,6 +179,8 @@ class TrainConfig(_Strict):
     def _something_trains(self) -> TrainConfig:
         if self.phase1.solver == "gradient" and self.phase1.epochs + self.phase2.epochs == 0:
             raise ValueError("phase1.epochs + phase2.epochs is 0: nothing would train")
+        if self.loss == "focal" and (self.mixup > 0 or self.cutmix > 0):
+            raise ValueError("loss: focal takes class-index targets; it cannot be combined with mixup or cutmix")
         return self
 
 

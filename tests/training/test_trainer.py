@@ -1,5 +1,6 @@
 import csv
 import json
+import math
 
 import pytest
 import torch
@@ -183,3 +184,13 @@ def test_test_time_augmentation_averages_the_slice_and_its_mirror(tiny_dataset, 
     expected = (plain.probabilities(batch) + plain.probabilities(torch.flip(batch, dims=[3]))) / 2
     torch.testing.assert_close(torch.from_numpy(tta.probabilities(batch)), torch.from_numpy(expected))
     assert not torch.allclose(torch.from_numpy(tta.probabilities(batch)), torch.from_numpy(plain.probabilities(batch)))
+
+
+def test_focal_loss_is_what_trains_when_configured(tiny_dataset, fake_pretrained, tmp_path):
+    """Same seed, same batches: focal loss is at most cross-entropy per sample, so its first epoch's loss is lower."""
+    ce = _history(train(tiny_config(tiny_dataset, fake_pretrained), tmp_path / "ce", progress=False))
+    focal = _history(
+        train(tiny_config(tiny_dataset, fake_pretrained, loss="focal"), tmp_path / "focal", progress=False)
+    )
+    assert float(focal[0]["train_loss"]) < 0.9 * float(ce[0]["train_loss"])
+    assert all(math.isfinite(float(r["val_loss"])) for r in focal)

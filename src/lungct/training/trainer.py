@@ -41,6 +41,7 @@ from lungct.files import atomic_csv
 from lungct.models.classifier import build_classifier
 from lungct.run import ModelCard, RunDir, load_weights, save_weights, write_json
 from lungct.training.freezing import count_trainable, freeze_batchnorm_stats, set_trainable, unfreeze_top
+from lungct.training.losses import make_loss
 from lungct.training.optim import build_optimizer, build_scheduler
 
 log = logging.getLogger("lungct")
@@ -321,8 +322,8 @@ class Trainer:
                 mixup_alpha=t.mixup, cutmix_alpha=t.cutmix, label_smoothing=t.label_smoothing, num_classes=len(classes)
             )
         smoothing = 0.0 if self.mixup is not None else t.label_smoothing
-        self.criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=smoothing)
-        self.per_sample_loss = nn.CrossEntropyLoss(weight=weights, label_smoothing=smoothing, reduction="none")
+        self.criterion = make_loss(t.loss, t.focal_gamma, weights, smoothing)
+        self.per_sample_loss = make_loss(t.loss, t.focal_gamma, weights, smoothing, reduction="none")
         self.ema = None
         self.ddp = None
         counts = part_counts(items)

@@ -91,6 +91,10 @@ def test_train_evaluate_predict_through_the_cli(capsys, tiny_dataset, fake_pretr
         assert key in metrics
     assert set(metrics["classes"]["benign"]) >= {"precision", "recall", "specificity", "f1", "auc", "support"}
     assert set(metrics["confusion_matrix"]) == {"labels", "matrix"}
+    floor = metrics["ece_consistency"]
+    assert floor["p5"] <= floor["median"] <= floor["p95"] and 0 <= floor["p_value"] <= 1
+    assert "groups" in floor["method"]  # a group split: one label drawn per group
+    assert f"ece {floor['p5']:.3f}-{floor['p95']:.3f}" in out
 
     # evaluate on other labelled data given with --data
     code, out, err = _run(capsys, "evaluate", "--run", run, "--data", tiny_dataset, "--out", tmp_path / "e2", "-q")

@@ -104,6 +104,8 @@ class Metrics(BaseModel):
     classes: dict[str, ClassMetrics]
     ci95: dict[str, list[float] | None] = Field(default_factory=dict)
     ci95_method: str = ""
+    # the ECE range a perfectly calibrated model would score on these images (lungct.evaluation.consistency)
+    ece_consistency: dict[str, float | str] | None = None
     tta: bool = False
     calibrated: bool = False
 

@@ -132,6 +132,12 @@ def evaluate_command(
         f"n={m['n']} accuracy={m['accuracy']:.3f} balanced_accuracy={m['balanced_accuracy']:.3f} "
         f"macro_f1={m['macro_f1']:.3f} macro_auc={m['macro_auc'] or float('nan'):.3f} ece={m['ece']:.3f}"
     )
+    floor = m.get("ece_consistency")
+    if floor:
+        typer.echo(
+            f"a perfectly calibrated model would score ece {floor['p5']:.3f}-{floor['p95']:.3f} on these images "
+            f"(median {floor['median']:.3f}; p = {floor['p_value']:.2f} of scoring {m['ece']:.3f} or worse)"
+        )
     typer.echo(f"report written to {out}/metrics.json")
 
 

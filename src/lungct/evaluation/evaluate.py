@@ -16,6 +16,7 @@ from lungct.data.splits import load_split
 from lungct.distributed import current, map_shards
 from lungct.errors import LungCTError
 from lungct.evaluation.bootstrap import N_RESAMPLES, bootstrap_ci
+from lungct.evaluation.consistency import ece_consistency
 from lungct.evaluation.metrics import compute_metrics, text_report
 from lungct.inference import Predictor
 from lungct.plots import plot_confusion, plot_roc
@@ -83,6 +84,7 @@ def evaluate(
     metrics["ci95"] = bootstrap_ci(y, probs, classes, predictor.card.positive_class, groups, n_bootstrap)
     unit = f"groups ({len(set(groups))} groups)" if groups else "images"
     metrics["ci95_method"] = f"percentile bootstrap, {n_bootstrap} resamples of {unit}"
+    metrics["ece_consistency"] = ece_consistency(probs, metrics["ece"], groups) if len(y) else None
     metrics["tta"] = tta
     metrics["calibrated"] = predictor.calibration is not None
     metrics["data"] = TEST_PART if not data else [str(d) for d in data]

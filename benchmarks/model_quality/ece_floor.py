@@ -9,8 +9,9 @@ Usage: python benchmarks/model_quality/ece_floor.py RUN [RUN ...]   (runs evalua
 Assume the model's test probabilities are exactly right and draw the labels from them, 2000 times, scoring
 each draw with lungct's ECE (15 equal-width bins, top label):
 - slice draws: every slice's label drawn on its own (the floor if slices were independent patients);
-- case draws: one label per group, drawn from the group's mean probability and shared by all its slices,
-  as IQ-OTH/NCCD labels whole cases (the floor for a test part of a few dozen correlated groups).
+- case draws: one random number per group, read through each slice's own probabilities, so slices of one case share
+  their label wherever their probabilities agree, as IQ-OTH/NCCD labels whole cases (the floor for a test
+  part of a few dozen correlated groups).
 A measured ECE inside the case-draw range cannot be told apart from perfect calibration on that test part.
 """
 

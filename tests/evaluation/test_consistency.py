@@ -45,3 +45,12 @@ def test_shared_case_labels_raise_the_floor():
     by_case = ece_consistency(probs, 0.1, groups)
     assert by_case["median"] > by_slice["median"]
     assert "20 groups" in by_case["method"]
+
+
+def test_groups_of_one_slice_are_exactly_independent_slices():
+    probs = _probs(150)
+    alone = ece_consistency(probs, 0.1, groups=[f"g{i:03d}" for i in range(150)])
+    independent = ece_consistency(probs, 0.1)
+    assert {k: alone[k] for k in ("median", "p5", "p95", "p_value")} == {
+        k: independent[k] for k in ("median", "p5", "p95", "p_value")
+    }

@@ -7,8 +7,10 @@ probabilities as the truth, draw labels from them many times, and score each dra
 measured ECE inside that range cannot be told from perfect calibration; `p_value` is the share of draws at
 least as bad as the measurement.
 
-With groups, one label is drawn per group (from the group's mean probability) and shared by its slices, as
-IQ-OTH/NCCD labels whole cases: the honest floor when a test part holds a few dozen correlated cases.
+With groups, the slices of a group share one uniform random number, and each slice's label is that number
+read through its own probabilities (a comonotone coupling): every slice keeps its own probabilities as the
+truth, and slices of one case get the same label wherever their probabilities agree, as IQ-OTH/NCCD labels
+whole cases. That is the honest floor when a test part holds a few dozen correlated cases.
 
 Written here: scikit-learn and netcal have no consistency resampling; it reuses lungct's own ECE binning.
 """
@@ -19,6 +21,7 @@ import numpy as np
 
 DRAWS = 1000
 BINS = 15  # as lungct.evaluation.metrics.reliability_bins
+CHUNK = 4_000_000  # label-draw cells (draws x images x classes) held at once: about 32 MB per array
 
 
 def ece_of_draws(y_draws: np.ndarray, probs: np.ndarray, bins: int = BINS) -> np.ndarray:
@@ -47,19 +50,24 @@ def ece_consistency(
     probs = np.asarray(probs, dtype=np.float64)
     probs = probs / probs.sum(1, keepdims=True)
     if groups is None:
-        draw_p, index, unit = probs, np.arange(len(probs)), "image"
+        index, unit = np.arange(len(probs)), "image"
     else:
         cases, index = np.unique(np.asarray(groups), return_inverse=True)
-        draw_p = np.stack([probs[index == i].mean(0) for i in range(len(cases))])
         unit = f"group ({len(cases)} groups)"
-    cumulative = draw_p.cumsum(1)
+    cumulative = probs.cumsum(1)
     cumulative[:, -1] = 1.0
-    u = np.random.default_rng(seed).random((draws, len(draw_p)))
-    y = (u[:, :, None] > cumulative[None]).sum(-1)[:, index]
-    eces = ece_of_draws(y, probs)
+    rng = np.random.default_rng(seed)
+    block = max(1, CHUNK // (len(probs) * probs.shape[1]))  # draws per block: memory stays flat for 100k slices
+    eces = np.concatenate(
+        [
+            ece_of_draws((rng.random((m, index.max() + 1))[:, index, None] > cumulative[None]).sum(-1), probs)
+            for m in np.diff([*range(0, draws, block), draws])
+        ]
+    )
     p5, median, p95 = np.percentile(eces, [5, 50, 95])
     return {
-        "method": f"consistency resampling: {draws} label draws from the model's own probabilities, one per {unit}",
+        "method": f"consistency resampling: {draws} label draws from the model's own probabilities, "
+        f"one random number per {unit}",
         "median": float(median),
         "p5": float(p5),
         "p95": float(p95),

@@ -97,12 +97,38 @@ class HeadConfig(_Strict):
         return v
 
 
+class TilesConfig(_Strict):
+    """Tile pooling (lungct.models.tiles): the backbone sees overlapping `size` px tiles every `stride` px of the
+    `input_size` slice, and the tiles' pooled features are pooled again across tiles (max: a lesion in one tile
+    counts fully; mean). Multiples of the backbone's stride (32) keep Grad-CAM's stitched map aligned."""
+
+    size: int = Field(224, ge=32, le=2048)
+    stride: int = Field(144, ge=8, le=2048)
+    pool: Literal["max", "mean"] = "max"
+
+    @model_validator(mode="after")
+    def _stride_within_tile(self) -> TilesConfig:
+        if self.stride > self.size:
+            raise ValueError(f"stride {self.stride} is larger than the tile ({self.size} px): slices would have gaps")
+        return self
+
+
 class ModelConfig(_Strict):
     arch: str = "mobilenetv2_100"
     weights: str | None = None  # local file, "hub" for the model hub, or None for random init
     head: HeadConfig = Field(default_factory=HeadConfig)
     input_size: int | None = Field(None, ge=32, le=2048)  # overrides the backbone's pretrained input size
     pool: Literal["avg", "max", "avgmax", "catavgmax"] = "avg"  # timm's global pooling of the last feature map
+    tiles: TilesConfig | None = None  # None: the whole slice in one pass
+
+    @model_validator(mode="after")
+    def _tiles_fit(self) -> ModelConfig:
+        if self.tiles is not None:
+            if self.input_size is None:
+                raise ValueError("model.tiles needs model.input_size (the slice size the tiles are cut from)")
+            if self.tiles.size > self.input_size:
+                raise ValueError(f"tiles.size {self.tiles.size} is larger than input_size {self.input_size}")
+        return self
 
 
 class PhaseConfig(_Strict):

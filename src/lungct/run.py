@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lungct.config import HeadConfig
+from lungct.config import HeadConfig, TilesConfig
 from lungct.contracts import RunSummary
 from lungct.data.preprocess import Preprocess
 from lungct.errors import LungCTError
@@ -59,6 +59,7 @@ class ModelCard:
     weights_source: str = ""
     positive_class: str | None = None
     global_pool: str = "avg"  # timm's pooling of the last feature map (model.pool)
+    tiles: dict | None = None  # model.tiles (size, stride, pool) when the backbone runs on tiles of the slice
     members: int = 0  # > 0: an ensemble of this many classifiers (lungct ensemble)
     shared_backbone: bool = False  # an ensemble whose members share one frozen backbone
     versions: dict[str, str] = field(default_factory=library_versions)  # of the software that made the model
@@ -76,6 +77,7 @@ class ModelCard:
             "weights_source": self.weights_source,
             "positive_class": self.positive_class,
             "global_pool": self.global_pool,
+            "tiles": self.tiles,
             "members": self.members,
             "shared_backbone": self.shared_backbone,
             "versions": self.versions,
@@ -99,6 +101,7 @@ class ModelCard:
             d.get("weights_source", ""),
             d.get("positive_class"),
             d.get("global_pool", "avg"),
+            dict(d["tiles"]) if d.get("tiles") else None,
             int(d.get("members", 0)),
             bool(d.get("shared_backbone", False)),
             dict(d.get("versions") or {}),
@@ -190,7 +193,8 @@ def load_model(run: RunDir) -> tuple[torch.nn.Module, ModelCard]:
 
     def make_backbone() -> torch.nn.Module:
         pre = card.preprocess
-        return create_backbone(card.arch, None, 0, pre.color, pre.input_size, card.global_pool).module
+        tiles = TilesConfig(**card.tiles) if card.tiles else None
+        return create_backbone(card.arch, None, 0, pre.color, pre.input_size, card.global_pool, tiles).module
 
     if card.members:
         model = empty_ensemble(make_backbone, len(card.classes), card.head, card.members, card.shared_backbone)

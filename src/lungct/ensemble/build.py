@@ -27,7 +27,7 @@ from lungct.run import RunDir, load_model, save_weights, write_json
 log = logging.getLogger("lungct")
 
 # What every member must share for their probabilities to be averaged over the same input.
-MUST_MATCH = ("arch", "classes", "preprocess", "global_pool")
+MUST_MATCH = ("arch", "classes", "preprocess", "global_pool", "tiles")
 
 
 def finished_folds(cv_dir: Path) -> tuple[dict, list[RunDir]]:

@@ -12,6 +12,7 @@ from torch import nn
 from lungct.contracts import CamMethod
 from lungct.data.transforms import Preprocess
 from lungct.errors import LungCTError
+from lungct.models.tiles import TiledBackbone, stitch_maps
 
 # pytorch-grad-cam class and display title of each lungct.contracts.CamMethod
 METHODS = {
@@ -41,7 +42,11 @@ def compute_cams(
     modules = dict(model.named_modules())
     layers = [modules[n] for n in layer_names]
     model.eval()  # BatchNorm running statistics and no dropout, as at prediction time
-    cam = METHODS[method](model=model, target_layers=layers)
+    tiled = next((m for m in model.modules() if isinstance(m, TiledBackbone)), None)
+    size = tuple(batch.shape[-2:])
+    # a tile-pooled backbone's layers see B x T tiles: their maps are stitched into one map per slice first
+    stitch = None if tiled is None else (lambda maps: stitch_maps(maps, tiled, size))
+    cam = METHODS[method](model=model, target_layers=layers, reshape_transform=stitch)
     if method == "scorecam":
         channels = _channels(model, layers, batch)
         if channels > SCORECAM_MAX_CHANNELS:

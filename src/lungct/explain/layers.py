@@ -39,15 +39,16 @@ def resolve_names(model: nn.Module, name: str) -> list[str]:
     modules = dict(model.named_modules())
     members = len(getattr(model, "backbones", ()))
     if members and name not in modules:
-        names = [f"backbones.{i}.{name.removeprefix('backbone.')}" for i in range(members)]
-        if all(n in modules for n in names):
-            return names
+        for inner in ("", "backbone."):  # a member's backbone, or the backbone inside its tiles
+            names = [f"backbones.{i}.{inner}{name.removeprefix('backbone.')}" for i in range(members)]
+            if all(n in modules for n in names):
+                return names
     return [resolve_name(model, name)]
 
 
 def resolve_name(model: nn.Module, name: str) -> str:
     modules = dict(model.named_modules())
-    for candidate in (name, f"backbone.{name}"):
+    for candidate in (name, f"backbone.{name}", f"backbone.backbone.{name}"):  # the last: inside a TiledBackbone
         if candidate and candidate in modules:
             return candidate
     close = difflib.get_close_matches(name, [n for n in modules if n], n=3)

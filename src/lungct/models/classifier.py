@@ -8,10 +8,11 @@ import timm
 import torch
 from torch import nn
 
-from lungct.config import HeadConfig, ModelConfig
+from lungct.config import HeadConfig, ModelConfig, TilesConfig
 from lungct.data.transforms import Preprocess
 from lungct.errors import LungCTError
 from lungct.models.registry import get_spec
+from lungct.models.tiles import TiledBackbone
 from lungct.models.weights import check_weights_file, normalisation_from_metadata
 
 
@@ -59,12 +60,14 @@ def create_backbone(
     color: str = "grey",
     input_size: int | None = None,
     global_pool: str = "avg",
+    tiles: TilesConfig | None = None,
 ) -> Backbone:
     """Build a backbone (pooled features when num_classes=0) with its weights and preprocessing.
 
     weights: a local file, "hub" (timm's usual download), or None (random initial weights).
     global_pool: timm's pooling of the last feature map (avg, max, avgmax, catavgmax); max keeps the signal
     of a lesion that covers a few cells of the map, which an average over the whole slice dilutes.
+    tiles: run the backbone on overlapping tiles of the slice and pool across them (lungct.models.tiles).
     """
     spec = get_spec(arch)
     meta: dict[str, str] = {}
@@ -106,9 +109,11 @@ def create_backbone(
         crop_pct=float(cfg.get("crop_pct", 1.0)),
         color=color,
     )
+    if tiles is not None:
+        module = TiledBackbone(module, tiles.size, tiles.stride, tiles.pool)
     return Backbone(module, preprocess, timm_name, pretrained, source)
 
 
 def build_classifier(cfg: ModelConfig, num_classes: int, color: str = "grey") -> tuple[CTClassifier, Backbone]:
-    backbone = create_backbone(cfg.arch, cfg.weights, 0, color, cfg.input_size, cfg.pool)
+    backbone = create_backbone(cfg.arch, cfg.weights, 0, color, cfg.input_size, cfg.pool, cfg.tiles)
     return CTClassifier(backbone.module, num_classes, cfg.head), backbone

@@ -41,9 +41,36 @@ class TiledBackbone(nn.Module):
             raise ValueError("tile pool must be max or mean")
         self.backbone, self.tile, self.stride, self.pool = backbone, tile, stride, pool
         self.num_features = getattr(backbone, "num_features", None)
+        self.head_hidden_size = getattr(backbone, "head_hidden_size", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tiles = to_tiles(x, self.tile, self.stride)
         b, t = tiles.shape[:2]
         features = self.backbone(tiles.flatten(0, 1)).view(b, t, -1)
         return features.amax(1) if self.pool == "max" else features.mean(1)
+
+
+def unwrap(backbone: nn.Module) -> nn.Module:
+    """The backbone inside a TiledBackbone (itself otherwise): where timm's layer grouping and CAM layers live."""
+    return backbone.backbone if isinstance(backbone, TiledBackbone) else backbone
+
+
+def stitch_maps(maps: torch.Tensor, tiles: TiledBackbone, size: tuple[int, int]) -> torch.Tensor:
+    """(B x T, C, h, w) feature maps of the tiles -> (B, C, H', W'): each tile's map placed where its tile lies in
+    the `size` (H, W) slice, overlaps averaged. Grad-CAM then weighs one map of the whole slice, not T maps.
+
+    A tile start that is not a multiple of the map's stride lands on the nearest cell.
+    """
+    (height, width), (h, w) = size, maps.shape[-2:]
+    ys, xs = tile_starts(height, tiles.tile, tiles.stride), tile_starts(width, tiles.tile, tiles.stride)
+    b = maps.shape[0] // (len(ys) * len(xs))
+    maps = maps.reshape(b, len(ys) * len(xs), *maps.shape[1:])
+    scale_y, scale_x = h / min(tiles.tile, height), w / min(tiles.tile, width)
+    out_h, out_w = max(h, round(height * scale_y)), max(w, round(width * scale_x))
+    canvas = maps.new_zeros(b, maps.shape[2], out_h, out_w)
+    count = maps.new_zeros(1, 1, out_h, out_w)
+    for t, (y, x) in enumerate((y, x) for y in ys for x in xs):
+        top, left = min(round(y * scale_y), out_h - h), min(round(x * scale_x), out_w - w)
+        canvas[..., top : top + h, left : left + w] += maps[:, t]
+        count[..., top : top + h, left : left + w] += 1
+    return canvas / count.clamp(min=1)

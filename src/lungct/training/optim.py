@@ -15,7 +15,10 @@ def parameter_groups(model: nn.Module, cfg: TrainConfig, layer_decay: float | No
         return [{"params": [p for p in model.parameters() if p.requires_grad]}]
     from timm.optim._param_groups import param_groups_layer_decay
 
-    groups = param_groups_layer_decay(model.backbone, cfg.weight_decay, layer_decay=layer_decay)
+    from lungct.models.tiles import unwrap
+
+    # the same parameters either way; timm groups them by the plain backbone's own layer names
+    groups = param_groups_layer_decay(unwrap(model.backbone), cfg.weight_decay, layer_decay=layer_decay)
     head = [p for p in model.head.parameters() if p.requires_grad]
     return [g for g in groups if g["params"]] + ([{"params": head, "lr_scale": 1.0}] if head else [])
 

@@ -299,6 +299,7 @@ class Trainer:
             backbone.weights_source,
             cfg.data.positive_class,
             cfg.model.pool,
+            cfg.model.tiles.model_dump() if cfg.model.tiles else None,
         )
         self._place_model()
         if not backbone.pretrained:

@@ -1,0 +1,55 @@
+"""Which benign cases does each recipe find? Benign recall per look-alike group (the patient proxy), per row.
+
+Usage: python benchmarks/model_quality/benign_groups.py runs/model_quality/NAME [...]
+-> benchmarks/results/benign_groups.json, and a table on stdout (groups from never to always found).
+
+Every group is in the test part of exactly one of the 5 folds, so each row scores every benign group once.
+A group that no recipe finds points at the data (a benign case whose slices look normal); a group that some
+recipes find and others miss points at the method.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "benign_groups.json"
+CLASS = "benign"
+
+
+def group_recall(cv_dir: Path) -> dict[str, tuple[int, int]]:
+    """group -> (slices predicted benign, benign slices) over the test parts of the cv folder's folds."""
+    out: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for fold in sorted(cv_dir.glob("fold_*")):
+        with (fold / "split.csv").open(newline="") as fh:
+            group_of = {row["path"]: row["group"] for row in csv.DictReader(fh)}
+        with (fold / "eval" / "predictions.csv").open(newline="") as fh:
+            for row in csv.DictReader(fh):
+                if row["label"] == CLASS:
+                    hit = out[group_of[row["path"]]]
+                    hit[0] += row["predicted"] == CLASS
+                    hit[1] += 1
+    return {g: (found, n) for g, (found, n) in out.items()}
+
+
+def main(dirs: list[str]) -> None:
+    rows = {Path(d).name: group_recall(Path(d)) for d in dirs}
+    groups = sorted({g for r in rows.values() for g in r})
+    mean = {g: sum(r[g][0] / r[g][1] for r in rows.values() if g in r) / len(rows) for g in groups}
+    RESULTS.write_text(json.dumps({"rows": {k: {g: list(v) for g, v in r.items()} for k, r in rows.items()}}, indent=2))
+    print("| group | benign slices | " + " | ".join(rows) + " |")
+    print("|---|---|" + "---|" * len(rows))
+    for g in sorted(groups, key=lambda g: mean[g]):
+        n = next(r[g][1] for r in rows.values() if g in r)
+        cells = [f"{r[g][0] / r[g][1]:.2f}" if g in r else "" for r in rows.values()]
+        print(f"| {g} | {n} | " + " | ".join(cells) + " |")
+    never = [g for g in groups if all(r.get(g, (0, 1))[0] == 0 for r in rows.values())]
+    slices = sum(next(r[g][1] for r in rows.values() if g in r) for g in never)
+    print(f"\nfound by no row: {len(never)} of {len(groups)} groups ({slices} slices): {', '.join(never)}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

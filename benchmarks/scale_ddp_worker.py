@@ -51,7 +51,9 @@ def main() -> None:
     parser.add_argument("--global-batch", type=int, default=32)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--unfreeze", type=float, default=0.3)
+    parser.add_argument(
+        "--unfreeze", type=lambda s: int(s) if s.isdigit() else float(s), default=0.3, help="count (int) or fraction"
+    )
     parser.add_argument("--json", required=True)
     args = parser.parse_args()
     cuda = torch.cuda.is_available()

@@ -145,7 +145,21 @@ class HeadPhaseConfig(PhaseConfig):
 
 class FineTuneConfig(PhaseConfig):
     lr: float = Field(1e-4, gt=0)
-    unfreeze: float = Field(0.3, ge=0)  # >= 1: number of top layers; < 1: fraction of the backbone's layers
+    # An integer counts top parameter layers (10: the top ten); a decimal is a fraction of them (0.3; 1.0: all);
+    # "all" is the whole backbone. The type decides, so 1 (one layer) and 1.0 (every layer) cannot be confused.
+    unfreeze: int | float | Literal["all"] = Field(0.3)
+
+    @field_validator("unfreeze", mode="before")
+    @classmethod
+    def _unfreeze_amount(cls, v: object) -> int | float:
+        if v == "all":
+            return 1.0
+        if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
+            raise ValueError(f"unfreeze {v!r}: give a layer count (an integer >= 0), a fraction (0.0 to 1.0) or 'all'")
+        if isinstance(v, float) and v > 1:
+            hint = f" (for a count of {int(v)} layers write {int(v)})" if v.is_integer() else ""
+            raise ValueError(f"unfreeze {v} is a fraction above 1.0; a fraction of the layers is 0.0 to 1.0{hint}")
+        return v
 
 
 class AugmentConfig(_Strict):

@@ -85,6 +85,30 @@ def test_unfreeze_fraction_and_count():
     assert unfreeze_top(backbone, 0.5) == n_layers // 2
     assert unfreeze_top(backbone, 3) == 3
     assert unfreeze_top(backbone, 10_000) == n_layers
+    assert unfreeze_top(backbone, 1) == 1
+    assert unfreeze_top(backbone, 1.0) == n_layers  # a fraction: the whole backbone, not one layer
+    assert all(p.requires_grad for p in backbone.parameters())
+    with pytest.raises(ValueError, match=r"above 1\.0"):
+        unfreeze_top(backbone, 10.0)
+
+
+def test_unfreeze_in_a_config_is_a_count_when_whole_and_a_fraction_when_decimal():
+    from lungct.config import parse_config
+    from lungct.errors import LungCTError
+
+    def amount(v):
+        return parse_config({"train": {"phase2": {"unfreeze": v}}}).train.phase2.unfreeze
+
+    assert amount(1) == 1 and isinstance(amount(1), int)
+    assert amount(1.0) == 1.0 and isinstance(amount(1.0), float)
+    assert amount("all") == 1.0
+    assert amount(0.3) == 0.3
+    with pytest.raises(LungCTError, match=r"unfreeze 10.0 is a fraction above 1.0.*write 10"):
+        amount(10.0)
+    with pytest.raises(LungCTError, match="unfreeze"):
+        amount(-1)
+    with pytest.raises(LungCTError, match="unfreeze"):
+        amount("most")
 
 
 def test_interrupted_run_resumes_to_the_same_result(tiny_dataset, fake_pretrained, tmp_path):

@@ -20,14 +20,22 @@ def set_trainable(module: nn.Module, trainable: bool) -> None:
         p.requires_grad_(trainable)
 
 
-def top_layer_count(amount: float, total: int) -> int:
-    """How many of `total` top layers `amount` names: >= 1 a count, below 1 a fraction (rounded up)."""
-    n = int(amount) if amount >= 1 else math.ceil(amount * total)
-    return max(0, min(n, total))
+def top_layer_count(amount: int | float, total: int) -> int:
+    """How many of `total` top layers `amount` names: an int is a count, a float a fraction (rounded up; 1.0 is
+    every layer). The type, not the size, decides: 1.0 once meant "one layer" and left "whole-network" runs
+    fine-tuning the top layer only."""
+    if isinstance(amount, bool) or amount < 0:
+        raise ValueError(f"unfreeze amount {amount!r}: a count (int >= 0) or a fraction (0.0 to 1.0)")
+    if isinstance(amount, int):
+        return min(amount, total)
+    if amount > 1:
+        raise ValueError(f"unfreeze fraction {amount} is above 1.0; give a count of layers as an int")
+    return min(math.ceil(amount * total), total)
 
 
-def unfreeze_top(backbone: nn.Module, amount: float) -> int:
-    """Make the top layers trainable: `amount` >= 1 is a count, below 1 a fraction. Returns the count."""
+def unfreeze_top(backbone: nn.Module, amount: int | float) -> int:
+    """Make the top layers trainable (`amount`: an int count or a float fraction, see top_layer_count).
+    Returns the count."""
     layers = parameter_layers(backbone)
     n = top_layer_count(amount, len(layers))
     set_trainable(backbone, False)

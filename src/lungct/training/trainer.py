@@ -52,7 +52,7 @@ class Phase:
     name: str
     epochs: int
     lr: float
-    unfreeze: float | None  # None: whole backbone frozen; "all" phase uses -1
+    unfreeze: int | float | None  # None: whole backbone frozen; "all" phase uses -1 (see top_layer_count)
 
 
 def seed_generators(seed: int) -> None:

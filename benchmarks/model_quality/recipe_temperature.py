@@ -1,7 +1,11 @@
 """Would one temperature per recipe calibrate unseen patients better than each run's own validation fit?
 
-For each fold of a `lungct cv` folder: the median of the OTHER folds' validation temperatures is applied to
-this fold's (uncalibrated) test predictions, so no fold's temperature is fitted on its own test part.
+For each fold of a `lungct cv` folder, calibrators fitted only on the OTHER folds are applied to this fold's
+(uncalibrated) test predictions, so nothing is fitted on the fold's own test part:
+- the median of the other folds' validation temperatures;
+- a temperature fitted on the other folds' pooled test predictions (their out-of-fold predictions: the
+  recipe-level temperature a cv of the recipe yields, `lungct calibrate --from-cv`);
+- per-class isotonic maps fitted on the same pooled predictions.
 Usage: python benchmarks/model_quality/recipe_temperature.py runs/model_quality/NAME [...]
 """
 
@@ -16,34 +20,50 @@ import numpy as np
 from scipy.special import softmax
 
 from lungct.evaluation.metrics import expected_calibration_error
+from lungct.inference.calibration import fit_isotonic, fit_temperature
 
 
-def fold_ece(fold: Path, temperature: float) -> tuple[float, float]:
+def fold_predictions(fold: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, uncalibrated probabilities) of a fold's test part."""
     with (fold / "eval" / "predictions.csv").open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     classes = [c[2:] for c in rows[0] if c.startswith("p_")]
     y = np.array([classes.index(r["label"]) for r in rows])
-    p = np.array([[float(r[f"p_{c}"]) for c in classes] for r in rows])
-    q = softmax(np.log(np.clip(p, 1e-12, 1.0)) / temperature, axis=1)
-    return expected_calibration_error(y, p), expected_calibration_error(y, q)
+    return y, np.array([[float(r[f"p_{c}"]) for c in classes] for r in rows])
+
+
+def tempered(p: np.ndarray, temperature: float) -> np.ndarray:
+    return softmax(np.log(np.clip(p, 1e-12, 1.0)) / temperature, axis=1)
 
 
 def main(dirs: list[str]) -> None:
     for d in map(Path, dirs):
         per_fold = json.loads((d / "cv.json").read_text())["per_fold"]
         temps = np.array([r["temperature"] for r in per_fold])
-        raw, recipe = zip(
-            *(fold_ece(d / f"fold_{k}", float(np.median(np.delete(temps, k - 1)))) for k in range(1, len(temps) + 1)),
-            strict=True,
-        )
+        parts = [fold_predictions(d / f"fold_{k}") for k in range(1, len(temps) + 1)]
+        raw, recipe, pooled_t, pooled_iso, fitted_t = [], [], [], [], []
+        for k, (y, p) in enumerate(parts):
+            y_rest = np.concatenate([q[0] for j, q in enumerate(parts) if j != k])
+            p_rest = np.concatenate([q[1] for j, q in enumerate(parts) if j != k])
+            scaler = fit_temperature(y_rest, p_rest)
+            fitted_t.append(scaler.temperature)
+            raw.append(expected_calibration_error(y, p))
+            recipe.append(expected_calibration_error(y, tempered(p, float(np.median(np.delete(temps, k))))))
+            pooled_t.append(expected_calibration_error(y, scaler.apply(p)))
+            pooled_iso.append(expected_calibration_error(y, fit_isotonic(y_rest, p_rest).apply(p)))
         own = np.array([r["ece_calibrated"] for r in per_fold])
 
         def fmt(v) -> str:
             return f"{np.mean(v):.3f} ± {np.std(v, ddof=1):.3f}"
 
+        def better(v, raw=raw) -> str:
+            return f"{fmt(v)} (lower in {int(np.sum(np.array(v) < np.array(raw)))} of {len(raw)})"
+
         print(
             f"{d.name}: T per fold {np.round(temps, 2).tolist()}; test ECE uncalibrated {fmt(raw)}, "
-            f"own validation T {fmt(own)}, median T of the other folds {fmt(recipe)}"
+            f"own validation T {better(own)}, median T of the other folds {better(recipe)}, "
+            f"T on the other folds' test predictions {better(pooled_t)} (T {np.round(fitted_t, 2).tolist()}), "
+            f"isotonic on them {better(pooled_iso)}"
         )
 
 

@@ -178,6 +178,9 @@ class EarlyStoppingConfig(_Strict):
 
 
 class TrainConfig(_Strict):
+    # Initialisation, data order, augmentation and the probe's inner folds; None: the experiment's `seed`, which
+    # also draws the split. Another train.seed on the same split trains another member of a seed ensemble.
+    seed: int | None = None
     batch_size: int = Field(32, ge=1, le=4096)
     optimizer: Literal["adamw", "adam", "sgd", "rmsprop"] = "adamw"
     weight_decay: float = Field(1e-4, ge=0)

@@ -218,3 +218,15 @@ def test_focal_loss_is_what_trains_when_configured(tiny_dataset, fake_pretrained
     )
     assert float(focal[0]["train_loss"]) < 0.9 * float(ce[0]["train_loss"])
     assert all(math.isfinite(float(r["val_loss"])) for r in focal)
+
+
+def test_train_seed_changes_the_training_but_not_the_split(tiny_dataset, tmp_path):
+    """Seed-ensemble members: the same split, other initialisation and data order; train.seed equal to the
+    experiment's seed is the run without it."""
+    a = train(tiny_config(tiny_dataset), tmp_path / "a", progress=False)
+    b = train(tiny_config(tiny_dataset, seed=7), tmp_path / "b", progress=False)
+    same = train(tiny_config(tiny_dataset, seed=0), tmp_path / "same", progress=False)
+    assert a.split.read_text() == b.split.read_text() == same.split.read_text()
+    wa, wb, ws = (load_file(r.weights) for r in (a, b, same))
+    assert any(not torch.equal(wa[k], wb[k]) for k in wa)
+    assert all(torch.equal(wa[k], ws[k]) for k in wa)

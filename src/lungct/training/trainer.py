@@ -127,6 +127,11 @@ class Trainer:
         if self.dist.is_main:
             self.run.path.mkdir(parents=True, exist_ok=True)
 
+    @property
+    def train_seed(self) -> int:
+        """The seed of everything random in training; the split's seed is the experiment's."""
+        return self.cfg.seed if self.cfg.train.seed is None else self.cfg.train.seed
+
     def _resumable(self) -> bool:
         """An interrupted run resumes only under the config it started with: mixing two recipes is refused,
         and --overwrite starts afresh instead."""
@@ -174,7 +179,7 @@ class Trainer:
             transform,
             cache=t.cache_images,
         )
-        gen = torch.Generator().manual_seed(self.cfg.seed)
+        gen = torch.Generator().manual_seed(self.train_seed)
         if shuffle and t.sampler == "balanced":  # every class drawn equally often, with replacement
             labels = np.asarray(ds.targets)
             weights = 1.0 / np.bincount(labels)[labels]
@@ -277,7 +282,7 @@ class Trainer:
     # -- the whole run ------------------------------------------------------------------------------
     def fit(self) -> RunDir:
         cfg = self.cfg
-        seed_everything(cfg.seed)
+        seed_everything(self.train_seed)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         started = time.time()
@@ -388,7 +393,7 @@ class Trainer:
         from the loader's own generator, the same on every rank. A single process is not reseeded."""
         if not self.dist.enabled:
             return
-        seed_generators(rank_seed(self.cfg.seed, phase_index, epoch, self.dist.rank))
+        seed_generators(rank_seed(self.train_seed, phase_index, epoch, self.dist.rank))
 
     def _wrap_for_phase(self, probe: bool) -> None:
         """DistributedDataParallel over the parameters this phase trains (made again at each phase, since
@@ -527,7 +532,7 @@ class Trainer:
                 self._probe_groups,
                 len(self.class_index),
                 self.cfg.train.class_weights,
-                self.cfg.seed,
+                self.train_seed,
                 self.cfg.train.phase1.c,
             )
         self.dist.broadcast_module(self.model.head)

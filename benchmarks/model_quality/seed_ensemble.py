@@ -1,0 +1,88 @@
+"""A seed ensemble on the study's 5 folds: members trained on all of each fold's development images.
+
+Usage: python benchmarks/model_quality/seed_ensemble.py NAME NAME [...]   (finished cv rows in
+runs/model_quality/ that differ only in `train.seed`, e.g. lpft_ema_224 lpft_ema_seed1_224 lpft_ema_seed2_224)
+-> runs/model_quality/seeds_<first NAME>_x<count>.json and a table row on stdout.
+
+The nested fold ensemble (ensemble_row.py) lost to one model because each member saw 4/5 of the development
+images. Seed members see all of them: the same folds, the same training/validation parts (the experiment's
+seed draws both), another initialisation, data order and augmentation. Per fold, the members' test
+probabilities (their `oof_predictions.csv`) are averaged slice by slice, which is what `lungct ensemble` of
+those fold runs would output. Nothing is fitted on a test part; the rows were chosen before any was scored.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from screen import fold_metrics
+
+from lungct.config import load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def read_oof(name: str) -> dict[str, tuple[int, str, str, np.ndarray]]:
+    """path -> (fold, group, label, probabilities) of one cv row."""
+    with (ROOT / "runs" / "model_quality" / name / "oof_predictions.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    classes = [c[2:] for c in rows[0] if c.startswith("p_")]
+    return {
+        r["path"]: (int(r["fold"]), r["group"], r["label"], np.array([float(r[f"p_{c}"]) for c in classes]))
+        for r in rows
+    }
+
+
+def same_recipe(names: list[str]) -> None:
+    """Members must differ in train.seed only; anything else would make this another lever."""
+    dumps = []
+    for n in names:
+        d = load_config(ROOT / "configs" / "model_quality" / f"{n}.yaml").model_dump()
+        d.pop("name")
+        d["train"].pop("seed")
+        dumps.append(d)
+    if any(d != dumps[0] for d in dumps[1:]):
+        raise SystemExit(f"{names}: the configs differ in more than train.seed")
+
+
+def main(names: list[str]) -> None:
+    if len(set(names)) < 2 or len(set(names)) != len(names):
+        raise SystemExit("give at least two different cv rows")
+    same_recipe(names)
+    members = [read_oof(n) for n in names]
+    if any(m.keys() != members[0].keys() for m in members) or any(
+        m[p][:3] != members[0][p][:3] for m in members for p in members[0]
+    ):
+        raise SystemExit("the rows do not hold the same folds, groups and labels")
+    paths = sorted(members[0])
+    classes = sorted({members[0][p][2] for p in paths})
+    fold = np.array([members[0][p][0] for p in paths])
+    groups = np.array([members[0][p][1] for p in paths])
+    y = np.array([classes.index(members[0][p][2]) for p in paths])
+    rows = {"mean of members": [], **{n: [] for n in names}}
+    for k in sorted(set(fold)):
+        i = fold == k
+        probs = [np.stack([m[p][3] for p in np.array(paths)[i]]) for m in members]
+        rows["mean of members"].append(fold_metrics(y[i], np.mean(probs, 0), groups[i], classes))
+        for n, p in zip(names, probs, strict=True):
+            rows[n].append(fold_metrics(y[i], p, groups[i], classes))
+    summary = {
+        key: {m: [float(np.nanmean([r[m] for r in rs])), float(np.nanstd([r[m] for r in rs], ddof=1))] for m in rs[0]}
+        for key, rs in rows.items()
+    }
+    out = ROOT / "runs" / "model_quality" / f"seeds_{names[0]}_x{len(names)}.json"
+    out.write_text(json.dumps({"members": names, "per_fold": rows, "summary": summary}, indent=2) + "\n")
+    cols = ["accuracy", "balanced_accuracy", "benign_recall", "malignant_recall", "normal_recall", "macro_auc", "ece"]
+    cols += ["study_accuracy", "study_balanced_accuracy", "study_benign_recall"]
+    print("| | " + " | ".join(cols) + " |")
+    for key, s in summary.items():
+        print(f"| {key} | " + " | ".join(f"{s[c][0]:.3f} ± {s[c][1]:.3f}" for c in cols) + " |")
+    print(f"written to {out.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from mil_screen import SEEDS, bag_probabilities, bags, train
+from mil_screen import SEEDS, bag_probabilities, bags, per_slice, train
 from screen import SCREEN, fold_metrics
 
 from lungct.data.splits import load_split
@@ -79,14 +79,11 @@ def main(name: str) -> None:
         test_bags = bags(groups, test)
         order = np.concatenate(test_bags)
 
-        def per_slice(bag_p: np.ndarray, bags_: list[np.ndarray] = test_bags) -> np.ndarray:
-            return np.concatenate([np.repeat(q[None], len(b), 0) for q, b in zip(bag_p, bags_, strict=True)])
-
         mean_p = np.stack([p[b].mean(0) for b in test_bags])
         for key, probs in (
-            ("mil", per_slice(bag_probabilities(models, xs, test_bags))),
+            ("mil", per_slice(bag_probabilities(models, xs, test_bags), test_bags)),
             ("slice", p[order]),
-            ("study_mean", per_slice(mean_p)),
+            ("study_mean", per_slice(mean_p, test_bags)),
         ):
             out_rows[key].append(fold_metrics(y[order], probs, groups[order], classes))
         print(

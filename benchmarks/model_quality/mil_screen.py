@@ -76,6 +76,11 @@ def train(x: np.ndarray, y: np.ndarray, train_bags: list[np.ndarray], classes: i
     return model.eval()
 
 
+def per_slice(bag_p: np.ndarray, test_bags: list[np.ndarray]) -> np.ndarray:
+    """Each bag's probabilities repeated for its slices, in the order of np.concatenate(test_bags)."""
+    return np.concatenate([np.repeat(p[None], len(b), 0) for p, b in zip(bag_p, test_bags, strict=True)])
+
+
 @torch.no_grad()
 def bag_probabilities(models: list[GatedAttentionMIL], x: np.ndarray, test_bags: list[np.ndarray]) -> np.ndarray:
     """Per bag: softmax averaged over the seeds and both mirror images."""
@@ -104,7 +109,7 @@ def main(features: str = "full-224-avg") -> None:
         test_bags = bags(groups, test)
         bag_p = bag_probabilities(models, xs, test_bags)
         order = np.concatenate(test_bags)
-        slice_p = np.concatenate([np.repeat(p[None], len(b), 0) for p, b in zip(bag_p, test_bags, strict=True)])
+        slice_p = per_slice(bag_p, test_bags)
         rows.append(fold_metrics(y[order], slice_p, groups[order], classes))
         print(f"fold {k + 1}: " + ", ".join(f"{key} {v:.3f}" for key, v in rows[-1].items()), flush=True)
     out = {"name": f"mil-{features}", "seconds": round(time.time() - t0, 1)}

@@ -13,28 +13,14 @@ those fold runs would output. Nothing is fitted on a test part; the rows were ch
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
+from oof import ROOT, read_oof
 from screen import fold_metrics
 
 from lungct.config import load_config
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def read_oof(name: str) -> dict[str, tuple[int, str, str, np.ndarray]]:
-    """path -> (fold, group, label, probabilities) of one cv row."""
-    with (ROOT / "runs" / "model_quality" / name / "oof_predictions.csv").open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    classes = [c[2:] for c in rows[0] if c.startswith("p_")]
-    return {
-        r["path"]: (int(r["fold"]), r["group"], r["label"], np.array([float(r[f"p_{c}"]) for c in classes]))
-        for r in rows
-    }
 
 
 def same_recipe(names: list[str]) -> None:
@@ -54,22 +40,17 @@ def main(names: list[str]) -> None:
         raise SystemExit("give at least two different cv rows")
     same_recipe(names)
     members = [read_oof(n) for n in names]
-    if any(m.keys() != members[0].keys() for m in members) or any(
-        m[p][:3] != members[0][p][:3] for m in members for p in members[0]
-    ):
-        raise SystemExit("the rows do not hold the same folds, groups and labels")
-    paths = sorted(members[0])
-    classes = sorted({members[0][p][2] for p in paths})
-    fold = np.array([members[0][p][0] for p in paths])
-    groups = np.array([members[0][p][1] for p in paths])
-    y = np.array([classes.index(members[0][p][2]) for p in paths])
+    first = members[0]
+    for m in members[1:]:
+        if not all(np.array_equal(getattr(m, a), getattr(first, a)) for a in ("paths", "fold", "groups", "y")):
+            raise SystemExit("the rows do not hold the same folds, groups and labels")
     rows = {"mean of members": [], **{n: [] for n in names}}
-    for k in sorted(set(fold)):
-        i = fold == k
-        probs = [np.stack([m[p][3] for p in np.array(paths)[i]]) for m in members]
-        rows["mean of members"].append(fold_metrics(y[i], np.mean(probs, 0), groups[i], classes))
+    for k in sorted(set(first.fold)):
+        i = first.fold == k
+        probs = [m.p[i] for m in members]
+        rows["mean of members"].append(fold_metrics(first.y[i], np.mean(probs, 0), first.groups[i], first.classes))
         for n, p in zip(names, probs, strict=True):
-            rows[n].append(fold_metrics(y[i], p, groups[i], classes))
+            rows[n].append(fold_metrics(first.y[i], p, first.groups[i], first.classes))
     summary = {
         key: {m: [float(np.nanmean([r[m] for r in rs])), float(np.nanstd([r[m] for r in rs], ddof=1))] for m in rs[0]}
         for key, rs in rows.items()

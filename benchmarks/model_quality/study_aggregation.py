@@ -14,29 +14,16 @@ Mean ± sd over the 5 folds; nothing is fitted.
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
+from oof import ROOT, read_oof
 from sklearn.metrics import balanced_accuracy_score
 
 from lungct.inference.study import aggregate
 
-ROOT = Path(__file__).resolve().parents[2]
 METHODS = (("mean", 3), ("max", 1), ("topk", 3))
-
-
-def load(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
-    with (ROOT / "runs" / "model_quality" / name / "oof_predictions.csv").open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    classes = [c[2:] for c in rows[0] if c.startswith("p_")]
-    fold = np.array([int(r["fold"]) for r in rows])
-    groups = np.array([r["group"] for r in rows])
-    y = np.array([classes.index(r["label"]) for r in rows])
-    p = np.array([[float(r[f"p_{c}"]) for c in classes] for r in rows])
-    return fold, groups, y, p, classes
 
 
 def fold_scores(y: np.ndarray, p: np.ndarray, groups: np.ndarray, classes: list[str], method: str, k: int) -> dict:
@@ -59,7 +46,8 @@ def fold_scores(y: np.ndarray, p: np.ndarray, groups: np.ndarray, classes: list[
 
 def main(names: list[str]) -> None:
     for name in names:
-        fold, groups, y, p, classes = load(name)
+        o = read_oof(name)
+        fold, groups, y, p, classes = o.fold, o.groups, o.y, o.p, o.classes
         result = {}
         for method, k in METHODS:
             rows = [

@@ -1,0 +1,37 @@
+"""A cv row's out-of-fold predictions (`runs/model_quality/NAME/oof_predictions.csv`) as arrays, one reader for
+the scripts that score them."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class OutOfFold:
+    paths: np.ndarray
+    fold: np.ndarray
+    groups: np.ndarray
+    y: np.ndarray  # class index into `classes`
+    p: np.ndarray  # (n, classes) uncalibrated probabilities
+    classes: list[str]
+
+
+def read_oof(name: str) -> OutOfFold:
+    """Rows sorted by path, so two rows over the same pool line up slice by slice."""
+    with (ROOT / "runs" / "model_quality" / name / "oof_predictions.csv").open(newline="") as fh:
+        rows = sorted(csv.DictReader(fh), key=lambda r: r["path"])
+    classes = [c[2:] for c in rows[0] if c.startswith("p_")]
+    return OutOfFold(
+        paths=np.array([r["path"] for r in rows]),
+        fold=np.array([int(r["fold"]) for r in rows]),
+        groups=np.array([r["group"] for r in rows]),
+        y=np.array([classes.index(r["label"]) for r in rows]),
+        p=np.array([[float(r[f"p_{c}"]) for c in classes] for r in rows]),
+        classes=classes,
+    )

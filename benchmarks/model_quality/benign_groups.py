@@ -19,6 +19,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from oof import read_oof
 from PIL import Image
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "benign_groups.json"
@@ -27,17 +28,13 @@ CLASS = "benign"
 
 def group_recall(cv_dir: Path) -> dict[str, tuple[int, int]]:
     """group -> (slices predicted benign, benign slices) over the test parts of the cv folder's folds."""
-    out: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for fold in sorted(cv_dir.glob("fold_*")):
-        with (fold / "split.csv").open(newline="") as fh:
-            group_of = {row["path"]: row["group"] for row in csv.DictReader(fh)}
-        with (fold / "eval" / "predictions.csv").open(newline="") as fh:
-            for row in csv.DictReader(fh):
-                if row["label"] == CLASS:
-                    hit = out[group_of[row["path"]]]
-                    hit[0] += row["predicted"] == CLASS
-                    hit[1] += 1
-    return {g: (found, n) for g, (found, n) in out.items()}
+    o = read_oof(cv_dir)
+    k = o.classes.index(CLASS)
+    benign = o.y == k
+    return {
+        g: (int((o.predicted[benign & (o.groups == g)] == k).sum()), int((benign & (o.groups == g)).sum()))
+        for g in np.unique(o.groups[benign])
+    }
 
 
 def body_std(path: str) -> float:

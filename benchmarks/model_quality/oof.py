@@ -1,5 +1,5 @@
-"""A cv row's out-of-fold predictions (`runs/model_quality/NAME/oof_predictions.csv`) as arrays, one reader for
-the scripts that score them."""
+"""A cv folder's out-of-fold predictions (`CV_DIR/oof_predictions.csv`, every fold's test part) as arrays, one
+reader for the scripts that score them."""
 
 from __future__ import annotations
 
@@ -18,13 +18,19 @@ class OutOfFold:
     fold: np.ndarray
     groups: np.ndarray
     y: np.ndarray  # class index into `classes`
+    predicted: np.ndarray  # the fold model's predicted class index
     p: np.ndarray  # (n, classes) uncalibrated probabilities
     classes: list[str]
 
 
-def read_oof(name: str) -> OutOfFold:
-    """Rows sorted by path, so two rows over the same pool line up slice by slice."""
-    with (ROOT / "runs" / "model_quality" / name / "oof_predictions.csv").open(newline="") as fh:
+def row_dir(name: str) -> Path:
+    """The cv folder of a row of the study."""
+    return ROOT / "runs" / "model_quality" / name
+
+
+def read_oof(cv_dir: Path) -> OutOfFold:
+    """Rows sorted by path, so two cv folders over the same pool line up slice by slice."""
+    with (cv_dir / "oof_predictions.csv").open(newline="") as fh:
         rows = sorted(csv.DictReader(fh), key=lambda r: r["path"])
     classes = [c[2:] for c in rows[0] if c.startswith("p_")]
     return OutOfFold(
@@ -32,6 +38,7 @@ def read_oof(name: str) -> OutOfFold:
         fold=np.array([int(r["fold"]) for r in rows]),
         groups=np.array([r["group"] for r in rows]),
         y=np.array([classes.index(r["label"]) for r in rows]),
+        predicted=np.array([classes.index(r["predicted"]) for r in rows]),
         p=np.array([[float(r[f"p_{c}"]) for c in classes] for r in rows]),
         classes=classes,
     )

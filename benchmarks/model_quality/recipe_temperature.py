@@ -11,25 +11,16 @@ Usage: python benchmarks/model_quality/recipe_temperature.py runs/model_quality/
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
+from oof import read_oof
 from scipy.special import softmax
 
 from lungct.evaluation.metrics import expected_calibration_error
 from lungct.inference.calibration import fit_isotonic, fit_temperature
-
-
-def fold_predictions(fold: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, uncalibrated probabilities) of a fold's test part."""
-    with (fold / "eval" / "predictions.csv").open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    classes = [c[2:] for c in rows[0] if c.startswith("p_")]
-    y = np.array([classes.index(r["label"]) for r in rows])
-    return y, np.array([[float(r[f"p_{c}"]) for c in classes] for r in rows])
 
 
 def tempered(p: np.ndarray, temperature: float) -> np.ndarray:
@@ -40,7 +31,8 @@ def main(dirs: list[str]) -> None:
     for d in map(Path, dirs):
         per_fold = json.loads((d / "cv.json").read_text())["per_fold"]
         temps = np.array([r["temperature"] for r in per_fold])
-        parts = [fold_predictions(d / f"fold_{k}") for k in range(1, len(temps) + 1)]
+        oof = read_oof(d)
+        parts = [(oof.y[oof.fold == k], oof.p[oof.fold == k]) for k in range(1, len(temps) + 1)]
         raw, recipe, pooled_t, pooled_iso, fitted_t = [], [], [], [], []
         for k, (y, p) in enumerate(parts):
             y_rest = np.concatenate([q[0] for j, q in enumerate(parts) if j != k])

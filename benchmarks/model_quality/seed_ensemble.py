@@ -17,7 +17,7 @@ import json
 import sys
 
 import numpy as np
-from oof import ROOT, read_oof
+from oof import ROOT, read_oof, row_dir
 from screen import fold_metrics
 
 from lungct.config import load_config
@@ -39,7 +39,7 @@ def main(names: list[str]) -> None:
     if len(set(names)) < 2 or len(set(names)) != len(names):
         raise SystemExit("give at least two different cv rows")
     same_recipe(names)
-    members = [read_oof(n) for n in names]
+    members = [read_oof(row_dir(n)) for n in names]
     first = members[0]
     for m in members[1:]:
         if not all(np.array_equal(getattr(m, a), getattr(first, a)) for a in ("paths", "fold", "groups", "y")):

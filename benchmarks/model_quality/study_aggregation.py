@@ -18,7 +18,7 @@ import json
 import sys
 
 import numpy as np
-from oof import ROOT, read_oof
+from oof import ROOT, read_oof, row_dir
 from sklearn.metrics import balanced_accuracy_score
 
 from lungct.inference.study import aggregate
@@ -46,7 +46,7 @@ def fold_scores(y: np.ndarray, p: np.ndarray, groups: np.ndarray, classes: list[
 
 def main(names: list[str]) -> None:
     for name in names:
-        o = read_oof(name)
+        o = read_oof(row_dir(name))
         fold, groups, y, p, classes = o.fold, o.groups, o.y, o.p, o.classes
         result = {}
         for method, k in METHODS:

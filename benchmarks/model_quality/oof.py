@@ -42,3 +42,12 @@ def read_oof(cv_dir: Path) -> OutOfFold:
         p=np.array([[float(r[f"p_{c}"]) for c in classes] for r in rows]),
         classes=classes,
     )
+
+
+def study_mean(p: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Each slice given the mean probability vector of its study's slices (what `predict-series --aggregate mean`
+    decides per study), so a study counts once per slice as in the slice-level figures."""
+    names, index = np.unique(groups, return_inverse=True)
+    sums = np.zeros((len(names), p.shape[1]))
+    np.add.at(sums, index, p)
+    return (sums / np.bincount(index)[:, None])[index]

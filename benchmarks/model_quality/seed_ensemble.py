@@ -8,7 +8,9 @@ The nested fold ensemble (ensemble_row.py) lost to one model because each member
 images. Seed members see all of them: the same folds, the same training/validation parts (the experiment's
 seed draws both), another initialisation, data order and augmentation. Per fold, the members' test
 probabilities (their `oof_predictions.csv`) are averaged slice by slice, which is what `lungct ensemble` of
-those fold runs would output. Nothing is fitted on a test part; the rows were chosen before any was scored.
+those fold runs would output. Each row is scored again with every slice given its study's mean probability
+(oof.study_mean), which tells whether that scoring's gain holds over seeds. Nothing is fitted on a test part;
+the rows were chosen before any was scored.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ import json
 import sys
 
 import numpy as np
-from oof import ROOT, read_oof, row_dir
+from oof import ROOT, read_oof, row_dir, study_mean
 from screen import fold_metrics
 
 from lungct.config import load_config
+
+STUDY_MEAN = ", each slice given its study's mean"
 
 
 def same_recipe(names: list[str]) -> None:
@@ -44,13 +48,15 @@ def main(names: list[str]) -> None:
     for m in members[1:]:
         if not all(np.array_equal(getattr(m, a), getattr(first, a)) for a in ("paths", "fold", "groups", "y")):
             raise SystemExit("the rows do not hold the same folds, groups and labels")
-    rows = {"mean of members": [], **{n: [] for n in names}}
+    keys = ["mean of members", *names]
+    rows: dict[str, list[dict]] = {key + suffix: [] for suffix in ("", STUDY_MEAN) for key in keys}
     for k in sorted(set(first.fold)):
         i = first.fold == k
+        y, groups = first.y[i], first.groups[i]
         probs = [m.p[i] for m in members]
-        rows["mean of members"].append(fold_metrics(first.y[i], np.mean(probs, 0), first.groups[i], first.classes))
-        for n, p in zip(names, probs, strict=True):
-            rows[n].append(fold_metrics(first.y[i], p, first.groups[i], first.classes))
+        for key, p in zip(keys, [np.mean(probs, 0), *probs], strict=True):
+            rows[key].append(fold_metrics(y, p, groups, first.classes))
+            rows[key + STUDY_MEAN].append(fold_metrics(y, study_mean(p, groups), groups, first.classes))
     summary = {
         key: {m: [float(np.nanmean([r[m] for r in rs])), float(np.nanstd([r[m] for r in rs], ddof=1))] for m in rs[0]}
         for key, rs in rows.items()

@@ -15,7 +15,7 @@ import torch
 
 from lungct.config import load_config
 from lungct.crossval.folds import fold_splits, pool_from_config
-from lungct.data.field import lung_field_crop
+from lungct.data.field import TISSUE_LEVEL, lung_field_crop
 from lungct.models.classifier import create_backbone
 from lungct.models.tiles import to_tiles
 
@@ -59,7 +59,7 @@ def main(sizes: list[int], views: list[str]) -> None:
     net = bb.module.eval()
     mean = torch.tensor(bb.preprocess.mean).view(1, 3, 1, 1)
     std = torch.tensor(bb.preprocess.std).view(1, 3, 1, 1)
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     for view in views:
         imgs = []
@@ -67,6 +67,9 @@ def main(sizes: list[int], views: list[str]) -> None:
             im = Image.open(p).convert("L")
             if view == "crop":
                 im = lung_field_crop(im)
+            if view == "equalize":  # Pillow's histogram equalisation over the tissue pixels: one intensity scale
+                # for every acquisition, against a shortcut such as g00018's look (docs/model-quality.md)
+                im = ImageOps.equalize(im, mask=im.point(lambda v: 255 if v > TISSUE_LEVEL else 0))
             # "mid": the whole slice, features of the stride-16 and stride-32 stages as well as the last map
             imgs.append(im)
         if view == "tiles":  # native 512 px, 3x3 overlapping 224 px tiles: per-tile pooled features

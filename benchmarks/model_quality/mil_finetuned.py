@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from mil_screen import SEEDS, bag_probabilities, bags, per_slice, train
+from oof import study_mean
 from screen import SCREEN, fold_metrics
 
 from lungct.data.splits import load_split
@@ -79,11 +80,10 @@ def main(name: str) -> None:
         test_bags = bags(groups, test)
         order = np.concatenate(test_bags)
 
-        mean_p = np.stack([p[b].mean(0) for b in test_bags])
         for key, probs in (
             ("mil", per_slice(bag_probabilities(models, xs, test_bags), test_bags)),
             ("slice", p[order]),
-            ("study_mean", per_slice(mean_p, test_bags)),
+            ("study_mean", study_mean(p[order], groups[order])),
         ):
             out_rows[key].append(fold_metrics(y[order], probs, groups[order], classes))
         print(

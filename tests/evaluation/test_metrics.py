@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
+from sklearn.metrics import brier_score_loss, log_loss
 
-from lungct.evaluation.metrics import compute_metrics, expected_calibration_error
+from lungct.evaluation.metrics import calibration_metrics, compute_metrics, expected_calibration_error
 
 
 def test_metrics_match_hand_computed_values():
@@ -57,3 +58,44 @@ def test_ece_is_zero_when_confidence_equals_accuracy():
     y = np.array([0, 1, 0, 0])  # confidence 0.75 everywhere, 3 of 4 right
     probs = np.tile([0.75, 0.25], (4, 1))
     assert expected_calibration_error(y, probs) == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("n_classes", [2, 3, 4])
+def test_brier_and_nll_equal_scikit_learns(n_classes):
+    rng = np.random.default_rng(n_classes)
+    logits = rng.normal(scale=4.0, size=(200, n_classes))
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    y = rng.integers(0, n_classes - 1, 200)  # the last class never occurs, as in a resample that misses it
+    y[0], probs[0] = 0, np.eye(n_classes)[1]  # a confident miss: the NLL's clipping decides this row
+    labels = list(range(n_classes))
+    m = calibration_metrics(y, probs)
+    assert m["brier"] == pytest.approx(brier_score_loss(y, probs, labels=labels), rel=1e-9)
+    assert m["nll"] == pytest.approx(log_loss(y, np.clip(probs, 1e-12, 1.0), labels=labels), rel=1e-6)
+
+
+@pytest.mark.parametrize("n_classes", [2, 3, 4])
+def test_the_bootstraps_numpy_metrics_equal_compute_metrics(n_classes):
+    """The bootstrap's numpy twin of compute_metrics gives every number of flat_metrics(compute_metrics(...)),
+    on resamples that miss a class, predict none of one, tie scores, or hold one class only."""
+    from lungct.contracts import flat_metrics
+    from lungct.evaluation.metrics import flat_metrics_of_resample
+
+    rng = np.random.default_rng(n_classes)
+    classes = ["benign", "malignant", "normal", "other"][:n_classes]
+    cases = []
+    for trial in range(40):
+        n = int(rng.integers(1, 30))
+        probs = rng.dirichlet(np.ones(n_classes), n).round(1 if trial % 3 == 0 else 6)  # rounding makes ties
+        probs[probs.sum(1) == 0] = 1.0 / n_classes
+        probs /= probs.sum(1, keepdims=True)
+        high = n_classes - (trial % 2)  # odd trials never draw the last class
+        cases.append((rng.integers(0, max(high, 1), n), probs))
+    cases.append((np.zeros(5, dtype=int), np.tile(np.eye(n_classes)[-1], (5, 1))))  # one class, none predicted
+    for y, probs in cases:
+        want = flat_metrics(compute_metrics(y, probs, classes, "malignant"))
+        got = flat_metrics_of_resample(y, probs, classes, "malignant")
+        assert got.keys() == want.keys()
+        for key, value in want.items():
+            assert (got[key] is None) == (value is None), key
+            if value is not None:
+                assert got[key] == pytest.approx(value, abs=1e-12), key

@@ -13,8 +13,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from lungct.contracts import flat_metrics
-from lungct.evaluation.metrics import compute_metrics
+from lungct.evaluation.metrics import flat_metrics_of_resample
 
 N_RESAMPLES = 1000
 
@@ -79,8 +78,7 @@ def bootstrap_ci(
         warnings.simplefilter("ignore")  # resamples that miss a class are expected; their metric is undefined
         for _ in range(n_resamples):
             idx = _resample_indices(rng, clusters)
-            metrics = compute_metrics(y_true[idx], probs[idx], classes, positive_class)
-            for key, value in flat_metrics(metrics).items():
+            for key, value in flat_metrics_of_resample(y_true[idx], probs[idx], classes, positive_class).items():
                 samples.setdefault(key, []).append(np.nan if value is None else float(value))
     alpha = (1.0 - level) / 2.0
     out: dict[str, list[float] | None] = {}

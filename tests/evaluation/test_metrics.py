@@ -73,6 +73,7 @@ def test_brier_and_nll_equal_scikit_learns(n_classes):
     assert m["nll"] == pytest.approx(log_loss(y, np.clip(probs, 1e-12, 1.0), labels=labels), rel=1e-6)
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # scikit-learn's, on resamples that miss a class: expected
 @pytest.mark.parametrize("n_classes", [2, 3, 4])
 def test_the_bootstraps_numpy_metrics_equal_compute_metrics(n_classes):
     """The bootstrap's numpy twin of compute_metrics gives every number of flat_metrics(compute_metrics(...)),

@@ -85,6 +85,11 @@ def _auc(y_bin: np.ndarray, score: np.ndarray) -> float | None:
     return float(roc_auc_score(y_bin, score)) if 0 < y_bin.sum() < len(y_bin) else None
 
 
+def binary_positive(classes: list[str], positive_class: str | None) -> str:
+    """The class a two-class run's sensitivity and specificity are of: the configured one, else the second."""
+    return positive_class if positive_class in classes else classes[1]
+
+
 def compute_metrics(
     y_true: np.ndarray, probs: np.ndarray, classes: list[str], positive_class: str | None = None
 ) -> dict:
@@ -119,7 +124,7 @@ def compute_metrics(
         "confusion_matrix": {"labels": list(classes), "matrix": cm.tolist()},
     }
     if len(classes) == 2:
-        positive = positive_class if positive_class in classes else classes[1]
+        positive = binary_positive(classes, positive_class)
         result["positive_class"] = positive
         result["sensitivity"] = per_class[positive]["recall"]
         result["specificity"] = per_class[positive]["specificity"]
@@ -181,7 +186,7 @@ def flat_metrics_of_resample(
         flat[f"{name}.auc"] = auc
     flat["macro_auc"] = float(np.mean(aucs)) if aucs else None
     if n_classes == 2:
-        positive = positive_class if positive_class in classes else classes[1]
+        positive = binary_positive(classes, positive_class)
         flat["sensitivity"] = flat[f"{positive}.recall"]
         flat["specificity"] = flat[f"{positive}.specificity"]
     return flat

@@ -61,15 +61,20 @@ def test_a_config_without_data_fails_before_tracking_or_a_run_directory(
     capsys, tmp_path, monkeypatch, config, needle, command
 ):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LUNGCT_TRACKING", "on")  # so that a tracked run started too early would leave mlruns/
     (tmp_path / "c.yaml").write_text(config)
     code, _, err = _run(capsys, *command, "--config", "c.yaml")
     assert code == 1 and needle in err and len(err.strip().splitlines()) == 1, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]  # no mlruns/, no run or study folder
 
 
-def test_evaluate_on_a_folder_that_is_not_a_run(capsys, tmp_path):
-    code, _, err = _run(capsys, "evaluate", "--run", tmp_path, "--out", tmp_path / "o")
-    assert code == 1 and "not a finished run" in err
+def test_evaluate_on_a_folder_that_is_not_a_run_fails_before_tracking(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LUNGCT_TRACKING", "on")  # so that a tracked run started too early would leave mlruns/
+    (tmp_path / "notarun").mkdir()
+    code, _, err = _run(capsys, "evaluate", "--run", "notarun", "--out", "o")
+    assert code == 1 and "not a finished run" in err and len(err.strip().splitlines()) == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notarun"]  # no mlruns/, no report folder
 
 
 def test_train_evaluate_predict_through_the_cli(capsys, tiny_dataset, fake_pretrained, tmp_path):

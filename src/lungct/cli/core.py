@@ -116,8 +116,10 @@ def evaluate_command(
     """Evaluate a run on its test part (or on --data) and write metrics.json, plots and a report."""
     from lungct.distributed import init_distributed
     from lungct.evaluation.evaluate import evaluate as run_evaluation
+    from lungct.run import RunDir
     from lungct.tracking import log_evaluation, run_config, tracked_run
 
+    RunDir(run).require_model()  # before tracking: a folder that is not a run leaves no MLflow run behind
     dist = init_distributed()  # under torchrun: each rank predicts a shard, rank 0 reports
     setup_logging(quiet or not dist.is_main)
     name = f"{run.resolve().name}-eval"

@@ -14,7 +14,7 @@ from lungct.cli import main
 from lungct.data.splits import load_split
 from lungct.retrain.gate import decide
 from lungct.training import train
-from tests.conftest import CLASS_FOLDERS, synthetic_slice, tiny_config, write_dataset
+from tests.conftest import synthetic_slice, tiny_config, write_dataset
 
 LABELS = ("benign", "malignant", "normal")  # the classes of CLASS_FOLDERS, in order
 
@@ -80,13 +80,25 @@ def test_the_rule_needs_non_inferiority_on_every_guarded_metric_and_a_gain_on_on
     assert not decide({"metrics": {"balanced_accuracy": {"change": 0.1, "ci95": [0.05, 0.2]}}}).promote
 
 
-def test_feedback_with_labels_the_champion_does_not_know_is_a_clear_error(champion, tmp_path, capsys):
+def test_feedback_with_labels_the_champion_does_not_know_is_a_clear_error(champion, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LUNGCT_TRACKING", "on")  # so that a tracked run started too early would leave mlruns/
     feedback = feedback_dataset(tmp_path / "feedback", 0)
     manifest = feedback / "manifest.csv"
     manifest.write_text(manifest.read_text().replace(",normal,", ",dragon,"))
     code = main(["retrain", "--champion", str(champion), "--feedback", str(feedback), "--out", str(tmp_path / "c")])
     assert code == 1 and "['dragon'] are not the champion's classes" in capsys.readouterr().err
-    assert CLASS_FOLDERS  # the champion's data is the standard tiny dataset
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["feedback"]  # no mlruns/, no challenger folder
+
+
+def test_a_champion_that_is_not_a_run_fails_before_tracking(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LUNGCT_TRACKING", "on")
+    (tmp_path / "notarun").mkdir()
+    code = main(["retrain", "--champion", "notarun", "--feedback", "notarun", "--out", "c"])
+    err = capsys.readouterr().err
+    assert code == 1 and "not a finished run" in err and len(err.strip().splitlines()) == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notarun"]
 
 
 def test_the_registry_alias_follows_the_gate_and_rollback_restores_it(champion, tmp_path, capsys, monkeypatch):

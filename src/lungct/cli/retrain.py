@@ -24,15 +24,16 @@ def retrain_command(
     """Train a challenger with the champion's config on its data plus the feedback; promote only if it is not
     worse on balanced accuracy and malignant recall (paired group bootstrap) and better on one. Writes
     OUT/promotion.json."""
-    from lungct.retrain.challenger import PROMOTION_FILE, retrain
+    from lungct.retrain.challenger import PROMOTION_FILE, retrain, retrain_inputs
     from lungct.tracking import log_training_run, run_config, tracked_run
 
     setup_logging(quiet)
+    inputs = retrain_inputs(champion, feedback)  # before tracking: bad inputs leave no MLflow run behind
     name = out.resolve().name
     with tracked_run(
         "retrain", name, config=run_config(champion), tracking_uri=tracking_uri, enabled=not no_track
     ) as t:
-        result = retrain(champion, feedback, out, margin, progress=not quiet)
+        result = retrain(inputs, out, margin, progress=not quiet)
         log_training_run(t, out)
         t.log_metrics(
             {

@@ -13,11 +13,12 @@ the decision whether it may replace the champion.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from lungct.config import load_config
+from lungct.config import ExperimentConfig, load_config
 from lungct.contracts import SplitPart
 from lungct.data.sources import read_manifest
 from lungct.data.splits import SplitItem, load_split, make_split
@@ -46,21 +47,37 @@ def feedback_items(manifest: Path, classes: list[str], val: float, test: float, 
     return [SplitItem(s.path, s.label, g, p) for s, g, p in zip(samples, groups, parts, strict=True)]
 
 
-def retrain(
-    champion: str | Path,
-    feedback: str | Path,
-    out: str | Path,
-    margin: float = DEFAULT_MARGIN,
-    n_resamples: int = N_RESAMPLES,
-    progress: bool = False,
-) -> dict:
-    """Train the challenger into `out`, compare it with the champion, write and return promotion.json."""
+@dataclass(frozen=True)
+class RetrainInputs:
+    """What `retrain` reads before it trains: checked up front, so that a wrong --champion or --feedback fails
+    before a tracked run or a challenger folder exists."""
+
+    champion: RunDir
+    config: ExperimentConfig
+    classes: list[str]
+    base: list[SplitItem]
+    extra: list[SplitItem]
+
+
+def retrain_inputs(champion: str | Path, feedback: str | Path) -> RetrainInputs:
     champ = RunDir(champion)
     champ.require_model()
     cfg = load_config(champ.path / "config.yaml")
     classes = list(champ.card().classes)
     base = load_split(champ.split)
     extra = feedback_items(Path(feedback), classes, cfg.split.val_fraction, cfg.split.test_fraction, cfg.seed)
+    return RetrainInputs(champ, cfg, classes, base, extra)
+
+
+def retrain(
+    inputs: RetrainInputs,
+    out: str | Path,
+    margin: float = DEFAULT_MARGIN,
+    n_resamples: int = N_RESAMPLES,
+    progress: bool = False,
+) -> dict:
+    """Train the challenger into `out`, compare it with the champion, write and return promotion.json."""
+    champ, cfg, classes, base, extra = inputs.champion, inputs.config, inputs.classes, inputs.base, inputs.extra
     challenger = train(cfg, out, progress=progress, items=base + extra)
 
     own_test = [i for i in base if i.part == SplitPart.test]  # the champion's own test part: curated labels

@@ -91,11 +91,16 @@ def test_feedback_with_labels_the_champion_does_not_know_is_a_clear_error(champi
     assert sorted(p.name for p in tmp_path.iterdir()) == ["feedback"]  # no mlruns/, no challenger folder
 
 
-def test_a_champion_that_is_not_a_run_fails_before_tracking(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize(
+    "argv",
+    [["retrain", "--champion", "notarun", "--feedback", "notarun", "--out", "c"], ["promote", "--run", "notarun"]],
+    ids=["retrain", "promote"],
+)
+def test_a_folder_that_is_not_a_run_fails_before_tracking(tmp_path, capsys, monkeypatch, argv):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LUNGCT_TRACKING", "on")
     (tmp_path / "notarun").mkdir()
-    code = main(["retrain", "--champion", "notarun", "--feedback", "notarun", "--out", "c"])
+    code = main(argv)
     err = capsys.readouterr().err
     assert code == 1 and "not a finished run" in err and len(err.strip().splitlines()) == 1, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notarun"]

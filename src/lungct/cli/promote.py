@@ -19,10 +19,13 @@ def promote_command(
     model: Annotated[str, typer.Option("--model", help="registered model name")] = "lungct",
 ) -> None:
     """Register RUN as the `challenger` and make it `champion` if its promotion.json passed; or --rollback."""
+    from lungct.run import RunDir
     from lungct.tracking.registry import Registry
 
     if (run is None) == (not rollback):
         raise LungCTError("give --run RUN to promote, or --rollback (not both)")
+    if run is not None:
+        RunDir(run).require_model()  # before the registry: a wrong --run creates no store
     registry = Registry(tracking_uri, model)
     result = registry.rollback() if rollback else registry.promote(run)
     typer.echo(json.dumps({**result, "registry": registry.status()}))

@@ -122,6 +122,14 @@ def test_train_evaluate_predict_through_the_cli(capsys, tiny_dataset, fake_pretr
     assert set(lines[0]) == {"path", "label", "probabilities"}
     assert lines[-1] == {"path": str(tmp_path / "empty.png"), "error": "empty file"}
 
+    # a folder with nothing to read is a one-line error naming it, not an empty answer
+    (tmp_path / "no_images").mkdir()
+    (tmp_path / "no_images" / "notes.txt").write_text("not a slice")
+    for command in (["predict"], ["explain", "--out", tmp_path / "heatmaps"]):
+        code, out, err = _run(capsys, *command, "--run", run, tmp_path / "no_images")
+        assert code == 1 and out == "" and len(err.strip().splitlines()) == 1, err
+        assert f"{tmp_path / 'no_images'}: no images in this folder" in err
+
 
 def test_cli_startup_does_not_import_torch():
     """`lungct --help` and argument errors must be instant: command modules load torch only when they run."""

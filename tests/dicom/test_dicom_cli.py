@@ -73,6 +73,14 @@ def test_predict_on_dcm_files(capsys, dicom_run, study):
     assert [r["file"] for r in lines] == [p.name for p in sorted(study.glob("*.dcm"))]
     _assert_private(out + err)
 
+    # a PACS export names its slices without an extension: a folder of them is read by the DICOM header
+    for path in study.glob("*.dcm"):
+        path.rename(path.with_suffix(""))
+    (study / "DICOMDIR.txt").write_text("not a slice")
+    code, out2, err = _run(capsys, "predict", "--run", dicom_run, study.parent)
+    assert code == 0, err
+    assert [json.loads(x) for x in out2.splitlines()] == [{**r, "file": Path(r["file"]).stem} for r in lines]
+
 
 @pytest.mark.parametrize("as_zip", [False, True])
 def test_predict_series(capsys, dicom_run, study, tmp_path, as_zip):

@@ -40,18 +40,27 @@ LINE_FIELDS = {"predicted", "probabilities"}  # what a `lungct predict` line say
 def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
     """Folders become the image files under them (natural order); files are kept even if not images.
 
-    A folder member with an image name that is not a regular file (a FIFO, device or socket) is kept too, so
-    that its result says "not a regular file" instead of it vanishing; nothing here opens it.
+    Under a folder, an image is a file with an image name, or a DICOM file without one (PACS exports often name
+    slices IM0001): `is_dicom_path` reads their header. A folder member with an image name that is not a regular
+    file (a FIFO, device or socket) is kept too, so that its result says "not a regular file" instead of it
+    vanishing; nothing here opens it. A folder with no image under it is an error: an empty answer to a wrong
+    folder would read as "nothing found".
     """
+    from lungct.dicom.detect import is_dicom_path
+
     out: list[Path] = []
     for p in map(Path, paths):
-        if p.is_dir():
-            out += sorted(
-                (f for f in p.rglob("*") if is_image_file(f) and f.exists() and not f.is_dir()),
-                key=lambda f: natural_key(str(f)),
-            )
-        else:
+        if not p.is_dir():
             out.append(p)
+            continue
+        found = [
+            f
+            for f in p.rglob("*")
+            if not f.name.startswith(".") and not f.is_dir() and ((is_image_file(f) and f.exists()) or is_dicom_path(f))
+        ]
+        if not found:
+            raise LungCTError(f"{p}: no images in this folder or below (PNG, JPEG, BMP, TIFF or DICOM files)")
+        out += sorted(found, key=lambda f: natural_key(str(f)))
     return out
 
 

@@ -71,11 +71,17 @@ def test_cross_validate_writes_per_fold_table(tiny_dataset, tmp_path):
     assert (tmp_path / "cv" / "fold_1" / "model.safetensors").stat().st_mtime == mtime
 
 
-def test_cv_cli_rejects_too_many_folds(tiny_dataset, tmp_path, capsys):
+@pytest.mark.parametrize(("folds", "needle"), [("99", "too few for 99-fold cv"), ("1", "--folds must be at least 2")])
+def test_cv_cli_rejects_bad_folds_before_tracking_or_writing(
+    tiny_dataset, tmp_path, capsys, monkeypatch, folds, needle
+):
     import yaml
 
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LUNGCT_TRACKING", "on")  # so that a tracked run started too early would leave mlruns/
     cfg = tiny_config(tiny_dataset)
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
-    code = main(["cv", "--config", str(tmp_path / "c.yaml"), "--folds", "99", "--out", str(tmp_path / "o"), "-q"])
+    code = main(["cv", "--config", "c.yaml", "--folds", folds, "--out", "o", "-q"])
     err = capsys.readouterr().err
-    assert code == 1 and "too few for 99-fold cv" in err
+    assert code == 1 and needle in err and len(err.strip().splitlines()) == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml", "data"]  # no mlruns/, no cv folder

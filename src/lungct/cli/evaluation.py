@@ -30,7 +30,7 @@ def cv_command(
 ) -> None:
     """Stratified group k-fold cross-validation: mean and spread of every metric over K folds."""
     from lungct.config import load_config
-    from lungct.crossval.folds import cross_validate
+    from lungct.crossval.folds import cross_validate, plan_folds
     from lungct.data.sources import check_sources
     from lungct.run import RunDir
     from lungct.tracking import log_cv, tracked_run
@@ -41,10 +41,11 @@ def cv_command(
     cfg = load_config(config)
     if within is None:  # --within takes its images from that run
         check_sources(cfg.data)
+    plan = plan_folds(cfg, folds, progress=not quiet, within=within)  # bad --folds fails before tracking
     name = f"cv-{out.resolve().name}"
     params = {"folds": folds, "within": str(within) if within else None}
     with tracked_run("cv", name, params, cfg, tracking_uri, enabled=not no_track) as tracker:
-        result = cross_validate(cfg, folds, out, progress=not quiet, within=within)
+        result = cross_validate(cfg, folds, out, progress=not quiet, within=within, plan=plan)
         log_cv(tracker, out, result, cfg.train.early_stopping.monitor)
     s = result["summary"]
     for row in result["per_fold"]:

@@ -86,6 +86,20 @@ def fold_splits(pool: Pool, folds: int, cfg: ExperimentConfig) -> list[list[Spli
     return out
 
 
+@dataclass(frozen=True)
+class FoldPlan:
+    """The pool and its K splits, drawn before anything is written or tracked, so that --folds 1 or too few
+    groups fail without leaving an empty cv folder or an MLflow run behind."""
+
+    pool: Pool
+    splits: list[list[SplitItem]]
+
+
+def plan_folds(cfg: ExperimentConfig, folds: int, progress: bool = True, within: str | Path | None = None) -> FoldPlan:
+    pool = pool_within_run(within) if within is not None else pool_from_config(cfg, progress)
+    return FoldPlan(pool, fold_splits(pool, folds, cfg))
+
+
 def _fold_columns(metrics: dict) -> dict[str, float | None]:
     """The headline metrics and each class's recall, specificity and AUC, from the one flattening."""
     flat = flat_metrics(metrics)
@@ -117,19 +131,22 @@ def cross_validate(
     progress: bool = True,
     n_bootstrap: int = 1000,
     within: str | Path | None = None,
+    plan: FoldPlan | None = None,
 ) -> dict:
     """Train and test K folds; write cv.json, cv.csv (one row per fold), cv.md and oof_predictions.csv into `out`.
 
     `within`: fold over that run's split without its test part, instead of over the config's data.
+    `plan`: `plan_folds(cfg, folds, within=within)` when the caller drew it already (the CLI does, before tracking).
     """
     from lungct.evaluation.evaluate import evaluate
 
+    started = time.time()
+    plan = plan or plan_folds(cfg, folds, progress, within)
+    pool = plan.pool
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    started = time.time()
-    pool = pool_within_run(within) if within is not None else pool_from_config(cfg, progress)
     rows, checks = [], []
-    for k, items in enumerate(fold_splits(pool, folds, cfg), start=1):
+    for k, items in enumerate(plan.splits, start=1):
         fold_dir = out / f"fold_{k}"
         t0 = time.time()
         log.info("fold %d/%d", k, folds)

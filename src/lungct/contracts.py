@@ -42,6 +42,13 @@ class CamMethod(StrEnum):
     scorecam = "scorecam"
 
 
+class CalibrationMethod(StrEnum):
+    """How `lungct calibrate` maps probabilities (lungct.inference.calibration)."""
+
+    temperature = "temperature"
+    isotonic = "isotonic"
+
+
 class Backend(StrEnum):
     """Which engine runs a model: ONNX Runtime when an exported graph matches the run, else PyTorch."""
 

@@ -109,7 +109,20 @@ def test_calibrate_run_writes_the_calibration_and_diagrams(tiny_run, tmp_path, c
         assert (run / "calibration" / png.split("/")[-1]).is_file()
     report = calibrate_run(run, "isotonic", progress=False)
     assert json.loads((run / "calibration.json").read_text())["method"] == "isotonic"
-    assert main(["calibrate", "--run", str(run), "--method", "nope", "-q"]) == 1
+    capsys.readouterr()
+    assert main(["calibrate", "--run", str(run), "--method", "nope", "-q"]) != 0
+    assert "'nope' is not one of 'temperature', 'isotonic'" in capsys.readouterr().err
+
+
+def test_an_unknown_method_is_refused_before_any_prediction(tiny_run, monkeypatch):
+    import lungct.evaluation.calibrate as calibrate_module
+
+    def no_prediction(*args, **kwargs):
+        raise AssertionError("predicted before checking the method")
+
+    monkeypatch.setattr(calibrate_module, "Predictor", no_prediction)
+    with pytest.raises(LungCTError, match="unknown calibration method 'platt'"):
+        calibrate_run(tiny_run, "platt", progress=False)
 
 
 def test_calibration_and_thresholds_use_the_calibration_part_when_the_split_has_one(tmp_path, fake_pretrained):

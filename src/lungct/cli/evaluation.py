@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from lungct.cli.options import ConfigFile, NoTrack, Quiet, TrackingUri, setup_logging
+from lungct.contracts import CalibrationMethod
 
 
 def cv_command(
@@ -69,7 +70,9 @@ def cv_command(
 
 def calibrate_command(
     run: Annotated[Path, typer.Option("--run", exists=True, file_okay=False, help="run directory")],
-    method: Annotated[str, typer.Option("--method", help="temperature or isotonic")] = "temperature",
+    method: Annotated[
+        CalibrationMethod, typer.Option("--method", help="calibration map")
+    ] = CalibrationMethod.temperature,
     from_cv: Annotated[
         Path | None,
         typer.Option(
@@ -85,7 +88,7 @@ def calibrate_command(
     from lungct.evaluation.calibrate import calibrate_run
 
     setup_logging(quiet)
-    report = calibrate_run(run, method, progress=not quiet, from_cv=from_cv)
+    report = calibrate_run(run, method.value, progress=not quiet, from_cv=from_cv)
     if method == "temperature":
         images = "" if report["cross_fitted"] else " images"
         fitted = f"fitted on {report['n_fit']} {report['fitted_on']}{images}"

@@ -21,7 +21,7 @@ from lungct.errors import LungCTError
 from lungct.evaluation.bootstrap import paired_delta_ci
 from lungct.evaluation.metrics import calibration_metrics, reliability_bins
 from lungct.inference import Predictor
-from lungct.inference.calibration import CALIBRATION_FILE, fit_calibrator, fit_temperature
+from lungct.inference.calibration import CALIBRATION_FILE, check_method, fit_calibrator, fit_temperature
 from lungct.run import write_json
 
 log = logging.getLogger("lungct")
@@ -126,6 +126,7 @@ def calibrate_run(
     comes with a paired group-bootstrap interval, since a test set of a few dozen patients cannot tell a 0.01
     change in ECE from noise.
     """
+    check_method(method)  # before minutes of prediction
     predictor = Predictor(run_dir)
     fit_part = tuning_part(load_split(predictor.run.split))
     parts = {p: raw_part(predictor, p, progress) for p in dict.fromkeys([fit_part, SplitPart.val, SplitPart.test])}

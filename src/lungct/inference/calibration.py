@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 from scipy.special import softmax
 
+from lungct.contracts import CalibrationMethod
 from lungct.errors import LungCTError
 
 CALIBRATION_FILE = "calibration.json"
-METHODS = ("temperature", "isotonic")
+METHODS = tuple(CalibrationMethod)  # lungct.contracts.CalibrationMethod is the one list
 
 
 def _log(probs: np.ndarray) -> np.ndarray:
@@ -86,9 +87,13 @@ def fit_isotonic(y_true: np.ndarray, probs: np.ndarray) -> IsotonicCalibration:
     return IsotonicCalibration(xs, ys)
 
 
-def fit_calibrator(y_true: np.ndarray, probs: np.ndarray, method: str = "temperature") -> Calibrator:
+def check_method(method: str) -> None:
     if method not in METHODS:
         raise LungCTError(f"unknown calibration method {method!r}; choose one of {', '.join(METHODS)}")
+
+
+def fit_calibrator(y_true: np.ndarray, probs: np.ndarray, method: str = "temperature") -> Calibrator:
+    check_method(method)
     if len(y_true) < 2:
         raise LungCTError("calibration needs at least two validation images")
     return fit_temperature(y_true, probs) if method == "temperature" else fit_isotonic(y_true, probs)

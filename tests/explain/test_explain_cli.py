@@ -82,6 +82,7 @@ def test_layer_groups_follow_the_fine_tuning(tiny_run):
     ("extra", "needle"),
     [
         (["--layer", "conv_hed"], "unknown layer 'conv_hed'; did you mean"),
+        (["--layer", "xyzzy"], "unknown layer 'xyzzy'; the backbone's layers are conv_stem, bn1, blocks,"),
         (["--layer", "head.1"], "not a spatial feature map"),
         (["--target", "pneumonia"], "class 'pneumonia' is not in the model"),
         (["--layer", "conv_head", "--layers", "all"], "either layer names or a layer group"),

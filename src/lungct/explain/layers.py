@@ -52,7 +52,10 @@ def resolve_name(model: nn.Module, name: str) -> str:
         if candidate and candidate in modules:
             return candidate
     close = difflib.get_close_matches(name, [n for n in modules if n], n=3)
-    hint = f"; did you mean {', '.join(close)}?" if close else "; list them with model.named_modules()"
+    backbone = modules.get("backbone.backbone") or modules.get("backbone") or model  # the tiled one's inner net
+    top = [n for n, _ in backbone.named_children()][:12]
+    layers = f"the backbone's layers are {', '.join(top)}, and dotted paths below them (blocks.5)"
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; {layers}"
     raise LungCTError(f"unknown layer {name!r}{hint}")
 
 

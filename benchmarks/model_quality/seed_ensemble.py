@@ -1,8 +1,10 @@
 """A seed ensemble on the study's 5 folds: members trained on all of each fold's development images.
 
-Usage: python benchmarks/model_quality/seed_ensemble.py NAME NAME [...]   (finished cv rows in
+Usage: python benchmarks/model_quality/seed_ensemble.py [--recipes] NAME NAME [...]   (finished cv rows in
 runs/model_quality/ that differ only in `train.seed`, e.g. lpft_ema_224 lpft_ema_seed1_224 lpft_ema_seed2_224)
--> runs/model_quality/seeds_<first NAME>_x<count>.json and a table row on stdout.
+-> runs/model_quality/seeds_<first NAME>_x<count>.json and a table row on stdout. With --recipes the members may
+differ in anything but their folds (e.g. one recipe at several input sizes: lpft_ema_224 lpft_ema_448
+lpft_ema_512), written to recipes_<first NAME>_x<count>.json.
 
 The nested fold ensemble (ensemble_row.py) lost to one model because each member saw 4/5 of the development
 images. Seed members see all of them: the same folds, the same training/validation parts (the experiment's
@@ -39,10 +41,13 @@ def same_recipe(names: list[str]) -> None:
         raise SystemExit(f"{names}: the configs differ in more than train.seed")
 
 
-def main(names: list[str]) -> None:
+def main(args: list[str]) -> None:
+    recipes = "--recipes" in args
+    names = [a for a in args if a != "--recipes"]
     if len(set(names)) < 2 or len(set(names)) != len(names):
         raise SystemExit("give at least two different cv rows")
-    same_recipe(names)
+    if not recipes:
+        same_recipe(names)
     members = [read_oof(row_dir(n)) for n in names]
     first = members[0]
     for m in members[1:]:
@@ -61,7 +66,7 @@ def main(names: list[str]) -> None:
         key: {m: [float(np.nanmean([r[m] for r in rs])), float(np.nanstd([r[m] for r in rs], ddof=1))] for m in rs[0]}
         for key, rs in rows.items()
     }
-    out = ROOT / "runs" / "model_quality" / f"seeds_{names[0]}_x{len(names)}.json"
+    out = ROOT / "runs" / "model_quality" / f"{'recipes' if recipes else 'seeds'}_{names[0]}_x{len(names)}.json"
     out.write_text(json.dumps({"members": names, "per_fold": rows, "summary": summary}, indent=2) + "\n")
     cols = ["accuracy", "balanced_accuracy", "benign_recall", "malignant_recall", "normal_recall", "macro_auc", "ece"]
     cols += ["study_accuracy", "study_balanced_accuracy", "study_benign_recall"]

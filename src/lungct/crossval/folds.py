@@ -142,6 +142,8 @@ def cross_validate(
 
     started = time.time()
     plan = plan or plan_folds(cfg, folds, progress, within)
+    if len(plan.splits) != folds:
+        raise ValueError(f"the fold plan holds {len(plan.splits)} folds, not {folds}")
     pool = plan.pool
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,12 @@ def row_dir(name: str) -> Path:
 def read_oof(cv_dir: Path) -> OutOfFold:
     """Rows sorted by path, so two cv folders over the same pool line up slice by slice."""
     with (cv_dir / "oof_predictions.csv").open(newline="") as fh:
-        rows = sorted(csv.DictReader(fh), key=lambda r: r["path"])
+        return oof_from_rows(list(csv.DictReader(fh)))
+
+
+def oof_from_rows(rows: list[dict]) -> OutOfFold:
+    """Rows of the oof table (lungct.evaluation.oof) as arrays, sorted by path."""
+    rows = sorted(rows, key=lambda r: r["path"])
     classes = [c[2:] for c in rows[0] if c.startswith("p_")]
     return OutOfFold(
         paths=np.array([r["path"] for r in rows]),

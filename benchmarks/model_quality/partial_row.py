@@ -6,14 +6,13 @@ eval/metrics.json and predictions.csv, and scores one result per group with lung
 function `lungct cv` uses for its study columns (on a finished row it prints the same figures as cv.csv).
 """
 
-import csv
 import json
 import sys
 from pathlib import Path
 
-import numpy as np
+from oof import oof_from_rows
 
-from lungct.data.splits import load_split
+from lungct.evaluation.oof import fold_predictions
 from lungct.evaluation.study_level import study_metrics
 
 row = Path(sys.argv[1])
@@ -22,17 +21,13 @@ for fold in sorted(row.glob("fold_*")):
     if not m_path.is_file():
         continue
     m = json.loads(m_path.read_text())
-    classes = list(m["classes"])
-    groups_of = {i.path: i.group for i in load_split(fold / "split.csv")}
-    rows = list(csv.DictReader((fold / "eval" / "predictions.csv").open()))
-    y = np.array([classes.index(r["label"]) for r in rows])
-    p = np.array([[float(r[f"p_{c}"]) for c in classes] for r in rows])
-    s = study_metrics(y, p, [groups_of[r["path"]] for r in rows], classes)
+    oof = oof_from_rows(fold_predictions(row, int(fold.name.removeprefix("fold_"))))
+    s = study_metrics(oof.y, oof.p, oof.groups, oof.classes)
     summ = json.loads((fold / "summary.json").read_text())
     print(
         fold.name,
         f"acc {m['accuracy']:.3f} bal {m['balanced_accuracy']:.3f}",
-        " ".join(f"{c} {m['classes'][c]['recall']:.3f}" for c in classes),
+        " ".join(f"{c} {m['classes'][c]['recall']:.3f}" for c in oof.classes),
         f"auc {m['macro_auc']:.3f} ece {m['ece']:.3f}",
         f"study acc {s['study.accuracy']:.3f} bal {s['study.balanced_accuracy']:.3f}",
         f"benign {s['study.benign.recall']:.3f}",

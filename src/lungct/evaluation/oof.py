@@ -17,13 +17,16 @@ from lungct.run import RunDir
 OOF_FILE = "oof_predictions.csv"
 
 
+def fold_predictions(out: Path, k: int) -> list[dict]:
+    """Fold k's test predictions (its eval/predictions.csv), each row with its fold and group: one oof table row."""
+    groups = {i.path: i.group for i in load_split(RunDir(out / f"fold_{k}").split)}
+    with (out / f"fold_{k}" / "eval" / "predictions.csv").open(newline="") as fh:
+        return [{"fold": k, "group": groups[r["path"]], **r} for r in csv.DictReader(fh)]
+
+
 def write_oof(out: Path, folds: int) -> None:
     """Pool every fold's test predictions (uncalibrated: fold runs are never calibrated) into one table."""
-    rows: list[dict] = []
-    for k in range(1, folds + 1):
-        groups = {i.path: i.group for i in load_split(RunDir(out / f"fold_{k}").split)}
-        with (out / f"fold_{k}" / "eval" / "predictions.csv").open(newline="") as fh:
-            rows += [{"fold": k, "group": groups[r["path"]], **r} for r in csv.DictReader(fh)]
+    rows = [row for k in range(1, folds + 1) for row in fold_predictions(out, k)]
     with (out / OOF_FILE).open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()

@@ -105,6 +105,21 @@ def test_app_command_execs_streamlit_on_the_page(monkeypatch, capsys, app_run, t
     assert "http://127.0.0.1:8765" in capsys.readouterr().out
 
 
+def test_app_on_a_port_in_use_is_one_line_and_starts_nothing(monkeypatch, capsys, app_run, tmp_path):
+    """Streamlit used to print "Port N is not available" after lungct had announced the app's URL."""
+    import socket
+
+    command = importlib.import_module("lungct.cli.app")
+    monkeypatch.setattr(command.os, "execv", lambda *a: pytest.fail("streamlit started on a port in use"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = main(["app", "--run", str(app_run), "--log", str(tmp_path / "p.sqlite"), "--port", str(port)])
+    captured = capsys.readouterr()
+    assert code == 1 and f"cannot listen on 127.0.0.1:{port}" in captured.err and "http://" not in captured.out
+
+
 @pytest.mark.parametrize("flag", ["--help"])
 def test_app_help_lists_options(capsys, flag):
     assert main(["app", flag]) == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,33 @@ def test_uploads_are_kept_only_when_asked(onnx_run, tmp_path):
         assert r.status_code == 200
     assert [p.name for p in kept.iterdir()] == [f"{r.json()['sha256']}.png"]
     assert {p.name for p in tmp_path.iterdir()} <= {"kept", "log.sqlite", "log.sqlite-shm", "log.sqlite-wal"}
+
+
+def test_a_port_in_use_is_one_line_before_the_model_loads(onnx_run, capsys, monkeypatch):
+    """uvicorn used to load the model, then log `[Errno 98] ... address already in use` and exit with status 3."""
+    import socket
+
+    import lungct.serve.app as app_module
+
+    def must_not_load(settings):
+        raise AssertionError("the model was loaded before the port was checked")
+
+    monkeypatch.setattr(app_module, "create_app", must_not_load)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--run", str(onnx_run), "--port", str(port), "--no-log"]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "in use" in err, err
+    assert "Traceback" not in err
+
+
+def test_port_zero_binds_a_free_port_and_a_bad_host_is_named():
+    from lungct.cli.ports import listen_socket
+    from lungct.errors import LungCTError
+
+    with listen_socket("127.0.0.1", 0) as sock:
+        assert sock.getsockname()[1] > 0
+    with pytest.raises(LungCTError, match=re.escape("cannot listen on no-such-host.invalid:8000")):
+        listen_socket("no-such-host.invalid", 8000)

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from lungct.app.launch import check_run, streamlit_argv
+from lungct.cli.ports import listen_socket
 
 
 def app_command(
@@ -28,6 +29,7 @@ def app_command(
     """Start the web app: upload CT slices, see prediction, probabilities, Grad-CAM and the model's metrics."""
     log = log or run / "predictions.sqlite"
     check_run(run, log)
+    listen_socket(address, port).close()  # a port in use fails here, before the URL is announced
     typer.echo(f"lungct app: http://{address}:{port}  (run {run}, prediction log {log}; Ctrl-C stops it)")
     sys.stdout.flush()
     # Become streamlit (exec, not a child process): Ctrl-C and `kill` reach the server itself, nothing is orphaned.

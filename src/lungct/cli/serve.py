@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from lungct.cli.options import TrackingUri, setup_logging
+from lungct.cli.ports import listen_socket
 from lungct.contracts import Backend
 from lungct.errors import LungCTError
 
@@ -152,7 +153,13 @@ def serve(settings) -> None:
     from lungct.serve.app import create_app
 
     setup_logging(quiet=False, server=True)
-    app = create_app(settings)
+    listening = listen_socket(settings.host, settings.port)  # a port in use fails now, not after loading the model
+    port = listening.getsockname()[1]  # the real one when --port 0 picked a free port
+    try:
+        app = create_app(settings)
+    except BaseException:
+        listening.close()
+        raise
     if "torch" in sys.modules:  # loaded only when PyTorch answers (or for explanations); never just for this
         sys.modules["torch"].set_num_threads(settings.model_threads)  # per call; `workers` calls share the cores
     service = app.state.service
@@ -162,7 +169,7 @@ def serve(settings) -> None:
         service.predictor.precision,
         service.predictor.backend_reason,
         settings.host,
-        settings.port,
+        port,
         settings.workers,
         settings.model_threads,
         settings.resolved_log_path or "off",
@@ -172,7 +179,7 @@ def serve(settings) -> None:
     served = app.state.service.run  # the run folder, or the downloaded version of --model-uri
     if (reason := unfinished_run(served)) is not None:
         logging.getLogger("lungct.serve").warning("%s", reason)
-    uvicorn.Server(uvicorn_config(app, settings)).run()
+    uvicorn.Server(uvicorn_config(app, settings)).run(sockets=[listening])
 
 
 def uvicorn_config(app, settings):

@@ -68,6 +68,29 @@ def test_a_config_without_data_fails_before_tracking_or_a_run_directory(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]  # no mlruns/, no run or study folder
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["train", "--out", "taken"],
+        ["cv", "--folds", "2", "--out", "taken", "-q"],
+        ["tune", "--trials", "2", "--study-dir", "taken"],
+        ["compare", "--archs", "small_cnn,mobilenetv2_100", "--out", "taken"],
+    ],
+)
+def test_an_output_path_that_is_a_file_fails_before_tracking_or_training(
+    capsys, tmp_path, monkeypatch, tiny_dataset, command
+):
+    """A file where --out should be a folder used to end in a FileExistsError traceback, inside a tracked run."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LUNGCT_TRACKING", "on")  # so that a tracked run started too early would leave mlruns/
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(tiny_config(tiny_dataset).model_dump(mode="json")))
+    (tmp_path / "taken").write_text("a file, not a folder")
+    code, _, err = _run(capsys, *command, "--config", "c.yaml")
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "taken cannot be used: exists and is not a folder" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml", "data", "taken"]  # no mlruns/
+
+
 def test_evaluate_on_a_folder_that_is_not_a_run_fails_before_tracking(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LUNGCT_TRACKING", "on")  # so that a tracked run started too early would leave mlruns/
@@ -122,6 +145,17 @@ def test_train_evaluate_predict_through_the_cli(capsys, tiny_dataset, fake_pretr
     assert set(lines[0]) == {"path", "label", "probabilities"}
     assert lines[-1] == {"path": str(tmp_path / "empty.png"), "error": "empty file"}
 
+    # an --out that cannot be written is found before predicting, and for evaluate before tracking
+    (tmp_path / "a_file").write_text("not a folder")
+    for command in (
+        ["predict", "--run", run, tiny_dataset, "--out", tmp_path / "a_file" / "lines.jsonl"],
+        ["evaluate", "--run", run, "--out", tmp_path / "a_file" / "eval"],
+        ["explain", "--run", run, tiny_dataset / "Normal cases", "--out", tmp_path / "a_file"],
+    ):
+        code, out, err = _run(capsys, *command)
+        assert code == 1 and out == "" and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+        assert f"{tmp_path / 'a_file'}" in err and "cannot be used" in err, err
+
     # a folder with nothing to read is a one-line error naming it, not an empty answer
     (tmp_path / "no_images").mkdir()
     (tmp_path / "no_images" / "notes.txt").write_text("not a slice")
@@ -139,3 +173,23 @@ def test_cli_startup_does_not_import_torch():
     code = "import sys, lungct.cli; print(sorted(m for m in ('torch', 'timm', 'mlflow', 'optuna') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_an_unforeseen_file_system_error_is_one_line_naming_the_path(capsys, monkeypatch):
+    """The last line of defence: an OSError with a path that no command checked for still names the path."""
+    import importlib
+
+    cli_main = importlib.import_module("lungct.cli.main")
+
+    def raising(error):
+        def app(**kwargs):
+            raise error
+
+        return app
+
+    monkeypatch.setattr(cli_main, "app", raising(PermissionError(13, "Permission denied", "/srv/lungct/x.json")))
+    assert cli_main.main(["train"]) == 1
+    assert capsys.readouterr().err == "lungct: error: /srv/lungct/x.json: Permission denied\n"
+    monkeypatch.setattr(cli_main, "app", raising(ConnectionResetError(104, "Connection reset by peer")))
+    with pytest.raises(ConnectionResetError):  # no path to name: not a user's file problem, so not hidden
+        cli_main.main(["train"])

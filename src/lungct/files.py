@@ -10,8 +10,27 @@ import csv
 import io
 import os
 import re
+import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+
+from lungct.errors import LungCTError
+
+
+def output_folder(path: str | Path, what: str = "output folder") -> Path:
+    """Create `path` (with its parents) and prove a file can be written in it. Commands call this before their
+    slow part, so a folder that is a file, read-only or on a missing mount is one line at once, not a traceback
+    after the predictions (or the training) it was meant to hold."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        reason = "exists and is not a folder" if isinstance(exc, FileExistsError) else exc.strerror or str(exc)
+        where = "" if exc.filename in (None, str(path)) else f" ({exc.filename})"
+        raise LungCTError(f"{what} {path} cannot be used: {reason}{where}") from None
+    return path
 
 
 def atomic_write(path: Path, data: bytes) -> None:

@@ -105,3 +105,12 @@ def test_port_zero_binds_a_free_port_and_a_bad_host_is_named():
         assert sock.getsockname()[1] > 0
     with pytest.raises(LungCTError, match=re.escape("cannot listen on no-such-host.invalid:8000")):
         listen_socket("no-such-host.invalid", 8000)
+
+
+def test_a_keep_uploads_folder_that_cannot_be_made_is_one_line(onnx_run, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    argv = ["serve", "--run", str(onnx_run), "--port", "0", "--no-log", "--keep-uploads", str(tmp_path / "file")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert f"keep_uploads folder {tmp_path / 'file'} cannot be used: exists and is not a folder" in err, err
+    assert "Traceback" not in err

@@ -16,6 +16,7 @@ from lungct.data.scan import scan_samples
 from lungct.data.sources import collect_samples
 from lungct.data.splits import load_split
 from lungct.errors import LungCTError
+from lungct.files import output_folder
 from lungct.run import write_json
 
 log = logging.getLogger("lungct")
@@ -56,7 +57,9 @@ def run_audit(
     if not data:
         raise LungCTError("no data given: pass one or more dataset folders or CSV manifests")
     cfg = DataConfig(sources=[SourceConfig(path=str(Path(d).expanduser().resolve())) for d in data])
-    scan = scan_samples(collect_samples(cfg), progress)
+    listed = collect_samples(cfg)
+    out = output_folder(out, "--out")  # before reading every image: a bad --out is found at once
+    scan = scan_samples(listed, progress)
     samples, infos = scan.samples, scan.infos
     if not samples:
         raise LungCTError("no readable images in the data given")
@@ -100,8 +103,6 @@ def run_audit(
         result["leaks"] = leaks
         if coverage["audited_in_split"] == 0:
             log.warning("the split %s names none of the audited images", split_path)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     write_json(out / "audit.json", result)
     (out / "audit.md").write_text(audit_markdown(result))
     return result

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from lungct.cli.options import NoTrack, Quiet, TrackingUri, setup_logging
+from lungct.files import output_folder
 
 
 def compare_command(
@@ -52,6 +53,7 @@ def compare_command(
         progress=not quiet,
         track=not no_track,
     )
+    output_folder(settings.out, "--out")  # before tracking
     name = f"compare-{settings.out.resolve().name}"
     params = {"compare.archs": ",".join(settings.archs), "compare.threads": threads}
     with tracked_run("compare", name, params, cfg, tracking_uri, enabled=not no_track) as tracker:

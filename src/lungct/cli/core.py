@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from lungct.cli.options import ConfigFile, ExistingPaths, NoTrack, Quiet, SplitMode, TrackingUri, log, setup_logging
+from lungct.files import output_folder
 
 
 def train_command(
@@ -91,6 +92,8 @@ def train_command(
         cfg.seed = seed
     if not split_file:  # a --split-file run takes its images from that file
         check_sources(cfg.data)
+    if dist.is_main:
+        output_folder(out, "--out")  # before tracking: a bad --out leaves no failed MLflow run
     track = not no_track and dist.is_main  # one MLflow run per training, made by rank 0
     with tracked_run("train", out.resolve().name, config=cfg, tracking_uri=tracking_uri, enabled=track) as t:
         kwargs = {"progress": not quiet, "overwrite": overwrite, "callbacks": [t.epoch_callback()]}
@@ -121,6 +124,8 @@ def evaluate_command(
 
     RunDir(run).require_model()  # before tracking: a folder that is not a run leaves no MLflow run behind
     dist = init_distributed()  # under torchrun: each rank predicts a shard, rank 0 reports
+    if dist.is_main:
+        output_folder(out, "--out")
     setup_logging(quiet or not dist.is_main)
     name = f"{run.resolve().name}-eval"
     track = not no_track and dist.is_main
@@ -167,6 +172,8 @@ def predict_command(
     if (reason := unfinished_run(run)) is not None and current().is_main:
         typer.echo(f"lungct: warning: {reason}", err=True)
     files = [str(p) for p in expand_paths(paths)]
+    if out is not None and current().is_main:
+        output_folder(out.parent, "the folder of --out")  # before predicting, not after
     lines = map_shards(
         files, lambda part: [json.dumps(_named(r)) for r in predictor.predict(part)], predictor.batch_size
     )

@@ -9,6 +9,7 @@ import typer
 
 from lungct.cli.options import ConfigFile, NoTrack, Quiet, TrackingUri, setup_logging
 from lungct.contracts import CalibrationMethod
+from lungct.files import output_folder
 
 
 def cv_command(
@@ -43,6 +44,7 @@ def cv_command(
     if within is None:  # --within takes its images from that run
         check_sources(cfg.data)
     plan = plan_folds(cfg, folds, progress=not quiet, within=within)  # bad --folds fails before tracking
+    output_folder(out, "--out")  # and so does a bad --out
     name = f"cv-{out.resolve().name}"
     params = {"folds": folds, "within": str(within) if within else None}
     with tracked_run("cv", name, params, cfg, tracking_uri, enabled=not no_track) as tracker:

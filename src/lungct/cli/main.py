@@ -87,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     except LungCTError as exc:
         typer.echo(f"lungct: error: {exc}", err=True)
         return 1
+    except OSError as exc:  # a file system problem the commands did not foresee: name the path, no traceback
+        if exc.filename is None:
+            raise
+        both = f"{exc.filename} -> {exc.filename2}" if exc.filename2 else exc.filename
+        typer.echo(f"lungct: error: {both}: {exc.strerror or exc}", err=True)
+        return 1
     except ModuleNotFoundError as exc:  # an optional extra is not installed: name it, in one line
         missing = missing_extra(exc, f"`lungct {_command_name(argv)}`")
         if missing is None:

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from lungct.cli.options import NoTrack, Quiet, TrackingUri, setup_logging
+from lungct.files import output_folder
 
 
 def retrain_command(
@@ -29,6 +30,7 @@ def retrain_command(
 
     setup_logging(quiet)
     inputs = retrain_inputs(champion, feedback)  # before tracking: bad inputs leave no MLflow run behind
+    output_folder(out, "--out")  # before tracking, like the inputs
     name = out.resolve().name
     with tracked_run(
         "retrain", name, config=run_config(champion), tracking_uri=tracking_uri, enabled=not no_track

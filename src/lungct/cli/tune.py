@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from lungct.cli.options import NoTrack, Quiet, TrackingUri, setup_logging
+from lungct.files import output_folder
 
 
 class Sampler(StrEnum):
@@ -69,6 +70,7 @@ def tune_command(
         track=not no_track,
     )
     params = {"tune.trials": trials, "tune.sampler": sampler.value, "tune.metric": metric.value, "tune.prune": prune}
+    output_folder(settings.study_dir, "--study-dir")  # before tracking
     name = f"tune-{settings.study_dir.resolve().name}"
     with tracked_run("tune", name, params, cfg, tracking_uri, enabled=not no_track) as tracker:
         result = tune(cfg, settings)

@@ -19,6 +19,7 @@ from lungct.compare.settings import PROBE_SUFFIX, CompareSettings
 from lungct.config import ExperimentConfig
 from lungct.data.splits import load_split
 from lungct.errors import LungCTError
+from lungct.files import output_folder
 from lungct.run import RunDir, write_json
 
 log = logging.getLogger("lungct")
@@ -121,8 +122,7 @@ def compare(cfg: ExperimentConfig, settings: CompareSettings) -> dict[str, Any]:
     if settings.weights is not None and cfg.model.arch not in {a.removesuffix(PROBE_SUFFIX) for a in settings.archs}:
         raise LungCTError(f"--weights is for the config's backbone {cfg.model.arch}, which is not in --archs")
     started = time.time()
-    out = settings.out
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(settings.out, "--out")
     split_file = shared_split(cfg, out, settings.progress)
     runs: dict[str, tuple[Path, dict[str, Any]]] = {}
     for arch in settings.archs:

@@ -31,6 +31,7 @@ from lungct.evaluation.calibrate import HeldOutCheck, plot_reliability, temperat
 from lungct.evaluation.metrics import calibration_metrics
 from lungct.evaluation.oof import write_oof
 from lungct.evaluation.study_level import study_metrics
+from lungct.files import output_folder
 from lungct.run import RunDir, write_json
 from lungct.training.trainer import train_or_reuse
 
@@ -145,8 +146,7 @@ def cross_validate(
     if len(plan.splits) != folds:
         raise ValueError(f"the fold plan holds {len(plan.splits)} folds, not {folds}")
     pool = plan.pool
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(out, "--out")
     rows, checks = [], []
     for k, items in enumerate(plan.splits, start=1):
         fold_dir = out / f"fold_{k}"

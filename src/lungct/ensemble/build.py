@@ -21,6 +21,7 @@ from pathlib import Path
 from lungct.contracts import SplitPart
 from lungct.data.splits import SplitItem, load_split, part_counts, save_split
 from lungct.errors import LungCTError
+from lungct.files import output_folder
 from lungct.models.ensemble import from_members
 from lungct.run import RunDir, load_model, save_weights, write_json
 
@@ -51,6 +52,8 @@ def build_ensemble(cv_dir: str | Path, out: str | Path, overwrite: bool = False)
     """Write the ensemble of `cv_dir`'s fold models into `out` and return it."""
     cv_dir, target = Path(cv_dir), RunDir(out)
     info, runs = finished_folds(cv_dir)
+    if target.path.exists() and not target.path.is_dir():
+        raise LungCTError(f"--out {target.path} exists and is not a folder")
     if target.path.exists() and any(target.path.iterdir()):
         if not overwrite:
             raise LungCTError(f"{target.path} is not empty; use --overwrite or another --out")
@@ -63,7 +66,7 @@ def build_ensemble(cv_dir: str | Path, out: str | Path, overwrite: bool = False)
     if any(c.members for c in cards):
         raise LungCTError(f"{cv_dir} holds ensembles as folds; nesting ensembles is not supported")
     model = from_members([load_model(run)[0] for run in runs])
-    target.path.mkdir(parents=True, exist_ok=True)
+    output_folder(target.path, "--out")
     card = replace(cards[0], members=len(runs), shared_backbone=model.shared_backbone)
     save_weights(model, target.weights)
     write_json(target.model_json, card.to_dict())

@@ -18,6 +18,7 @@ from lungct.errors import LungCTError
 from lungct.evaluation.bootstrap import N_RESAMPLES, bootstrap_ci
 from lungct.evaluation.consistency import ece_consistency
 from lungct.evaluation.metrics import compute_metrics, text_report
+from lungct.files import output_folder
 from lungct.inference import Predictor
 from lungct.plots import plot_confusion, plot_roc
 from lungct.run import write_json
@@ -67,8 +68,7 @@ def evaluate(
 ) -> dict:
     """metrics.json, report, plots and predictions.csv for the run's test part (or `data`); `tta` mirrors too."""
     predictor = Predictor(run_dir, tta=tta)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(out_dir, "--out")
     paths, labels, skipped = evaluation_items(predictor, data, progress)
     classes = predictor.classes
     y = np.array([classes.index(label) for label in labels])

@@ -17,7 +17,7 @@ from lungct.data.splits import load_split
 from lungct.errors import LungCTError
 from lungct.explain.explainer import Explainer
 from lungct.explain.overlay import save_overlay
-from lungct.files import natural_key
+from lungct.files import natural_key, output_folder
 from lungct.run import RunDir
 
 
@@ -72,8 +72,7 @@ def explain_to_folder(
 ) -> BatchResult:
     """Write <name>.npy (heatmap, float32 HxW in [0,1]) and <name>.png (overlay) per readable file."""
     paths = [Path(p) for p in paths]
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(out, "--out")
     result, used = BatchResult(), set()
     bar = tqdm(total=len(paths), desc=f"explaining ({method})", unit="img", disable=not progress, leave=False)
     for item in explainer.explain_paths(paths, method, layers, group, target):

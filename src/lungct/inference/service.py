@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from lungct.contracts import Backend, CamMethod, ErrorDetail, FileError, Prediction
 from lungct.data.images import ImageReadError
 from lungct.errors import LungCTError
+from lungct.files import output_folder
 from lungct.inference.batching import MicroBatcher
 from lungct.inference.predictor import Predictor
 
@@ -258,12 +259,12 @@ class InferenceService:
         self.source = source
         self.keep_uploads = keep_uploads
         if keep_uploads is not None:
-            keep_uploads.mkdir(parents=True, exist_ok=True)
+            output_folder(keep_uploads, "keep_uploads folder")
         # opt-in: every predicted slice kept as a de-identified PNG named by the upload's sha256, so feedback can
         # point at it for retraining (the decoded pixels only: no file name, no DICOM tag, no metadata)
         self.keep_feedback_images = keep_feedback_images
         if keep_feedback_images is not None:
-            keep_feedback_images.mkdir(parents=True, exist_ok=True)
+            output_folder(keep_feedback_images, "keep_feedback_images folder")
         self.explain_max_side = explain_max_side
         # why explanations cannot run here (no PyTorch in a torch-free install): explain() answers 501 with it
         self.explain_unavailable = explain_unavailable

@@ -37,7 +37,7 @@ from lungct.data.splits import SplitItem, load_split, part_counts, save_split
 from lungct.data.transforms import eval_transform, train_transform
 from lungct.distributed import IGNORE_INDEX, PaddedDataset, ShardedBatches, current, restart_count
 from lungct.errors import LungCTError
-from lungct.files import atomic_csv
+from lungct.files import atomic_csv, output_folder
 from lungct.models.classifier import build_classifier
 from lungct.run import ModelCard, RunDir, load_weights, save_weights, write_json
 from lungct.training.freezing import count_trainable, freeze_batchnorm_stats, set_trainable, unfreeze_top
@@ -125,7 +125,7 @@ class Trainer:
             if self.dist.is_main:
                 shutil.rmtree(self.run.path)
         if self.dist.is_main:
-            self.run.path.mkdir(parents=True, exist_ok=True)
+            output_folder(self.run.path, "--out")
 
     @property
     def train_seed(self) -> int:

@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 
 from lungct.config import ExperimentConfig
 from lungct.errors import LungCTError
+from lungct.files import output_folder
 from lungct.run import RunDir
 from lungct.training import train_or_reuse
 from lungct.tuning.settings import TuneSettings
@@ -90,7 +91,7 @@ def _study_identity(cfg: ExperimentConfig, settings: TuneSettings) -> dict[str, 
 
 def open_study(cfg: ExperimentConfig, settings: TuneSettings) -> optuna.Study:
     """Create STUDY/study.db or continue it; refuse one made from another config, metric or sampler."""
-    settings.study_dir.mkdir(parents=True, exist_ok=True)
+    output_folder(settings.study_dir, "study folder")
     storage = optuna.storages.RDBStorage(f"sqlite:///{(settings.study_dir / 'study.db').resolve()}")
     name = cfg.name
     try:

@@ -125,6 +125,19 @@ def test_an_unknown_method_is_refused_before_any_prediction(tiny_run, monkeypatc
         calibrate_run(tiny_run, "platt", progress=False)
 
 
+def test_threshold_with_an_unusable_out_fails_before_predicting(tiny_run, tmp_path, monkeypatch):
+    """`lungct threshold --out FILE` used to predict both parts, then end in a FileExistsError traceback."""
+    import lungct.evaluation.operating_points as op_module
+
+    def no_prediction(*args, **kwargs):
+        raise AssertionError("predicted before checking --out")
+
+    monkeypatch.setattr(op_module, "raw_part", no_prediction)
+    (tmp_path / "taken").write_text("a file")
+    with pytest.raises(LungCTError, match=r"--out .*taken cannot be used: exists and is not a folder"):
+        op_module.operating_points(tiny_run, tmp_path / "taken", progress=False)
+
+
 def test_calibration_and_thresholds_use_the_calibration_part_when_the_split_has_one(tmp_path, fake_pretrained):
     from lungct.data.splits import load_split
     from lungct.evaluation.operating_points import operating_points

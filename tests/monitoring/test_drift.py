@@ -177,6 +177,10 @@ def test_drift_cli_exit_codes_and_one_line_errors(tiny_run, tmp_path, capsys):
     assert main(["drift", "--run", str(tiny_run), "--log", str(tmp_path / "missing.db")]) == 1
     err = capsys.readouterr().err
     assert "prediction log not found" in err and len(err.strip().splitlines()) == 1
+    (tmp_path / "taken").write_text("a file")  # --out in the way: one line, before the reference is built
+    assert main([*argv[:-3], "--out", str(tmp_path / "taken"), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "taken cannot be used: exists and is not a folder" in err and len(err.strip().splitlines()) == 1
 
 
 def _rewindow(img: Image.Image) -> Image.Image:

@@ -20,6 +20,7 @@ from lungct.contracts import SplitPart
 from lungct.data.splits import load_split, tuning_part
 from lungct.errors import LungCTError
 from lungct.evaluation.calibrate import raw_part
+from lungct.files import output_folder
 from lungct.inference import Predictor
 from lungct.run import write_json
 
@@ -100,6 +101,7 @@ def operating_points(
     if not 0 < target_sensitivity <= 1:
         raise LungCTError(f"target sensitivity must be in (0, 1], got {target_sensitivity}")
     k = classes.index(positive_class)
+    out = output_folder(out_dir, "--out")  # before predicting the two parts
     calibrator = predictor.calibration
     parts = {}
     fit_part = tuning_part(load_split(predictor.run.split))
@@ -110,8 +112,6 @@ def operating_points(
     if len(y_test) == 0:
         raise LungCTError(f"{predictor.run.split} has no test part")
     threshold = threshold_for_sensitivity(y_val == k, p_val[:, k], target_sensitivity)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     curve = coverage_curve(y_test, p_test)
     report: dict = {
         "positive_class": positive_class,

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from lungct.files import output_folder
 from lungct.monitoring.drift import (
     PSI_MODERATE,
     PSI_SIGNIFICANT,
@@ -65,6 +66,7 @@ def drift_report(
         rows = log.read(since=since, limit=last)
     finally:
         log.close()
+    out = output_folder(out_dir, "--out")  # before the reference, which may predict the whole training part
     reference = load_reference(run.path, progress, refresh_reference)
     current = log_observations(rows, reference.classes, version, all_versions)
     checks = compare_observations(reference, current, settings)
@@ -99,8 +101,6 @@ def drift_report(
         },
         "checks": checks,
     }
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "drift.json").write_text(json.dumps(report, indent=2))
     (out / "drift.md").write_text(drift_markdown(report))
     return report

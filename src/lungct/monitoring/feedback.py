@@ -19,6 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 from lungct.errors import LungCTError
+from lungct.files import output_folder
 from lungct.monitoring.predlog import open_existing_log
 
 MANIFEST = "manifest.csv"
@@ -39,8 +40,7 @@ def export_feedback(log_path: str | Path, out: str | Path) -> dict:
             f"{log_path} holds {len(rows)} feedback records but no kept slices: feedback was recorded for "
             "monitoring only (serve with --keep-feedback-images DIR to keep slices for retraining)"
         )
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(out, "--out")
     lines = []
     for r in kept:
         target = out / r["label"] / f"{r['sha256']}.png"

@@ -38,7 +38,12 @@ def test_summarise_gives_mean_and_spread():
     assert s["macro_auc"] == {"mean": 0.9, "std": 0.0, "min": 0.9, "max": 0.9}
 
 
-def test_cross_validate_writes_per_fold_table(tiny_dataset, tmp_path):
+def test_cross_validate_writes_per_fold_table(tiny_dataset, tmp_path, monkeypatch):
+    import lungct.crossval.folds as folds_module
+
+    checked = []  # which folds were evaluated (their test and validation parts predicted)
+    real_check = folds_module.temperature_check
+    monkeypatch.setattr(folds_module, "temperature_check", lambda run: checked.append(run.name) or real_check(run))
     cfg = tiny_config(tiny_dataset)
     result = cross_validate(cfg, 3, tmp_path / "cv", progress=False, n_bootstrap=20)
     assert [r["fold"] for r in result["per_fold"]] == [1, 2, 3]
@@ -69,6 +74,19 @@ def test_cross_validate_writes_per_fold_table(tiny_dataset, tmp_path):
     assert all(r["reused"] for r in again["per_fold"])
     assert "3 of 3 folds reused" in (tmp_path / "cv" / "cv.md").read_text()
     assert (tmp_path / "cv" / "fold_1" / "model.safetensors").stat().st_mtime == mtime
+    # ... and their evaluations are kept, not predicted again: the same rows, the same calibration summary
+    assert checked == ["fold_1", "fold_2", "fold_3"]
+    drop = ("seconds", "reused")
+    assert [{k: v for k, v in r.items() if k not in drop} for r in again["per_fold"]] == [
+        {k: v for k, v in r.items() if k not in drop} for r in result["per_fold"]
+    ]
+    assert again["calibration"] == result["calibration"]
+    # other settings, or a damaged kept evaluation, are evaluated again
+    (tmp_path / "cv" / "fold_2" / "eval" / "fold_eval.npz").write_bytes(b"half a file")
+    cross_validate(cfg, 3, tmp_path / "cv", progress=False, n_bootstrap=20)
+    assert checked[3:] == ["fold_2"]
+    cross_validate(cfg, 3, tmp_path / "cv", progress=False, n_bootstrap=30)
+    assert checked[4:] == ["fold_1", "fold_2", "fold_3"]
 
 
 @pytest.mark.parametrize(("folds", "needle"), [("99", "too few for 99-fold cv"), ("1", "--folds must be at least 2")])

@@ -87,6 +87,10 @@ def test_cross_validate_writes_per_fold_table(tiny_dataset, tmp_path, monkeypatc
     assert checked[3:] == ["fold_2"]
     cross_validate(cfg, 3, tmp_path / "cv", progress=False, n_bootstrap=30)
     assert checked[4:] == ["fold_1", "fold_2", "fold_3"]
+    metrics = tmp_path / "cv" / "fold_3" / "eval" / "metrics.json"  # evaluated since by hand (another report)
+    metrics.write_text(metrics.read_text().replace('"tta": false', '"tta": true'))
+    cross_validate(cfg, 3, tmp_path / "cv", progress=False, n_bootstrap=30)
+    assert checked[7:] == ["fold_3"]
 
 
 @pytest.mark.parametrize(("folds", "needle"), [("99", "too few for 99-fold cv"), ("1", "--folds must be at least 2")])

@@ -14,6 +14,7 @@ as scikit-learn's CalibratedClassifierCV(ensemble=False) fits its calibrator on 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -228,12 +229,14 @@ def save_fold_eval(eval_dir: Path, key: str, check: HeldOutCheck) -> None:
         before=check.before,
         after=check.after,
         groups=np.array(check.groups, dtype=str),
+        metrics_sha256=np.array(hashlib.sha256((eval_dir / "metrics.json").read_bytes()).hexdigest()),
     )
     atomic_write(eval_dir / FOLD_EVAL, buffer.getvalue())
 
 
 def load_fold_eval(eval_dir: Path, key: str) -> tuple[dict, HeldOutCheck] | None:
-    """The kept evaluation, or None when it is missing, damaged or of other weights or settings."""
+    """The kept evaluation, or None when it is missing, damaged, of other weights or settings, or when metrics.json
+    is no longer the one it was kept with."""
     try:
         with np.load(eval_dir / FOLD_EVAL, allow_pickle=False) as kept:
             if str(kept["key"]) != key:
@@ -245,7 +248,11 @@ def load_fold_eval(eval_dir: Path, key: str) -> tuple[dict, HeldOutCheck] | None
                 kept["after"],
                 [str(g) for g in kept["groups"]],
             )
-        metrics = json.loads((eval_dir / "metrics.json").read_text())
+            kept_sha256 = str(kept["metrics_sha256"])
+        metrics_bytes = (eval_dir / "metrics.json").read_bytes()
+        if hashlib.sha256(metrics_bytes).hexdigest() != kept_sha256:  # evaluated again since, e.g. with --tta
+            return None
+        metrics = json.loads(metrics_bytes)
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:  # json's decode error is a ValueError
         log.info("%s: evaluating again (%s)", eval_dir, type(exc).__name__)
         return None

@@ -36,6 +36,7 @@ from lungct.evaluation.metrics import calibration_metrics
 from lungct.evaluation.oof import write_oof
 from lungct.evaluation.study_level import study_metrics
 from lungct.files import atomic_write, output_folder
+from lungct.inference.calibration import TemperatureScaling
 from lungct.run import RunDir, model_version, write_json
 from lungct.training.trainer import train_or_reuse
 
@@ -226,8 +227,7 @@ def save_fold_eval(eval_dir: Path, key: str, check: HeldOutCheck) -> None:
         key=np.array(key),
         temperature=np.array(check.temperature),
         y=check.y,
-        before=check.before,
-        after=check.after,
+        before=check.before,  # `after` is derived on load: the temperature applied to `before`
         groups=np.array(check.groups, dtype=str),
         metrics_sha256=np.array(hashlib.sha256((eval_dir / "metrics.json").read_bytes()).hexdigest()),
     )
@@ -241,13 +241,10 @@ def load_fold_eval(eval_dir: Path, key: str) -> tuple[dict, HeldOutCheck] | None
         with np.load(eval_dir / FOLD_EVAL, allow_pickle=False) as kept:
             if str(kept["key"]) != key:
                 return None
-            check = HeldOutCheck(
-                float(kept["temperature"]),
-                kept["y"],
-                kept["before"],
-                kept["after"],
-                [str(g) for g in kept["groups"]],
-            )
+            scaler = TemperatureScaling(float(kept["temperature"]))
+            before = kept["before"]
+            groups = [str(g) for g in kept["groups"]]
+            check = HeldOutCheck(scaler.temperature, kept["y"], before, scaler.apply(before), groups)
             kept_sha256 = str(kept["metrics_sha256"])
         metrics_bytes = (eval_dir / "metrics.json").read_bytes()
         if hashlib.sha256(metrics_bytes).hexdigest() != kept_sha256:  # evaluated again since, e.g. with --tta

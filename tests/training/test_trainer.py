@@ -1,11 +1,13 @@
 import csv
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from lungct.data.splits import load_split
 from lungct.evaluation.evaluate import evaluate
 from lungct.inference import Predictor
 from lungct.run import RunDir
@@ -230,3 +232,23 @@ def test_train_seed_changes_the_training_but_not_the_split(tiny_dataset, tmp_pat
     wa, wb, ws = (load_file(r.weights) for r in (a, b, same))
     assert any(not torch.equal(wa[k], wb[k]) for k in wa)
     assert all(torch.equal(wa[k], ws[k]) for k in wa)
+
+
+def test_a_finished_run_is_reused_only_for_the_same_config_and_split(tiny_dataset, tmp_path):
+    """cv, compare and tune reuse finished runs; a fold whose split changed (the data gained or lost images, another
+    fold plan) must train again, or its model may have trained on images of its new test part."""
+    from lungct.crossval.folds import fold_splits, pool_from_config
+    from lungct.training import train_or_reuse
+
+    cfg = tiny_config(tiny_dataset)
+    items = fold_splits(pool_from_config(cfg, progress=False), 3, cfg)[0]
+    _, trained = train_or_reuse(cfg, tmp_path / "run", items, progress=False)
+    assert trained
+    _, trained = train_or_reuse(cfg, tmp_path / "run", list(reversed(items)), progress=False)
+    assert not trained  # the same split in another order
+    moved = next(i for i in items if i.part == "test")
+    other = [replace(i, part="train") if i == moved else i for i in items]
+    _, trained = train_or_reuse(cfg, tmp_path / "run", other, progress=False)
+    assert trained
+    saved = {(i.path, i.part) for i in load_split(RunDir(tmp_path / "run").split)}
+    assert (moved.path, "train") in saved

@@ -12,6 +12,7 @@ prepares the data, writes the run directory and decides early stopping, and broa
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 import random
@@ -658,13 +659,27 @@ def train_or_reuse(
     progress: bool = True,
     callbacks: Sequence[EpochCallback] = (),
 ) -> tuple[RunDir, bool]:
-    """The finished run in `out` if it was trained with this very config, else a new one (an unfinished run
-    resumes, a finished one with another config is trained again); (run, trained). One rule for cv folds,
-    compared backbones and tuning trials, decided from the saved config, not from report text."""
+    """The finished run in `out` if it was trained with this very config and split, else a new one (an unfinished
+    run resumes, a finished one with another config or other `items` is trained again); (run, trained). One rule
+    for cv folds, compared backbones and tuning trials, decided from the saved config and split.csv, not from
+    report text. The split matters as much as the config: a cv fold whose data gained or lost images has another
+    test part, and a model trained on the old split may have trained on some of its images."""
     run = RunDir(out)
     if run.read_summary().complete:
-        if run.config.is_file() and not changed_fields(load_config(run.config).model_dump(), cfg.model_dump()):
+        if not run.config.is_file() or changed_fields(load_config(run.config).model_dump(), cfg.model_dump()):
+            log.warning("%s was trained with another config; training it again", run.path)
+        elif items is not None and not _same_split(run.split, items):
+            log.warning("%s was trained on another split of the images; training it again", run.path)
+        else:
             log.info("%s: reusing the finished run", run.path)
             return run, False
-        log.warning("%s was trained with another config; training it again", run.path)
     return train(cfg, out, progress, overwrite=True, callbacks=callbacks, items=items), True
+
+
+def _same_split(saved: Path, items: list[SplitItem]) -> bool:
+    """Whether split.csv lists exactly these images, labels, groups and parts (in any order)."""
+    try:
+        rows = sorted((i.path, i.label, i.group, i.part) for i in load_split(saved))
+        return rows == sorted((i.path, i.label, i.group, i.part) for i in items)
+    except (LungCTError, OSError, KeyError, UnicodeDecodeError, csv.Error):
+        return False

@@ -8,7 +8,7 @@ import yaml
 from lungct.cli import main
 from lungct.errors import LungCTError
 from lungct.pipeline.params import load_config_with_params, merge_params
-from lungct.pipeline.split import read_split_file
+from lungct.pipeline.split import read_split_file, write_split
 from tests.conftest import tiny_config
 
 
@@ -76,3 +76,18 @@ def test_split_then_train_on_that_split(capsys, tmp_path, tiny_dataset):
     assert main(["train", "--config", str(config), "--split-file", str(split), "--out", str(run), "-q"]) == 0
     assert (run / "split.csv").read_text() == split.read_text()
     assert (run / "model.safetensors").is_file()
+
+
+def test_split_out_that_cannot_be_written_fails_before_the_scan(capsys, tmp_path, tiny_dataset, monkeypatch):
+    import lungct.data.prepare as prepare
+
+    monkeypatch.setattr(prepare, "prepare_data", lambda *a, **k: pytest.fail("scanned the data first"))
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(tiny_dataset).model_dump(mode="json")))
+    (tmp_path / "taken").write_text("a file")
+    assert main(["split", "--config", str(config), "--out", str(tmp_path / "taken" / "split.csv"), "-q"]) == 1
+    assert "taken cannot be used: exists and is not a folder" in capsys.readouterr().err
+    assert main(["split", "--config", str(config), "--out", str(tmp_path), "-q"]) == 2
+    assert "is a directory" in capsys.readouterr().err
+    with pytest.raises(LungCTError, match="is a folder; give the split file's name"):
+        write_split(tiny_config(tiny_dataset), tmp_path)  # the API, without typer's check

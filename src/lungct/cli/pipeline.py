@@ -11,7 +11,7 @@ from lungct.cli.options import ConfigFile, Quiet, setup_logging
 
 
 def split_command(
-    out: Annotated[Path, typer.Option("--out", help="split.csv to write (path,label,group,part)")],
+    out: Annotated[Path, typer.Option("--out", dir_okay=False, help="split.csv to write (path,label,group,part)")],
     config: ConfigFile = None,
     params: Annotated[
         Path | None, typer.Option("--params", exists=True, dir_okay=False, help="params.yaml laid over the config")

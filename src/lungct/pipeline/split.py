@@ -13,6 +13,7 @@ from pathlib import Path
 from lungct.config import ExperimentConfig
 from lungct.data.splits import PARTS, SplitItem, load_split, part_counts, save_split
 from lungct.errors import LungCTError
+from lungct.files import output_folder
 from lungct.run import RunDir
 from lungct.training.trainer import EpochCallback, Trainer
 
@@ -23,10 +24,12 @@ def write_split(cfg: ExperimentConfig, out: str | Path, progress: bool = True) -
     """Scan the config's data, split it as training would, write `out` (split.csv); (items, skipped files)."""
     from lungct.data.prepare import prepare_data, split_items
 
+    out = Path(out)
+    if out.is_dir():
+        raise LungCTError(f"--out {out} is a folder; give the split file's name, e.g. {out / 'split.csv'}")
+    output_folder(out.parent, "--out's folder")  # before the scan, which reads every image
     data = prepare_data(cfg, progress)
     items = split_items(data, cfg)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     save_split(items, out)
     for s in data.skipped:
         log.warning("skipped %s: %s", s.path, s.reason)

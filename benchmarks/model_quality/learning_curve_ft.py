@@ -27,6 +27,7 @@ from lungct.crossval.folds import cross_validate, plan_folds
 from lungct.data.splits import SplitItem
 
 FOLDS = 5
+RESULT = Path(__file__).resolve().parents[1] / "results" / "learning_curve_ft.json"
 KEYS = (
     "balanced_accuracy",
     "benign.recall",
@@ -82,7 +83,8 @@ def _benign_training_groups(fold: Path) -> int:
 
 def table(out: str, full_rows: list[str]) -> None:
     """One line per share: the mean of each run's 5-fold mean, ± the sd over runs (over folds when one run), and
-    the benign groups trained on (mean over folds and runs). Runs of a share are its draws; at 100% its seeds."""
+    the benign groups trained on (mean over folds and runs). Runs of a share are its draws; at 100% its seeds.
+    Also written, with every run's 5-fold means, to benchmarks/results/learning_curve_ft.json."""
     by_share: dict[tuple[str, int], list[Path]] = {}
     for cv_json in sorted(Path(out).glob("share*_draw*/cv.json")):
         name = cv_json.parent.name.rsplit("_draw", 1)[0]  # share025 or share025_steps
@@ -91,6 +93,7 @@ def table(out: str, full_rows: list[str]) -> None:
         by_share.setdefault((schedule, share), []).append(cv_json.parent)
     for row in full_rows:
         by_share.setdefault(("all groups", 100), []).append(Path(row))
+    rows = []
     head = ["fine-tuning", "share of training groups", "runs (± over)", "benign groups trained on", *KEYS]
     print("| " + " | ".join(head) + " |")
     print("|---" * (len(KEYS) + 4) + "|")
@@ -98,14 +101,22 @@ def table(out: str, full_rows: list[str]) -> None:
         folders = by_share[(schedule, share)]
         folds = [json.loads((f / "cv.json").read_text())["per_fold"] for f in folders]
         benign = np.mean([_benign_training_groups(f / f"fold_{k}") for f in folders for k in range(1, FOLDS + 1)])
-        cells = []
+        cells, run_means = [], {}
         for key in KEYS:
             per_run = [np.array([r[key] for r in run if r.get(key) is not None], dtype=float) for run in folds]
             means = np.array([v.mean() for v in per_run])
             spread = means.std(ddof=1) if len(means) > 1 else per_run[0].std(ddof=1)
             cells.append(f"{means.mean():.3f} ± {spread:.3f}")
+            run_means[key] = [round(float(m), 4) for m in means]
         over = "runs" if len(folders) > 1 else "folds"
         print(f"| {schedule} | {share}% | {len(folders)} ({over}) | {benign:.1f} | " + " | ".join(cells) + " |")
+        rows.append(
+            {"fine_tuning": schedule, "share": share, "runs": [f.name for f in folders], "benign_groups": benign}
+            | {"five_fold_means": run_means}
+        )
+    RESULT.parent.mkdir(exist_ok=True)
+    RESULT.write_text(json.dumps({"folds": FOLDS, "rows": rows}, indent=1) + "\n")
+    print(f"written to {RESULT}")
 
 
 def main() -> None:

@@ -15,7 +15,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -24,7 +23,7 @@ import numpy as np
 
 from lungct.config import ExperimentConfig, load_config
 from lungct.crossval.folds import cross_validate, plan_folds
-from lungct.data.splits import SplitItem
+from lungct.data.splits import SplitItem, load_split
 
 FOLDS = 5
 RESULT = Path(__file__).resolve().parents[1] / "results" / "learning_curve_ft.json"
@@ -77,8 +76,7 @@ def run(config: str, out: str, shares: list[float], draws: int, n_bootstrap: int
 
 
 def _benign_training_groups(fold: Path) -> int:
-    with (fold / "split.csv").open(newline="") as fh:
-        return len({r["group"] for r in csv.DictReader(fh) if r["part"] == "train" and r["label"] == "benign"})
+    return len({i.group for i in load_split(fold / "split.csv") if i.part == "train" and i.label == "benign"})
 
 
 def table(out: str, full_rows: list[str]) -> None:

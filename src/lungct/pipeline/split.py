@@ -27,7 +27,7 @@ def write_split(cfg: ExperimentConfig, out: str | Path, progress: bool = True) -
     out = Path(out)
     if out.is_dir():
         raise LungCTError(f"--out {out} is a folder; give the split file's name, e.g. {out / 'split.csv'}")
-    output_folder(out.parent, "--out's folder")  # before the scan, which reads every image
+    output_folder(out.parent, "the folder of --out")  # before the scan, which reads every image
     data = prepare_data(cfg, progress)
     items = split_items(data, cfg)
     save_split(items, out)

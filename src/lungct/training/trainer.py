@@ -19,7 +19,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import astuple, dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -679,7 +679,6 @@ def train_or_reuse(
 def _same_split(saved: Path, items: list[SplitItem]) -> bool:
     """Whether split.csv lists exactly these images, labels, groups and parts (in any order)."""
     try:
-        rows = sorted((i.path, i.label, i.group, i.part) for i in load_split(saved))
-        return rows == sorted((i.path, i.label, i.group, i.part) for i in items)
+        return sorted(load_split(saved), key=astuple) == sorted(items, key=astuple)
     except (LungCTError, OSError, KeyError, UnicodeDecodeError, csv.Error):
         return False

@@ -12,8 +12,10 @@ from lungct.data.transforms import eval_transform, resize_transform
 from tests.conftest import IQ_OTH
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+DEFAULT = Preprocess(224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bicubic", 0.875)  # the default run's model.json
 PREPROCESSES = [
-    Preprocess(224, *IMAGENET),  # the default model
+    DEFAULT,  # a 256 px resize, a 224 px crop: resized_crop's one-step path on 512 px slices
+    Preprocess(224, *IMAGENET),  # no crop
     Preprocess(320, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bicubic", 0.875, "rgb"),  # resize past the crop, RGB
     Preprocess(300, *IMAGENET, crop_pct=1.2),  # a crop larger than the resized slice: zero padding
 ]
@@ -47,3 +49,30 @@ def test_numpy_preprocessing_matches_torchvision_on_odd_shapes(size):
         shape = (size[1], size[0]) if mode == "L" else (size[1], size[0], 3)
         img = Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode=mode)
         assert np.abs(pre.to_array(img) - torchvision_input(img, pre)).max() <= 1e-5
+
+
+@pytest.mark.parametrize("size", [(512, 512), (640, 640), (300, 300), (160, 160), (1024, 1024)])
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_one_step_resized_crop_gives_the_pixels_of_resize_then_crop(size, mode, monkeypatch):
+    """resized_crop resamples only the kept square (Pillow's resize box) for these sizes, and must give exactly
+    the pixels of the whole resize followed by the crop; the two-step path is disabled to prove it is not taken."""
+    rng = np.random.default_rng(size[0])
+    shape = (size[1], size[0]) if mode == "L" else (size[1], size[0], 3)
+    img = Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode=mode)
+    for interpolation in ("bicubic", "bilinear", "nearest"):
+        pre = Preprocess(224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), interpolation, 0.875)
+        two_step = np.asarray(pre.center_crop(pre.resize(img)))
+        with monkeypatch.context() as patch:
+            patch.setattr(Preprocess, "center_crop", lambda *_: pytest.fail("the two-step path was taken"))
+            one_step = np.asarray(pre.resized_crop(img))
+        assert one_step.shape == two_step.shape and np.array_equal(one_step, two_step), interpolation
+
+
+@pytest.mark.parametrize("size", [(512, 384), (500, 500), (200, 120)])
+def test_resized_crop_falls_back_to_two_steps_where_one_step_would_not_be_exact(size):
+    """Scale factors that are not multiples of 1/1024 (500 to 286 px; a non-square slice's long side) must take the
+    two-step path: resampling only the crop's box at these scales differs from it in 20-30 pixels of these images
+    (Pillow's centre arithmetic rounds differently), so a guard that let them through fails here."""
+    img = Image.fromarray(np.random.default_rng(1).integers(0, 256, (size[1], size[0]), dtype=np.uint8), mode="L")
+    pre = Preprocess(250, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bicubic", 0.875)
+    assert np.array_equal(np.asarray(pre.resized_crop(img)), np.asarray(pre.center_crop(pre.resize(img))))

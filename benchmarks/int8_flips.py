@@ -1,0 +1,77 @@
+"""Which test slices change label between an exported run's float and INT8 graphs, and how close float was.
+
+The serving issue bounds INT8's change in accuracy, balanced accuracy and malignant recall by 0.01 on the test
+part. This shows what such a change is made of: the slices whose label flips, float's margin between its top two
+classes on each, and the patient group each belongs to.
+
+    .venv/bin/python benchmarks/int8_flips.py [--run runs/bench/serve]     # after benchmarks/serve.py exported it
+
+Writes benchmarks/results/int8_flips.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from lungct.data.preprocess import Preprocess
+from lungct.data.splits import load_split
+from lungct.inference.onnx_runtime import OnnxModel
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", default=str(ROOT / "runs" / "bench" / "serve"))
+    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "int8_flips.json"))
+    args = parser.parse_args()
+    run = Path(args.run)
+    if not (run / "model.int8.onnx").is_file():
+        raise SystemExit(f"{run} has no model.int8.onnx: run benchmarks/serve.py (it exports both) or pass --run")
+    card = json.loads((run / "model.json").read_text())
+    pre, classes = Preprocess.from_dict(card["preprocess"]), card["classes"]
+    items = [i for i in load_split(run / "split.csv") if i.part == "test"]
+    batch = np.stack([pre.to_array(pre.load(i.path)) for i in items])
+    p_float = OnnxModel(run / "model.onnx", threads=2).run(batch)["probabilities"]
+    p_int8 = OnnxModel(run / "model.int8.onnx", threads=2).run(batch)["probabilities"]
+    top2 = np.sort(p_float, axis=1)[:, -2:]
+    margin = top2[:, 1] - top2[:, 0]
+    flipped = np.flatnonzero(p_float.argmax(1) != p_int8.argmax(1))
+    per_class = {c: sum(i.label == c for i in items) for c in classes}
+    result = {
+        "run": str(run),
+        "test_slices": len(items),
+        "test_groups": len({i.group for i in items}),
+        "slices_per_class": per_class,
+        "one_slice_moves": {
+            "accuracy": round(1 / len(items), 4),
+            **{f"{c}.recall": round(1 / n, 4) for c, n in per_class.items() if n},
+        },
+        "probability_difference": {
+            "median": round(float(np.median(np.abs(p_float - p_int8).max(1))), 4),
+            "p90": round(float(np.quantile(np.abs(p_float - p_int8).max(1), 0.9)), 4),
+        },
+        "float_margin_median_all": round(float(np.median(margin)), 4),
+        "flipped": [
+            {
+                "label": items[k].label,
+                "group": items[k].group,
+                "float": classes[int(p_float[k].argmax())],
+                "int8": classes[int(p_int8[k].argmax())],
+                "float_margin": round(float(margin[k]), 4),
+            }
+            for k in flipped
+        ],
+    }
+    Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "flipped"}))
+    for row in result["flipped"]:
+        print(row)
+
+
+if __name__ == "__main__":
+    main()

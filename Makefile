@@ -7,15 +7,24 @@ STAMP  := $(VENV)/.installed-stamp
 RUN    ?= runs/demo
 CONFIG ?= configs/iqothnccd.yaml
 
-.PHONY: setup demo test test-fast lint format bench bench-serve pipeline clean
+.PHONY: setup demo test test-fast lint format bench bench-serve pipeline clean lock
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements.lock
 	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet uv
 	uv venv --quiet --allow-existing $(VENV)
 	@# --compile-bytecode: where PYTHONDONTWRITEBYTECODE is set, every process would otherwise compile torch's
 	@# and timm's sources again at each start (about 8 s per `lungct` command on 2 cores).
-	uv pip install --quiet --compile-bytecode --python $(PY) -e '.[all,dev]'
+	@# -c requirements.lock: pyproject.toml says what is needed, the lock which versions, so that a fresh machine
+	@# trains the models and reproduces the figures that the docs report (`make lock` renews it).
+	uv pip install --quiet --compile-bytecode --python $(PY) -c requirements.lock -e '.[all,dev]'
 	@touch $(STAMP)
+
+# The versions every environment of this project installs: all extras, every platform (--universal). Existing
+# pins are kept unless pyproject.toml needs otherwise; `make lock UPGRADE=1` moves everything to the newest.
+lock:
+	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet uv
+	uv pip compile --quiet pyproject.toml --extra all --extra dev --universal --python-version 3.11 \
+	  $(if $(UPGRADE),--upgrade) -o requirements.lock
 
 setup: $(STAMP)
 	@# Debian's chromium for the web app's browser test (Playwright drives it; no browser download).

@@ -121,6 +121,9 @@ def providers(python: str, graphs: list[Path], seconds: float, which: str) -> di
     return json.loads(done.stdout)
 
 
+LOCK = ["-c", str(ROOT / "requirements.lock")]  # the versions of the full install (make setup)
+
+
 def lean_environment(venv: Path) -> Path:
     """A uv environment with lungct[serve] only (no torch; lungct itself editable, so it runs this checkout),
     made once; returns its bin folder."""
@@ -128,7 +131,7 @@ def lean_environment(venv: Path) -> Path:
     if not (venv / "bin" / "lungct").is_file():
         subprocess.run([uv, "venv", "--quiet", str(venv)], check=True)
         subprocess.run(
-            [uv, "pip", "install", "--quiet", "--python", str(venv / "bin" / "python"), "-e", f"{ROOT}[serve]"],
+            [uv, "pip", "install", "--quiet", "--python", str(venv / "bin" / "python"), *LOCK, "-e", f"{ROOT}[serve]"],
             check=True,
         )
     check = subprocess.run(

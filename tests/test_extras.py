@@ -2,7 +2,8 @@
 command whose extra is missing ends with one line naming the extra to install.
 
 The environments are made by uv from its cache (hard links: seconds, no download of anything not already
-cached by `make setup`), in a temporary folder, with lungct installed from this checkout.
+cached by `make setup`: both install the versions of requirements.lock), in a temporary folder, with lungct
+installed from this checkout.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from lungct.config import save_config
 from tests.conftest import tiny_config, write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
+LOCK = ["-c", str(ROOT / "requirements.lock")]  # the versions `make setup` installs, so uv's cache has them
 
 
 def _uv() -> list[str]:
@@ -41,7 +43,7 @@ def envs(tmp_path_factory):
             subprocess.run([*_uv(), "venv", "--quiet", str(venv)], check=True)
             target = f"{ROOT}[{extra}]" if extra else str(ROOT)
             subprocess.run(
-                [*_uv(), "pip", "install", "--quiet", "--python", str(venv / "bin" / "python"), "-e", target],
+                [*_uv(), "pip", "install", "--quiet", "--python", str(venv / "bin" / "python"), *LOCK, "-e", target],
                 check=True,
             )
             made[extra] = venv / "bin"

@@ -12,9 +12,9 @@ from lungct.data.transforms import eval_transform, resize_transform
 from tests.conftest import IQ_OTH
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-DEFAULT = Preprocess(224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bicubic", 0.875)  # the default run's model.json
 PREPROCESSES = [
-    DEFAULT,  # a 256 px resize, a 224 px crop: resized_crop's one-step path on 512 px slices
+    # the default run's model.json: a 256 px resize and a 224 px crop, resized_crop's one-step path on 512 px slices
+    Preprocess(224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bicubic", 0.875),
     Preprocess(224, *IMAGENET),  # no crop
     Preprocess(320, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bicubic", 0.875, "rgb"),  # resize past the crop, RGB
     Preprocess(300, *IMAGENET, crop_pct=1.2),  # a crop larger than the resized slice: zero padding
@@ -71,8 +71,8 @@ def test_one_step_resized_crop_gives_the_pixels_of_resize_then_crop(size, mode, 
 @pytest.mark.parametrize("size", [(512, 384), (500, 500), (200, 120)])
 def test_resized_crop_falls_back_to_two_steps_where_one_step_would_not_be_exact(size):
     """Scale factors that are not multiples of 1/1024 (500 to 286 px; a non-square slice's long side) must take the
-    two-step path: resampling only the crop's box at these scales differs from it in 20-30 pixels of these images
-    (Pillow's centre arithmetic rounds differently), so a guard that let them through fails here."""
+    two-step path: resampling only the crop's box at these scales differs from it in some pixels of each of these
+    images (Pillow's centre arithmetic rounds differently), so a guard that let them through fails here."""
     img = Image.fromarray(np.random.default_rng(1).integers(0, 256, (size[1], size[0]), dtype=np.uint8), mode="L")
     pre = Preprocess(250, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bicubic", 0.875)
     assert np.array_equal(np.asarray(pre.resized_crop(img)), np.asarray(pre.center_crop(pre.resize(img))))

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from lungct.data.preprocess import Preprocess
-from lungct.data.splits import load_split
+# the export check's own test part, slice reading and probabilities, so the flips are those the check counted
+from lungct.export.quantize import _predict, _read_batch, _test_items
 from lungct.inference.onnx_runtime import OnnxModel
+from lungct.run import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,21 +30,22 @@ def main() -> None:
     parser.add_argument("--run", default=str(ROOT / "runs" / "bench" / "serve"))
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "int8_flips.json"))
     args = parser.parse_args()
-    run = Path(args.run)
-    if not (run / "model.int8.onnx").is_file():
-        raise SystemExit(f"{run} has no model.int8.onnx: run benchmarks/serve.py (it exports both) or pass --run")
-    card = json.loads((run / "model.json").read_text())
-    pre, classes = Preprocess.from_dict(card["preprocess"]), card["classes"]
-    items = [i for i in load_split(run / "split.csv") if i.part == "test"]
-    batch = np.stack([pre.to_array(pre.load(i.path)) for i in items])
-    p_float = OnnxModel(run / "model.onnx", threads=2).run(batch)["probabilities"]
-    p_int8 = OnnxModel(run / "model.int8.onnx", threads=2).run(batch)["probabilities"]
+    run = RunDir(args.run)
+    if not (run.path / "model.int8.onnx").is_file():
+        raise SystemExit(f"{run.path} has no model.int8.onnx: run benchmarks/serve.py (it exports both) or pass --run")
+    classes = list(run.card().classes)
+    in_graph = bool(json.loads((run.path / "export.json").read_text()).get("calibration", {}).get("in_graph"))
+    _, items = _test_items(run)
+    batch = _read_batch(run, [i.path for i in items])
+    p_float = _predict(OnnxModel(run.path / "model.onnx", threads=2), batch, in_graph)
+    p_int8 = _predict(OnnxModel(run.path / "model.int8.onnx", threads=2), batch, in_graph)
+    difference = np.abs(p_float - p_int8).max(1)
     top2 = np.sort(p_float, axis=1)[:, -2:]
     margin = top2[:, 1] - top2[:, 0]
     flipped = np.flatnonzero(p_float.argmax(1) != p_int8.argmax(1))
     per_class = {c: sum(i.label == c for i in items) for c in classes}
     result = {
-        "run": str(run),
+        "run": str(run.path),
         "test_slices": len(items),
         "test_groups": len({i.group for i in items}),
         "slices_per_class": per_class,
@@ -52,8 +54,8 @@ def main() -> None:
             **{f"{c}.recall": round(1 / n, 4) for c, n in per_class.items() if n},
         },
         "probability_difference": {
-            "median": round(float(np.median(np.abs(p_float - p_int8).max(1))), 4),
-            "p90": round(float(np.quantile(np.abs(p_float - p_int8).max(1), 0.9)), 4),
+            "median": round(float(np.median(difference)), 4),
+            "p90": round(float(np.quantile(difference, 0.9)), 4),
         },
         "float_margin_median_all": round(float(np.median(margin)), 4),
         "flipped": [

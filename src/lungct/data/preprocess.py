@@ -99,7 +99,7 @@ class Preprocess:
         sx, sy = w / nw, h / nh
         if (nw, nh) == (w, h) or side > nw or side > nh or not (_dyadic(sx) and _dyadic(sy)):
             return self.center_crop(self.resize(img))
-        top, left = round((nh - side) / 2.0), round((nw - side) / 2.0)
+        left, top = self._crop_origin(nw, nh)
         box = (left * sx, top * sy, (left + side) * sx, (top + side) * sy)
         return img.resize((side, side), resample=self._filter, box=box)
 
@@ -111,8 +111,12 @@ class Preprocess:
             padded = Image.new(img.mode, (max(w, side), max(h, side)))
             padded.paste(img, ((max(w, side) - w) // 2, (max(h, side) - h) // 2))
             img, (w, h) = padded, padded.size
-        top, left = round((h - side) / 2.0), round((w - side) / 2.0)
+        left, top = self._crop_origin(w, h)
         return img.crop((left, top, left + side, top + side))
+
+    def _crop_origin(self, w: int, h: int) -> tuple[int, int]:
+        """Left and top of the central input_size square in a w x h image (torchvision's CenterCrop rounding)."""
+        return round((w - self.input_size) / 2.0), round((h - self.input_size) / 2.0)
 
     def to_array(self, img: Image.Image) -> np.ndarray:
         """A decoded slice as the model's input: float32, 3 x input_size x input_size, normalised."""

@@ -114,3 +114,67 @@ def test_closing_several_call_threads_answers_the_queue_and_stops_every_thread()
 def test_a_batcher_needs_at_least_one_call_thread():
     with pytest.raises(ValueError, match="calls"):
         MicroBatcher(lambda items: items, calls=0)
+
+
+def test_prepared_items_reach_the_model_and_each_caller_gets_the_answer_for_its_own_raw_item():
+    prepared_on: set[str] = set()
+
+    def prepare(raw: str) -> int:  # "decoding": on a call thread, never the submitting one
+        prepared_on.add(threading.current_thread().name)
+        return int(raw)
+
+    batcher = MicroBatcher(lambda items: [i * 10 for i in items], max_batch=8, max_wait_ms=5, calls=2, prepare=prepare)
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            results = list(pool.map(lambda i: batcher.submit(str(i)).result(timeout=30), range(100)))
+    finally:
+        batcher.close()
+    assert results == [i * 10 for i in range(100)]
+    assert prepared_on and all(name.startswith("lungct-batcher-") for name in prepared_on)
+
+
+def test_an_item_that_fails_to_prepare_fails_alone_and_its_batch_still_runs():
+    gate = threading.Event()
+    batches: list[list[int]] = []
+
+    def model(items):
+        batches.append(list(items))
+        return [i + 1 for i in items]
+
+    def prepare(raw):
+        gate.wait(10)  # the three submissions queue up behind the first preparation, so they share one batch
+        if raw == "bad":
+            raise ValueError("not a number: 'bad'")
+        return int(raw)
+
+    batcher = MicroBatcher(model, max_batch=4, max_wait_ms=200, prepare=prepare)
+    try:
+        first, bad, last = batcher.submit("1"), batcher.submit("bad"), batcher.submit("3")
+        gate.set()
+        assert first.result(timeout=10) == 2 and last.result(timeout=10) == 4
+        with pytest.raises(ValueError, match="not a number"):
+            bad.result(timeout=10)
+    finally:
+        batcher.close()
+    assert batches == [[1, 3]]
+    assert batcher.items == 2
+
+
+def test_a_cancelled_request_is_not_prepared():
+    gate = threading.Event()
+    prepared: list[str] = []
+
+    def prepare(raw):
+        gate.wait(10)
+        prepared.append(raw)
+        return raw
+
+    batcher = MicroBatcher(lambda items: items, max_batch=4, max_wait_ms=200, prepare=prepare)
+    try:
+        first, gone = batcher.submit("a"), batcher.submit("b")
+        assert gone.cancel()  # the client left while the first upload was being decoded
+        gate.set()
+        assert first.result(timeout=10) == "a"
+    finally:
+        batcher.close()
+    assert prepared == ["a"]

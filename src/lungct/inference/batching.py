@@ -8,6 +8,11 @@ thread, a batch runs while the next one gathers and runs beside it: a single-thr
 would otherwise leave the other cores idle while requests queue behind it. The caller gets a
 concurrent.futures.Future, which an asyncio handler awaits without holding a worker thread (asyncio.wrap_future).
 
+With `prepare`, callers submit raw work (an upload's bytes) and the call thread prepares each item (decodes it) as
+it takes it off the queue, while the batch gathers: a request then crosses threads twice (event loop -> call
+thread -> event loop) instead of four times through a separate decoding pool, and the CPU-bound threads are the
+call threads alone. An item whose preparation raises gets that exception and leaves the batch; the others run.
+
 Written here because neither ONNX Runtime nor FastAPI batches requests, and the serving frameworks that do
 (Triton, TorchServe, Ray Serve) are servers of their own rather than a library this one can call.
 """
@@ -24,13 +29,15 @@ from typing import Any, Generic, TypeVar
 
 log = logging.getLogger("lungct.inference")
 
+Raw = TypeVar("Raw")
 In = TypeVar("In")
 Out = TypeVar("Out")
 _STOP = object()
 
 
-class MicroBatcher(Generic[In, Out]):
-    """`submit(item)` -> Future of `fn([... item ...])[its index]`; `fn` must return one result per item, in order."""
+class MicroBatcher(Generic[Raw, In, Out]):
+    """`submit(raw)` -> Future of `fn([... prepare(raw) ...])[its index]`; `fn` must return one result per item, in
+    order. Without `prepare`, items go to `fn` as submitted."""
 
     def __init__(
         self,
@@ -38,10 +45,12 @@ class MicroBatcher(Generic[In, Out]):
         max_batch: int = 16,
         max_wait_ms: float = 2.0,
         calls: int = 1,
+        prepare: Callable[[Raw], In] | None = None,
     ):
         if max_batch < 1 or max_wait_ms < 0 or calls < 1:
             raise ValueError("max_batch and calls must be at least 1, max_wait_ms at least 0")
         self.fn = fn
+        self.prepare = prepare
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000
         self.batches = 0  # counts, for /v1/model and the benchmark: items / batches is the mean batch size
@@ -55,7 +64,7 @@ class MicroBatcher(Generic[In, Out]):
         for thread in self._threads:
             thread.start()
 
-    def submit(self, item: In) -> Future[Out]:
+    def submit(self, item: Raw) -> Future[Out]:
         if self._closed:
             raise RuntimeError("the batcher is closed")
         future: Future[Out] = Future()
@@ -72,9 +81,26 @@ class MicroBatcher(Generic[In, Out]):
             for thread in self._threads:
                 thread.join(max(0.0, deadline - time.monotonic()))
 
-    def _gather(self, first: tuple[In, Future[Out]]) -> tuple[list[tuple[In, Future[Out]]], bool]:
-        batch, stop = [first], False
+    def _take(self, entry: tuple[Raw, Future[Out]]) -> tuple[In, Future[Out]] | None:
+        """The entry ready for the model, or None when its caller gave up or its preparation failed (the caller
+        then holds the exception)."""
+        item, future = entry
+        if not future.set_running_or_notify_cancel():
+            return None
+        if self.prepare is None:
+            return entry  # type: ignore[return-value]  # without prepare, Raw is In
+        try:
+            return self.prepare(item), future
+        except BaseException as exc:  # this caller's problem (a bad upload), not the batch's
+            future.set_exception(exc)
+            return None
+
+    def _gather(self, first: tuple[Raw, Future[Out]]) -> tuple[list[tuple[In, Future[Out]]], bool]:
+        # The window opens when the first request is taken: time spent preparing counts towards it, so a batch
+        # waits only while nothing else can be done.
         deadline = time.monotonic() + self.max_wait_s
+        taken = self._take(first)
+        batch, stop = ([taken] if taken else []), False
         while len(batch) < self.max_batch:
             try:
                 left = deadline - time.monotonic()
@@ -84,7 +110,9 @@ class MicroBatcher(Generic[In, Out]):
             if entry is _STOP:
                 stop = True
                 break
-            batch.append(entry)
+            taken = self._take(entry)
+            if taken:
+                batch.append(taken)
         return batch, stop
 
     def _loop(self) -> None:
@@ -93,8 +121,7 @@ class MicroBatcher(Generic[In, Out]):
             entry = self._queue.get()
             if entry is _STOP:
                 break
-            batch, stop = self._gather(entry)
-            live = [(item, fut) for item, fut in batch if fut.set_running_or_notify_cancel()]
+            live, stop = self._gather(entry)
             if not live:
                 continue
             try:

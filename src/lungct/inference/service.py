@@ -26,6 +26,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,7 @@ log = logging.getLogger("lungct.inference")
 MB = 1024 * 1024
 # Uploads whose declared type cannot be a CT slice are refused before decoding; "" and octet-stream are what
 # clients send when they do not know (curl for .dcm), so the bytes decide then.
+Upload = tuple[str, bytes, str]  # (name, bytes, declared content type) as a request brings it
 ACCEPTED_TYPES = ("image/", "application/dicom", "application/octet-stream", "application/x-dicom")
 EXPLAIN_MAX_SIDE = 1024  # pixels: the largest side of an overlay PNG (lungct.explain.overlay.MAX_SIDE)
 
@@ -273,10 +275,17 @@ class InferenceService:
         self._idle_explainers: queue.SimpleQueue = queue.SimpleQueue()
         self._explaining = threading.BoundedSemaphore(explain_concurrency)
         self._explainer_load = threading.Lock()  # one model load at a time
-        # concurrent single predictions share model calls (lungct.inference.batching); None: each call its own
-        self.batcher: MicroBatcher[Decoded, Prediction] | None = None
+        # concurrent single predictions share model calls (lungct.inference.batching), each upload decoded on the
+        # call thread that predicts it (submit_upload); None: each call its own
+        self.batcher: MicroBatcher[Upload, Decoded, Prediction] | None = None
         if batch_max_size is not None and batch_max_size > 1:
-            self.batcher = MicroBatcher(lambda items: self.predict(items), batch_max_size, batch_wait_ms, batch_calls)
+            self.batcher = MicroBatcher(
+                lambda items: self.predict(items),
+                batch_max_size,
+                batch_wait_ms,
+                batch_calls,
+                prepare=lambda upload: self.decode(*upload),
+            )
 
     @property
     def classes(self) -> list[str]:
@@ -382,6 +391,13 @@ class InferenceService:
                     [(p, d.stats, f) for p, d, f in zip(done, chunk, features, strict=True)], source=self.source
                 )
         return results
+
+    def submit_upload(self, name: str, data: bytes, content_type: str = "") -> Future[Prediction]:
+        """One upload's Prediction through the batcher: decoded and predicted on a call thread; the future raises
+        the decoding's UploadError for a bad file."""
+        if self.batcher is None:
+            raise RuntimeError("this service does not batch (batch_max_size below 2)")
+        return self.batcher.submit((name, data, content_type))
 
     def predict_files(self, files: list[tuple[str, bytes, str]]) -> list[Prediction | FileError]:
         """(name, bytes, content type) of a batch -> one result per file, in order: a Prediction, or a FileError

@@ -240,9 +240,8 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
             prediction = await in_worker(
                 lambda: s.predict([s.decode(upload.name, upload.data, upload.content_type)])[0]
             )
-        else:  # decoded on a worker, predicted with whatever else is waiting (lungct.inference.batching)
-            decoded = await in_worker(s.decode, upload.name, upload.data, upload.content_type)
-            prediction = await asyncio.wrap_future(s.batcher.submit(decoded))
+        else:  # decoded and predicted on a call thread, with whatever else is waiting (lungct.inference.batching)
+            prediction = await asyncio.wrap_future(s.submit_upload(upload.name, upload.data, upload.content_type))
         latency_ms = round((time.perf_counter() - start) * 1000, 2)
         return PredictResponse.model_validate({**prediction.model_dump(), "latency_ms": latency_ms})
 

@@ -44,12 +44,44 @@ def test_concurrent_requests_share_model_calls_and_each_gets_its_own_answer(live
     assert 0 < batching["batches"] - before[0] <= len(uploads)
 
 
+def test_a_gathered_batch_runs_in_model_calls_of_model_batch_size_with_one_log_write(onnx_run, tmp_path):
+    from lungct.inference.service import InferenceService
+    from lungct.monitoring.predlog import PredictionLog
+
+    service = InferenceService(onnx_run, model_batch_size=4)
+    service.log = log = PredictionLog(tmp_path / "log.sqlite")
+    calls: list[int] = []
+    writes: list[int] = []
+    forward, record_many = service.predictor.probabilities_and_features, log.record_many
+    service.predictor.probabilities_and_features = lambda batch: calls.append(len(batch)) or forward(batch)
+    log.record_many = lambda rows, source: writes.append(len(rows)) or record_many(rows, source=source)
+    uploads = [(f"s{i}.png", png(seed=i)) for i in range(10)]
+    try:
+        decoded = [service.decode(name, data) for name, data in uploads]
+        chunked = service.predict(decoded)
+        one_by_one = [service.predict([d])[0] for d in decoded]
+        assert calls == [4, 4, 2] + [1] * 10 and writes == [10] + [1] * 10
+        for a, b in zip(chunked, one_by_one, strict=True):  # each slice keeps its own answer in the chunking
+            assert a.name == b.name and a.sha256 == b.sha256
+            assert np.allclose(list(a.probabilities.values()), list(b.probabilities.values()), atol=1e-5)
+        assert [row["prediction_id"] for row in log.read()[:10]] == [p.prediction_id for p in chunked]
+    finally:
+        service.close()
+
+
 def test_without_batching_each_request_is_its_own_call(onnx_run, tmp_path):
     app = create_app(ServeSettings(run=onnx_run, log_path=tmp_path / "log.sqlite", batching=False))
     with TestClient(app) as client:
         assert client.post("/v1/predict", files={"file": ("a.png", png(), "image/png")}).status_code == 200
         info = client.get("/v1/model").json()
-    assert info["batching"] == {"enabled": False, "max_size": 16, "wait_ms": 2.0, "batches": 0, "requests": 0}
+    assert info["batching"] == {
+        "enabled": False,
+        "max_size": 16,
+        "wait_ms": 2.0,
+        "model_batch_size": 4,
+        "batches": 0,
+        "requests": 0,
+    }
     assert info["precision"] == "float" and info["explain_available"] is True
 
 

@@ -37,9 +37,12 @@ def serve_command(
     batching: Annotated[
         bool | None, typer.Option("--batching/--no-batching", help="share model calls between requests (on)")
     ] = None,
-    batch_max_size: Annotated[int | None, typer.Option("--batch-max-size", help="requests per call (16)")] = None,
+    batch_max_size: Annotated[int | None, typer.Option("--batch-max-size", help="requests per batch (16)")] = None,
     batch_wait_ms: Annotated[
         float | None, typer.Option("--batch-wait-ms", help="longest wait for a batch to fill (2 ms)")
+    ] = None,
+    model_batch_size: Annotated[
+        int | None, typer.Option("--model-batch-size", help="most slices per model call (4)")
     ] = None,
     max_file_mb: Annotated[float | None, typer.Option("--max-file-mb", help="largest upload (default 20)")] = None,
     max_batch_files: Annotated[int | None, typer.Option("--max-batch-files", help="default 200")] = None,
@@ -111,6 +114,7 @@ def serve_command(
         "batching": batching,
         "batch_max_size": batch_max_size,
         "batch_wait_ms": batch_wait_ms,
+        "model_batch_size": model_batch_size,
         "max_file_mb": max_file_mb,
         "max_batch_files": max_batch_files,
         "max_batch_mb": max_batch_mb,

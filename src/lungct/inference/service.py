@@ -245,6 +245,7 @@ class InferenceService:
         batch_max_size: int | None = None,
         batch_wait_ms: float = 2.0,
         batch_calls: int = 1,
+        model_batch_size: int = 32,
         keep_feedback_images: Path | None = None,
     ):
         run = Path(run)
@@ -253,7 +254,13 @@ class InferenceService:
         self.run = run
         self.limits = limits or UploadLimits()
         self.predictor = Predictor(
-            run, tta=tta, backend=backend, threads=threads, precision=precision, int8_max_drop=int8_max_drop
+            run,
+            tta=tta,
+            backend=backend,
+            threads=threads,
+            precision=precision,
+            int8_max_drop=int8_max_drop,
+            batch_size=model_batch_size,
         )
         self.version = self.predictor.model_version
         self.card = self.predictor.card
@@ -365,15 +372,17 @@ class InferenceService:
 
     # -- prediction -----------------------------------------------------------------------------------------
     def predict(self, items: list[Decoded]) -> list[Prediction]:
-        """One Prediction per decoded upload, in order, each logged; batched through the predictor."""
+        """One Prediction per decoded upload, in order, each logged; model calls of at most `model_batch_size`
+        slices, and one prediction-log write for all of them."""
         results: list[Prediction] = []
+        logged: list[tuple[Prediction, dict[str, float], np.ndarray | None]] = []
         size = self.predictor.batch_size
         for start in range(0, len(items), size):
             chunk = items[start : start + size]
             t0 = time.perf_counter()
             probs, features = self.predictor.probabilities_and_features(np.stack([d.array for d in chunk]))
             share = (time.perf_counter() - t0) * 1000 / len(chunk)
-            for d, p in zip(chunk, probs, strict=True):
+            for d, p, f in zip(chunk, probs, features, strict=True):
                 prediction = Prediction.from_probabilities(
                     self.card.classes,
                     p,
@@ -385,11 +394,9 @@ class InferenceService:
                     prediction_id=uuid.uuid4().hex if self.log is not None else None,
                 )
                 results.append(prediction)
-            if self.log is not None:  # one write for the chunk
-                done = results[start:]
-                self.log.record_many(
-                    [(p, d.stats, f) for p, d, f in zip(done, chunk, features, strict=True)], source=self.source
-                )
+                logged.append((prediction, d.stats, f))
+        if self.log is not None:  # before anyone is answered: a prediction id handed out is already in the log
+            self.log.record_many(logged, source=self.source)
         return results
 
     def submit_upload(self, name: str, data: bytes, content_type: str = "") -> Future[Prediction]:

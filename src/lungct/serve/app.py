@@ -216,6 +216,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
                 enabled=s.batcher is not None,
                 max_size=settings.batch_max_size,
                 wait_ms=settings.batch_wait_ms,
+                model_batch_size=settings.model_batch_size,
                 batches=s.batcher.batches if s.batcher else 0,
                 requests=s.batcher.items if s.batcher else 0,
             ),

@@ -74,9 +74,10 @@ class Batching(BaseModel):
     """How concurrent /v1/predict requests share model calls (ServeSettings), and how they have so far."""
 
     enabled: bool
-    max_size: int = Field(description="most requests in one model call")
+    max_size: int = Field(description="most requests gathered into one batch")
     wait_ms: float = Field(description="longest a request waits for others to join its batch")
-    batches: int = Field(description="batched model calls made since the server started")
+    model_batch_size: int = Field(description="most slices in one model call; a larger batch runs in several")
+    batches: int = Field(description="batches gathered since the server started")
     requests: int = Field(description="requests answered by them (requests / batches: the mean batch size)")
 
 

@@ -61,6 +61,7 @@ def open_service(settings: ServeSettings) -> InferenceService:
         batch_max_size=settings.batch_max_size if settings.batching else None,
         batch_wait_ms=settings.batch_wait_ms,
         batch_calls=settings.workers,  # model calls at once, batched or not
+        model_batch_size=settings.model_batch_size,
         keep_feedback_images=settings.keep_feedback_images,
     )
     path = settings.resolved_log_path

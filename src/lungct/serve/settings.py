@@ -48,9 +48,16 @@ class ServeSettings(BaseSettings):
         0.01, ge=0, le=1, description="INT8 is refused when its export measured a larger balanced-accuracy drop"
     )
     batching: bool = Field(True, description="gather concurrent /v1/predict requests into one model call")
-    batch_max_size: int = Field(16, ge=1, le=256, description="most requests in one batched model call")
+    batch_max_size: int = Field(16, ge=1, le=256, description="most requests gathered into one batch")
     batch_wait_ms: float = Field(
         2.0, ge=0, le=1000, description="longest a request waits for others to join its batch, in milliseconds"
+    )
+    # A gathered batch (and a /v1/predict/batch request) runs in model calls of at most this many slices. Larger
+    # calls save Python overhead but cost more per slice once the activations outgrow the CPU's cache: INT8
+    # MobileNetV2 at 224 px on one thread, 1.5-1.6 ms per slice up to 4, 1.7 at 8, 2.1 at 16 (2-core AVX2 machine;
+    # docs/serve.md). The requests still share their decoding thread, log write and answers.
+    model_batch_size: int = Field(
+        4, ge=1, le=256, description="most slices in one model call; larger batches run in calls of this size"
     )
     tta: bool = False
     max_file_mb: float = Field(UPLOAD.max_file_mb, gt=0, description="largest single upload (and unpacked zip member)")

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 from table import COLUMNS
 
+from lungct.data.splits import load_split
+
 ROOT = Path(__file__).resolve().parents[2]
 RUNS = ROOT / "runs" / "model_quality"
 RESULTS = ROOT / "benchmarks" / "results" / "repeated_kfold.json"
@@ -34,13 +36,8 @@ def fold_means(row: str) -> dict[str, float]:
 
 def test_parts(row: str) -> list[frozenset[str]]:
     """Each fold's test images: what makes two cv folders the same fold draw."""
-    parts = []
-    for fold in sorted((RUNS / row).glob("fold_*")):
-        lines = (fold / "split.csv").read_text().splitlines()
-        head = lines[0].split(",")
-        path, part = head.index("path"), head.index("part")
-        parts.append(frozenset(r.split(",")[path] for r in lines[1:] if r.split(",")[part] == "test"))
-    return parts
+    folds = sorted((RUNS / row).glob("fold_*"))
+    return [frozenset(i.path for i in load_split(fold / "split.csv") if i.part == "test") for fold in folds]
 
 
 def main(args: list[str]) -> None:
@@ -55,12 +52,13 @@ def main(args: list[str]) -> None:
         parts = [test_parts(r) for r in rows]
         if any(p != parts[0] for p in parts[1:]):
             raise SystemExit(f"draw {i + 1}: {', '.join(rows)} are not on the same folds")
+    means = {row: fold_means(row) for rows in recipes.values() for row in rows}
     out: dict = {"recipes": {}, "paired": {}}
     head = ["recipe", "fold draw", *[title for _, title in COLUMNS]]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for name, rows in recipes.items():
-        per_draw = {row: fold_means(row) for row in rows}
+        per_draw = {row: means[row] for row in rows}
         keys = [k for k, _ in COLUMNS if all(k in m for m in per_draw.values())]
         agg = {
             k: (
@@ -78,7 +76,7 @@ def main(args: list[str]) -> None:
     for other in names[1:]:
         base = names[0]
         diffs = [
-            fold_means(a)["balanced_accuracy"] - fold_means(b)["balanced_accuracy"]
+            means[a]["balanced_accuracy"] - means[b]["balanced_accuracy"]
             for a, b in zip(recipes[base], recipes[other], strict=True)
         ]
         out["paired"][f"{base} - {other}"] = {"balanced_accuracy": diffs}

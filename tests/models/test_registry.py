@@ -95,3 +95,13 @@ def test_head_is_replaceable():
 def test_backbones_with_a_pre_logits_stage_size_the_head_right(arch):
     model, _ = build_classifier(ModelConfig(arch=arch), num_classes=2)
     assert model.eval()(torch.zeros(1, 3, 64, 64)).shape == (1, 2)
+
+
+def test_model_crop_pct_replaces_the_backbones_centre_crop():
+    own = build_classifier(ModelConfig(arch="mobilenetv2_100"), num_classes=3)[1].preprocess
+    whole = build_classifier(ModelConfig(arch="mobilenetv2_100", crop_pct=1.0), num_classes=3)[1].preprocess
+    assert own.crop_pct == pytest.approx(0.875) and own.resize_to == 256  # timm's ImageNet recipe
+    assert whole.crop_pct == 1.0 and whole.resize_to == 224  # the whole slice, resized to the input
+    for bad in (0.3, 1.2):
+        with pytest.raises(ValueError, match="crop_pct"):
+            ModelConfig(arch="mobilenetv2_100", crop_pct=bad)

@@ -61,6 +61,7 @@ def create_backbone(
     input_size: int | None = None,
     global_pool: str = "avg",
     tiles: TilesConfig | None = None,
+    crop_pct: float | None = None,
 ) -> Backbone:
     """Build a backbone (pooled features when num_classes=0) with its weights and preprocessing.
 
@@ -68,6 +69,7 @@ def create_backbone(
     global_pool: timm's pooling of the last feature map (avg, max, avgmax, catavgmax); max keeps the signal
     of a lesion that covers a few cells of the map, which an average over the whole slice dilutes.
     tiles: run the backbone on overlapping tiles of the slice and pool across them (lungct.models.tiles).
+    crop_pct: the share of the resized slice the centre crop keeps, instead of the backbone's own.
     """
     spec = get_spec(arch)
     meta: dict[str, str] = {}
@@ -106,7 +108,7 @@ def create_backbone(
         mean=tuple(norm.get("mean", cfg["mean"])),
         std=tuple(norm.get("std", cfg["std"])),
         interpolation=cfg.get("interpolation", "bilinear"),
-        crop_pct=float(cfg.get("crop_pct", 1.0)),
+        crop_pct=float(crop_pct if crop_pct is not None else cfg.get("crop_pct", 1.0)),
         color=color,
     )
     if tiles is not None:
@@ -115,5 +117,5 @@ def create_backbone(
 
 
 def build_classifier(cfg: ModelConfig, num_classes: int, color: str = "grey") -> tuple[CTClassifier, Backbone]:
-    backbone = create_backbone(cfg.arch, cfg.weights, 0, color, cfg.input_size, cfg.pool, cfg.tiles)
+    backbone = create_backbone(cfg.arch, cfg.weights, 0, color, cfg.input_size, cfg.pool, cfg.tiles, cfg.crop_pct)
     return CTClassifier(backbone.module, num_classes, cfg.head), backbone

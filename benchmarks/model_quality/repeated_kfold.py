@@ -1,10 +1,12 @@
 """Repeated group k-fold: recipes scored on several draws of the 5 group folds, paired draw by draw.
 
-Usage: python benchmarks/model_quality/repeated_kfold.py RECIPE=ROW,ROW,... [RECIPE=ROW,...]
+Usage: python benchmarks/model_quality/repeated_kfold.py RECIPE=ROW,ROW,... [RECIPE=ROW,...] [--output FILE]
 e.g.   lpft_ema=lpft_ema_224,lpft_ema_folds1_224,lpft_ema_folds2_224
        default=default_224_rerun,default_folds1_224,default_folds2_224
 (finished `lungct cv --folds 5` folders in runs/model_quality/; the i-th row of every recipe must be the same
-fold draw, which is checked on each fold's test images). Writes benchmarks/results/repeated_kfold.json.
+fold draw, which is checked on each fold's test images). Writes benchmarks/results/repeated_kfold.json, or FILE.
+Each recipe after the first is paired with the first draw by draw and fold by fold (the folds of a draw are the
+same test patients for every recipe).
 
 Every other row of docs/model-quality.md is one draw of the folds (experiment seed 42), so a row's ± is the spread
 of 5 folds of one partition of the ~15 benign patients, and the rows' differences are paired on that partition
@@ -40,7 +42,19 @@ def test_parts(row: str) -> list[frozenset[str]]:
     return [frozenset(i.path for i in load_split(fold / "split.csv") if i.part == "test") for fold in folds]
 
 
+def fold_scores(row: str) -> list[float]:
+    """A cv folder's balanced accuracy per fold, in fold order."""
+    per_fold = json.loads((RUNS / row / "cv.json").read_text())["per_fold"]
+    return [f["balanced_accuracy"] for f in sorted(per_fold, key=lambda f: f["fold"])]
+
+
 def main(args: list[str]) -> None:
+    output = RESULTS
+    if "--output" in args:
+        at = args.index("--output")
+        if at + 1 >= len(args):
+            raise SystemExit("--output needs a file name")
+        output, args = Path(args[at + 1]), args[:at] + args[at + 2 :]
     recipes = {arg.split("=", 1)[0]: arg.split("=", 1)[1].split(",") for arg in args}
     draws = {len(rows) for rows in recipes.values()}
     if len(draws) != 1:
@@ -79,13 +93,20 @@ def main(args: list[str]) -> None:
             means[a]["balanced_accuracy"] - means[b]["balanced_accuracy"]
             for a, b in zip(recipes[base], recipes[other], strict=True)
         ]
-        out["paired"][f"{base} - {other}"] = {"balanced_accuracy": diffs}
+        folds = [
+            a - b
+            for ra, rb in zip(recipes[base], recipes[other], strict=True)
+            for a, b in zip(fold_scores(ra), fold_scores(rb), strict=True)
+        ]
+        out["paired"][f"{base} - {other}"] = {"balanced_accuracy": diffs, "balanced_accuracy_per_fold": folds}
         print(
             f"\n{base} - {other}, balanced accuracy per draw: "
             + ", ".join(f"{d:+.3f}" for d in diffs)
-            + f" (mean {np.mean(diffs):+.3f})"
+            + f" (mean {np.mean(diffs):+.3f}); per fold: {base} higher in {sum(d > 0 for d in folds)} of {len(folds)},"
+            + f" mean {np.mean(folds):+.3f} ± {np.std(folds, ddof=1):.3f}"
         )
-    RESULTS.write_text(json.dumps(out, indent=2) + "\n")
+    output.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"written to {output}")
 
 
 if __name__ == "__main__":

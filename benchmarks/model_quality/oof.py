@@ -56,3 +56,10 @@ def study_mean(p: np.ndarray, groups: np.ndarray) -> np.ndarray:
     sums = np.zeros((len(names), p.shape[1]))
     np.add.at(sums, index, p)
     return (sums / np.bincount(index)[:, None])[index]
+
+
+def print_summary(summary: dict[str, dict[str, list[float]]], cols: list[str]) -> None:
+    """A markdown table of `{row: {metric: [mean, sd]}}`, one line per row, the metrics in `cols` order."""
+    print("| | " + " | ".join(cols) + " |")
+    for key, s in summary.items():
+        print(f"| {key} | " + " | ".join(f"{s[c][0]:.3f} ± {s[c][1]:.3f}" for c in cols) + " |")

@@ -17,7 +17,7 @@ import sys
 import warnings
 
 import numpy as np
-from oof import ROOT, read_oof, row_dir
+from oof import ROOT, print_summary, read_oof, row_dir
 from screen import SCREEN, SCREEN_C, fit_head, fold_metrics, load
 
 COLS = ["accuracy", "balanced_accuracy", "benign_recall", "malignant_recall", "normal_recall", "macro_auc", "ece"]
@@ -76,9 +76,7 @@ def main(names: list[str]) -> None:
         summary.update({key: summarise(y, p, groups, fold, classes) for key, p in rows.items()})
     out = ROOT / "benchmarks" / "results" / "probe_blend.json"
     out.write_text(json.dumps({"rows": names, "summary": summary}, indent=2) + "\n")
-    print("| | " + " | ".join(COLS) + " |")
-    for key, s in summary.items():
-        print(f"| {key} | " + " | ".join(f"{s[c][0]:.3f} ± {s[c][1]:.3f}" for c in COLS) + " |")
+    print_summary(summary, COLS)
     print(f"written to {out.relative_to(ROOT)}")
 
 

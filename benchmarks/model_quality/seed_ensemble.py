@@ -21,7 +21,7 @@ import json
 import sys
 
 import numpy as np
-from oof import ROOT, read_oof, row_dir, study_mean
+from oof import ROOT, print_summary, read_oof, row_dir, study_mean
 from screen import fold_metrics
 
 from lungct.config import load_config
@@ -70,9 +70,7 @@ def main(args: list[str]) -> None:
     out.write_text(json.dumps({"members": names, "per_fold": rows, "summary": summary}, indent=2) + "\n")
     cols = ["accuracy", "balanced_accuracy", "benign_recall", "malignant_recall", "normal_recall", "macro_auc", "ece"]
     cols += ["study_accuracy", "study_balanced_accuracy", "study_benign_recall"]
-    print("| | " + " | ".join(cols) + " |")
-    for key, s in summary.items():
-        print(f"| {key} | " + " | ".join(f"{s[c][0]:.3f} ± {s[c][1]:.3f}" for c in cols) + " |")
+    print_summary(summary, cols)
     print(f"written to {out.relative_to(ROOT)}")
 
 

@@ -121,7 +121,7 @@ class ModelConfig(_Strict):
     pool: Literal["avg", "max", "avgmax", "catavgmax"] = "avg"  # timm's global pooling of the last feature map
     tiles: TilesConfig | None = None  # None: the whole slice in one pass
     # Share of the resized slice the centre crop keeps (timm's crop_pct; None: the backbone's own, 0.875 for
-    # MobileNetV2). 1.0 feeds the whole slice: ImageNet's crop trims the lung periphery (docs/model-quality.md).
+    # MobileNetV2). 1.0 keeps all of a square slice: ImageNet's crop trims the lung periphery (docs/model-quality.md).
     crop_pct: float | None = Field(None, gt=0.5, le=1.0)
 
     @model_validator(mode="after")

@@ -1,6 +1,6 @@
 """One rank of benchmarks/scale.py's DDP measurement (started by torch.distributed.run).
 
-A fine-tuning step of the default recipe (MobileNetV2 at 224 px, the top 30% of the backbone and the head
+A fine-tuning step of the LP-FT recipe (MobileNetV2 at 224 px, the top 30% of the backbone and the head
 trainable, global batch 32 split over the ranks), timed three ways (medians, taking turns): the DDP step as
 training runs it, the same step inside `no_sync()` (no gradient all-reduce), and the all-reduce of a
 gradient-sized buffer alone. The difference between the first two is the communication that backward does

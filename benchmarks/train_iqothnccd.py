@@ -1,4 +1,4 @@
-"""Train and evaluate the default config, and the previous default beside it, under a group split and under a
+"""Train and evaluate the default config, and the previous defaults beside it, under a group split and under a
 random split of the same images.
 
 Writes benchmarks/results/train_iqothnccd.json: per config and split mode, wall time and peak resident memory
@@ -56,8 +56,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--configs",
-        default=f"{ROOT / 'configs' / 'iqothnccd.yaml'},{ROOT / 'configs' / 'model_quality' / 'default_224.yaml'}",
-        help="comma-separated: the default, then the previous default (configs/model_quality/default_224.yaml)",
+        default=",".join(
+            str(ROOT / "configs" / c)
+            for c in ("iqothnccd.yaml", "model_quality/lpft_ema_224.yaml", "model_quality/default_224.yaml")
+        ),
+        help="comma-separated: the default, then the previous defaults (LP-FT + EMA; the first recipe, 4 + 4 epochs)",
     )
     parser.add_argument("--config", help=argparse.SUPPRESS)  # the worker's one config
     parser.add_argument("--modes", default="group,random")

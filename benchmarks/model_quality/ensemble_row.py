@@ -1,7 +1,7 @@
 """The ensemble row: nested cross-validation, so the fold ensembles are scored on the same 5 outer group folds.
 
 Usage: python benchmarks/model_quality/ensemble_row.py [NAME]   (NAME: a config in configs/model_quality/,
-default lpft_ema_224, today's default recipe). Writes runs/model_quality/ensemble_NAME/, which
+default lpft_ema_224, the LP-FT + EMA recipe). Writes runs/model_quality/ensemble_NAME/, which
 `table.py` reads like any cv folder.
 
 An ensemble of `lungct cv`'s own folds has no honest test part (every image trained some member). So for each

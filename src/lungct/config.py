@@ -123,6 +123,8 @@ class ModelConfig(_Strict):
     # Share of the resized slice the centre crop keeps (timm's crop_pct; None: the backbone's own, 0.875 for
     # MobileNetV2). 1.0 keeps all of a square slice: ImageNet's crop trims the lung periphery (docs/model-quality.md).
     crop_pct: float | None = Field(None, gt=0.5, le=1.0)
+    # The resize filter (None: the backbone's own, bicubic for MobileNetV2); prediction and serving follow model.json.
+    interpolation: Literal["bilinear", "bicubic"] | None = None
 
     @model_validator(mode="after")
     def _tiles_fit(self) -> ModelConfig:

@@ -105,3 +105,20 @@ def test_model_crop_pct_replaces_the_backbones_centre_crop():
     for bad in (0.3, 1.2):
         with pytest.raises(ValueError, match="crop_pct"):
             ModelConfig(arch="mobilenetv2_100", crop_pct=bad)
+
+
+def test_model_interpolation_replaces_the_backbones_resize_filter():
+    import numpy as np
+    from PIL import Image
+
+    own = build_classifier(ModelConfig(arch="mobilenetv2_100", crop_pct=1.0), num_classes=3)[1].preprocess
+    chosen = build_classifier(
+        ModelConfig(arch="mobilenetv2_100", crop_pct=1.0, interpolation="bilinear"), num_classes=3
+    )[1].preprocess
+    assert own.interpolation == "bicubic" and chosen.interpolation == "bilinear"
+    slice_ = Image.fromarray(np.random.default_rng(0).integers(0, 256, (512, 512), dtype=np.uint8))
+    for pre, pil_filter in ((own, Image.Resampling.BICUBIC), (chosen, Image.Resampling.BILINEAR)):
+        expected = np.asarray(slice_.resize((224, 224), pil_filter))
+        assert np.array_equal(np.asarray(pre.resized_crop(slice_)), expected)
+    with pytest.raises(ValueError, match="interpolation"):
+        ModelConfig(arch="mobilenetv2_100", interpolation="lanczos")

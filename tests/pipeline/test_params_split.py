@@ -1,11 +1,13 @@
 """params.yaml overlays and the split stage: `lungct split`, `lungct train --split-file`, `--params`."""
 
 import csv
+from pathlib import Path
 
 import pytest
 import yaml
 
 from lungct.cli import main
+from lungct.config import load_config
 from lungct.errors import LungCTError
 from lungct.pipeline.params import load_config_with_params, merge_params
 from lungct.pipeline.split import read_split_file, write_split
@@ -44,6 +46,18 @@ def test_params_overlay_a_config(tmp_path, tiny_dataset):
     params.write_text("- a list\n")
     with pytest.raises(LungCTError, match="must be a YAML mapping"):
         load_config_with_params(config, params)
+
+
+def test_shipped_params_train_the_default_model():
+    """`dvc repro` must train what `make demo` trains: params.yaml restates the default config's values, and laying
+    it over configs/iqothnccd.yaml may change nothing (a stale value there would quietly train another recipe)."""
+    root = Path(__file__).resolve().parents[2]
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    config = root / params["pipeline"]["config"]
+    overlaid = load_config_with_params(config, root / "params.yaml").model_dump()
+    default = load_config(config).model_dump()
+    changed = [key for key in default if overlaid[key] != default[key]]
+    assert not changed, changed
 
 
 def test_a_bad_split_file_is_one_clear_error(tmp_path):

@@ -20,16 +20,17 @@ def test_default_config_trains_on_real_subset(tmp_path, capsys):
     cfg = load_config(CONFIG)
     cfg.data.max_images_per_class = 24
     cfg.model.input_size = 128
-    assert cfg.train.phase1.solver == "logistic" and cfg.train.ema is not None  # the default recipe: LP-FT + EMA
-    cfg.train.phase2.epochs = 1
+    # the default recipe: a logistic-regression probe on frozen features of the whole slice (no fine-tuning)
+    assert cfg.train.phase1.solver == "logistic" and cfg.train.phase2.epochs == 0 and cfg.model.crop_pct == 1.0
     run = train(cfg, tmp_path / "run", progress=False)
 
     card = json.loads(run.model_json.read_text())
     assert card["classes"] == ["benign", "malignant", "normal"]
     assert card["pretrained"] is True and card["preprocess"]["mean"] == [0.5, 0.5, 0.5]
+    assert card["preprocess"]["crop_pct"] == 1.0  # prediction, export and serving squash the whole slice too
     with run.history.open() as fh:
         rows = list(csv.DictReader(fh))
-    assert [r["phase"] for r in rows] == ["head", "finetune"]
+    assert [r["phase"] for r in rows] == ["head"]
     # the probe: pretrained features separate the training slices, and beat chance (1/3) on unseen patients
     assert float(rows[0]["train_accuracy"]) > 0.9
     assert float(rows[0]["val_balanced_accuracy"]) > 0.5

@@ -62,6 +62,7 @@ def create_backbone(
     global_pool: str = "avg",
     tiles: TilesConfig | None = None,
     crop_pct: float | None = None,
+    interpolation: str | None = None,
 ) -> Backbone:
     """Build a backbone (pooled features when num_classes=0) with its weights and preprocessing.
 
@@ -70,6 +71,7 @@ def create_backbone(
     of a lesion that covers a few cells of the map, which an average over the whole slice dilutes.
     tiles: run the backbone on overlapping tiles of the slice and pool across them (lungct.models.tiles).
     crop_pct: the share of the resized slice the centre crop keeps, instead of the backbone's own.
+    interpolation: the resize filter, instead of the backbone's own.
     """
     spec = get_spec(arch)
     meta: dict[str, str] = {}
@@ -107,7 +109,7 @@ def create_backbone(
         input_size=input_size or int(cfg["input_size"][-1]),
         mean=tuple(norm.get("mean", cfg["mean"])),
         std=tuple(norm.get("std", cfg["std"])),
-        interpolation=cfg.get("interpolation", "bilinear"),
+        interpolation=interpolation or cfg.get("interpolation", "bilinear"),
         crop_pct=float(crop_pct if crop_pct is not None else cfg.get("crop_pct", 1.0)),
         color=color,
     )
@@ -117,5 +119,7 @@ def create_backbone(
 
 
 def build_classifier(cfg: ModelConfig, num_classes: int, color: str = "grey") -> tuple[CTClassifier, Backbone]:
-    backbone = create_backbone(cfg.arch, cfg.weights, 0, color, cfg.input_size, cfg.pool, cfg.tiles, cfg.crop_pct)
+    backbone = create_backbone(
+        cfg.arch, cfg.weights, 0, color, cfg.input_size, cfg.pool, cfg.tiles, cfg.crop_pct, cfg.interpolation
+    )
     return CTClassifier(backbone.module, num_classes, cfg.head), backbone

@@ -4,7 +4,8 @@ Usage: python benchmarks/model_quality/repeated_kfold.py RECIPE=ROW,ROW,... [REC
 e.g.   lpft_ema=lpft_ema_224,lpft_ema_folds1_224,lpft_ema_folds2_224
        default=default_224_rerun,default_folds1_224,default_folds2_224
 (finished `lungct cv --folds 5` folders in runs/model_quality/; the i-th row of every recipe must be the same
-fold draw, which is checked on each fold's test images). Writes benchmarks/results/repeated_kfold.json, or FILE.
+fold draw, which is checked on each fold's test images). ROW@tta reads the same folds re-scored with test-time
+augmentation (ROW/cv_tta.json, written by tta_rows.py). Writes benchmarks/results/repeated_kfold.json, or FILE.
 Each recipe after the first is paired with the first draw by draw and fold by fold (the folds of a draw are the
 same test patients for every recipe).
 
@@ -30,22 +31,28 @@ RUNS = ROOT / "runs" / "model_quality"
 RESULTS = ROOT / "benchmarks" / "results" / "repeated_kfold.json"
 
 
+def cv_file(row: str) -> Path:
+    """ROW: the cv folder's own cv.json; ROW@tta: its TTA re-scoring (tta_rows.py)."""
+    name, _, variant = row.partition("@")
+    return RUNS / name / ("cv_tta.json" if variant == "tta" else "cv.json")
+
+
 def fold_means(row: str) -> dict[str, float]:
     """A cv folder's 5-fold mean of every table column."""
-    summary = json.loads((RUNS / row / "cv.json").read_text())["summary"]
+    summary = json.loads(cv_file(row).read_text())["summary"]
     return {key: summary[key]["mean"] for key, _ in COLUMNS if summary.get(key)}
 
 
 def test_parts(row: str) -> list[frozenset[str]]:
     """Each fold's test images: what makes two cv folders the same fold draw."""
-    folds = sorted((RUNS / row).glob("fold_*"))
+    folds = sorted((RUNS / row.partition("@")[0]).glob("fold_*"))
     return [frozenset(i.path for i in load_split(fold / "split.csv") if i.part == "test") for fold in folds]
 
 
 def fold_scores(row: str) -> list[float]:
     """A cv folder's balanced accuracy per fold, in fold order."""
-    per_fold = json.loads((RUNS / row / "cv.json").read_text())["per_fold"]
-    return [f["balanced_accuracy"] for f in sorted(per_fold, key=lambda f: f["fold"])]
+    per_fold = json.loads(cv_file(row).read_text())["per_fold"]  # cv_tta.json lists its folds in fold order
+    return [f["balanced_accuracy"] for f in sorted(per_fold, key=lambda f: f.get("fold", 0))]
 
 
 def main(args: list[str]) -> None:
@@ -59,7 +66,7 @@ def main(args: list[str]) -> None:
     draws = {len(rows) for rows in recipes.values()}
     if len(draws) != 1:
         raise SystemExit("every recipe needs the same number of fold draws")
-    missing = [r for rows in recipes.values() for r in rows if not (RUNS / r / "cv.json").is_file()]
+    missing = [r for rows in recipes.values() for r in rows if not cv_file(r).is_file()]
     if missing:
         raise SystemExit(f"no finished cv in runs/model_quality/ for: {', '.join(missing)}")
     for i, rows in enumerate(zip(*recipes.values(), strict=True)):

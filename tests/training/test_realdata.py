@@ -22,12 +22,14 @@ def test_default_config_trains_on_real_subset(tmp_path, capsys):
     cfg.model.input_size = 128
     # the default recipe: a logistic-regression probe on frozen features of the whole slice (no fine-tuning)
     assert cfg.train.phase1.solver == "logistic" and cfg.train.phase2.epochs == 0 and cfg.model.crop_pct == 1.0
+    assert cfg.model.interpolation == "bilinear"
     run = train(cfg, tmp_path / "run", progress=False)
 
     card = json.loads(run.model_json.read_text())
     assert card["classes"] == ["benign", "malignant", "normal"]
     assert card["pretrained"] is True and card["preprocess"]["mean"] == [0.5, 0.5, 0.5]
-    assert card["preprocess"]["crop_pct"] == 1.0  # prediction, export and serving squash the whole slice too
+    # prediction, export and serving resize the whole slice the same way
+    assert card["preprocess"]["crop_pct"] == 1.0 and card["preprocess"]["interpolation"] == "bilinear"
     with run.history.open() as fh:
         rows = list(csv.DictReader(fh))
     assert [r["phase"] for r in rows] == ["head"]

@@ -45,7 +45,7 @@ def fold_means(row: str) -> dict[str, float]:
 
 def test_parts(row: str) -> list[frozenset[str]]:
     """Each fold's test images: what makes two cv folders the same fold draw."""
-    folds = sorted((RUNS / row.partition("@")[0]).glob("fold_*"))
+    folds = sorted(cv_file(row).parent.glob("fold_*"))
     return [frozenset(i.path for i in load_split(fold / "split.csv") if i.part == "test") for fold in folds]
 
 

@@ -1,0 +1,205 @@
+"""Feature-level levers on the default probe, scored exactly as `lungct cv` scores the default, over its five draws.
+
+The default (probe_full_bilinear_224) fits lungct's own probe (`lungct.training.probe`: standardised features of
+each training slice and its mirror, class-weighted logistic regression, C by inner group CV on the training part)
+and scores each test slice once. This script keeps that fit and those parts (`fold_k/split.csv` of the five
+cv folders) and changes only what the probe sees:
+
+- `last`: the pooled last map, as the default (reproduces its cv row);
+- `mid`: the stride-16 and stride-32 stages' pooled maps beside the last one (finer maps, where a few-pixel
+  nodule still has a footprint);
+- `blocks`: the stride-16/32 stages alone, without ImageNet's top 1280-channel expansion;
+- `last+sqrt`: the power normalisation (square root) of the last map's features, a classic fix for frozen
+  features dominated by a few large activations;
+- `last+aug`: the probe also fitted on features of six mild affine views of each training slice (rotation,
+  zoom, shift; the augmentations of `train.augment`), a feature-level form of augmentation;
+- `last+448`: the pooled last maps at 224 and 448 px side by side (two scales);
+- `box`, `hamming`, `blur1`, `blur2`: smoother resizes than the default's bilinear (Pillow's box and Hamming
+  filters; a Gaussian blur of radius 1 or 2 source pixels before the bilinear resize). Bilinear beat bicubic
+  (session 20), and many slices are speckled, so a smoother input may suit ImageNet features better.
+
+Usage: python benchmarks/model_quality/feature_levers.py [LEVER ...] -> benchmarks/results/feature_levers.json
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+import warnings
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as TF
+from oof import ROOT, row_dir
+from screen import fold_metrics
+
+from lungct.data.splits import load_split
+from lungct.models.classifier import create_backbone
+from lungct.training.probe import _fit, _proba, choose_c
+
+WEIGHTS = ROOT.parent / "shared" / "weights" / "mobilenetv2_100.imagenet.safetensors"
+DRAWS = ["probe_full_bilinear_224"] + [f"probe_full_bilinear_folds{k}_224" for k in range(1, 5)]
+FILTERS = ["box", "hamming", "blur1", "blur2"]
+LEVERS = ["last", "mid", "blocks", "last+sqrt", "last+aug", "last+448", *FILTERS]
+METRICS = ["accuracy", "balanced_accuracy", "benign_recall", "malignant_recall", "normal_recall", "macro_auc", "ece"]
+STUDY = ["study_balanced_accuracy", "study_benign_recall"]
+# (angle in degrees, scale, shift as a fraction of the side): mild views a CT slice can take
+AFFINE_VIEWS = [(-10, 1.0, 0.0), (10, 1.0, 0.0), (0, 0.9, 0.0), (0, 1.1, 0.0), (0, 1.0, 0.05), (0, 1.0, -0.05)]
+CACHE = ROOT / "runs" / "screen" / "feature_levers.npz"
+
+
+@torch.inference_mode()
+def extract(paths: list[str]) -> dict[str, np.ndarray]:
+    """Per slice: pooled features of the slice and its mirror at 224 px (last map and the stride-16/32 stages),
+    the same at 448 px (last map), and the last map of the six affine views with their mirrors."""
+    if CACHE.exists():
+        z = np.load(CACHE)
+        return {k: z[k] for k in z.files}
+    torch.set_num_threads(2)
+    backbone = create_backbone("mobilenetv2_100", str(WEIGHTS))
+    net = backbone.module.eval()
+    pre = dataclasses.replace(backbone.preprocess, crop_pct=1.0, interpolation="bilinear")
+    pre448 = dataclasses.replace(pre, input_size=448)
+    taps: dict[int, torch.Tensor] = {}
+    for i in (3, 4, 5):
+        net.blocks[i].register_forward_hook(lambda _m, _i, out, i=i: taps.__setitem__(i, out))
+    out: dict[str, list] = {"last": [], "blocks": [], "last448": [], "aug": []}
+    t0 = time.time()
+    for n, path in enumerate(paths):
+        img = pre.load(path)
+        x = torch.from_numpy(pre.to_array(img))[None]
+        x = torch.cat([x, x.flip(-1)])
+        out["last"].append(net(x).numpy())
+        out["blocks"].append(torch.cat([taps[i].mean((2, 3)) for i in (3, 4, 5)], 1).numpy())
+        x448 = torch.from_numpy(pre448.to_array(pre448.load(path)))[None]
+        out["last448"].append(net(torch.cat([x448, x448.flip(-1)])).numpy())
+        side = x.shape[-1]
+        views = [
+            TF.affine(x[:1], angle=a, translate=[int(s * side), 0], scale=z, shear=[0.0], fill=-1.0)
+            for a, z, s in AFFINE_VIEWS
+        ]
+        v = torch.cat(views)
+        out["aug"].append(torch.stack([net(v), net(v.flip(-1))], 1).reshape(-1, 1280).numpy())
+        if n % 100 == 0:
+            print(f"{n}/{len(paths)} slices, {time.time() - t0:.0f} s", flush=True)
+    arrays = {k: np.stack(v) for k, v in out.items()}
+    CACHE.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(CACHE, **arrays)
+    return arrays
+
+
+@torch.inference_mode()
+def extract_filters(paths: list[str]) -> dict[str, np.ndarray]:
+    """Per slice and resize variant of FILTERS: the pooled last map of the slice and its mirror at 224 px."""
+    target = CACHE.with_name("feature_levers_filters.npz")
+    if target.exists():
+        z = np.load(target)
+        return {k: z[k] for k in z.files}
+    from PIL import ImageFilter
+
+    torch.set_num_threads(2)
+    backbone = create_backbone("mobilenetv2_100", str(WEIGHTS))
+    net = backbone.module.eval()
+    pre = dataclasses.replace(backbone.preprocess, crop_pct=1.0, interpolation="bilinear")
+    variants = {
+        "box": (dataclasses.replace(pre, interpolation="box"), None),
+        "hamming": (dataclasses.replace(pre, interpolation="hamming"), None),
+        "blur1": (pre, ImageFilter.GaussianBlur(1)),
+        "blur2": (pre, ImageFilter.GaussianBlur(2)),
+    }
+    out: dict[str, list] = {k: [] for k in variants}
+    for path in paths:
+        img = pre.load(path)
+        for name, (p, blur) in variants.items():
+            x = torch.from_numpy(p.to_array(img.filter(blur) if blur else img))[None]
+            out[name].append(net(torch.cat([x, x.flip(-1)])).numpy())
+    arrays = {k: np.stack(v) for k, v in out.items()}
+    np.savez(target, **arrays)
+    return arrays
+
+
+def lever_features(lever: str, f: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+    """(features (n, 2, d) of each slice and its mirror, extra training views (n, k, d) or None)."""
+    if lever == "last":
+        return f["last"], None
+    if lever == "mid":
+        return np.concatenate([f["blocks"], f["last"]], -1), None
+    if lever == "blocks":
+        return f["blocks"], None
+    if lever == "last+sqrt":
+        return np.sqrt(np.maximum(f["last"], 0)), None
+    if lever == "last+aug":
+        return f["last"], f["aug"]
+    if lever in FILTERS:
+        return f[lever], None
+    if lever == "last+448":
+        return np.concatenate([f["last"], f["last448"]], -1), None
+    raise SystemExit(f"unknown lever {lever!r}; choose from {LEVERS}")
+
+
+def score_draw(x, extra, y, groups, parts, classes) -> list[dict]:
+    """One draw's five folds: the run's probe fitted on the training part, each test slice scored once."""
+    rows = []
+    for part in parts:
+        train, test = part == "train", part == "test"
+        xt, yt, gt = x[train], y[train], groups[train]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            scores = choose_c(xt, yt, list(gt), True, 42)
+            c = max(scores, key=lambda k: (scores[k], -k))
+            if extra is not None:  # the extra views join the training part after C was chosen on it
+                xt = np.concatenate([xt, extra[train]], 1)
+            scaler, lr = _fit(xt, yt, c, True)
+        p = _proba(scaler, lr, x[test][:, :1])
+        rows.append(fold_metrics(y[test], p, groups[test], classes))
+    return rows
+
+
+def main(levers: list[str]) -> None:
+    draws = []
+    for row in DRAWS:
+        parts = [load_split(row_dir(row) / f"fold_{k}" / "split.csv") for k in range(1, 6)]
+        draws.append(parts)
+    items = sorted(draws[0][0], key=lambda i: str(i.path))
+    paths = [str(i.path) for i in items]
+    at = {p: n for n, p in enumerate(paths)}
+    classes = sorted({i.label for i in items})
+    y = np.array([classes.index(i.label) for i in items])
+    groups = np.array([i.group for i in items])
+    part_arrays = []
+    for parts in draws:
+        arrays = []
+        for split in parts:
+            a = np.empty(len(paths), dtype=object)
+            for i in split:
+                a[at[str(i.path)]] = i.part.value if hasattr(i.part, "value") else str(i.part)
+            arrays.append(a)
+        part_arrays.append(arrays)
+    feats = extract(paths)
+    if any(lever in FILTERS for lever in levers):
+        feats |= extract_filters(paths)
+    results = {}
+    for lever in levers:
+        x, extra = lever_features(lever, feats)
+        per_draw, folds = [], []
+        for row, parts in zip(DRAWS, part_arrays, strict=True):
+            rows = score_draw(x, extra, y, groups, parts, classes)
+            folds += rows
+            per_draw.append(round(float(np.mean([r["balanced_accuracy"] for r in rows])), 3))
+            print(lever, row, per_draw[-1], flush=True)
+        summary = {m: round(float(np.nanmean([r[m] for r in folds])), 3) for m in METRICS + STUDY}
+        summary["balanced_accuracy_per_draw"] = per_draw
+        summary["balanced_accuracy_sd_between_draws"] = round(float(np.std(per_draw, ddof=1)), 3)
+        summary["balanced_accuracy_per_fold"] = [round(r["balanced_accuracy"], 4) for r in folds]
+        results[lever] = summary
+        print(lever, {k: v for k, v in summary.items() if k != "balanced_accuracy_per_fold"}, flush=True)
+    out = ROOT / "benchmarks" / "results" / "feature_levers.json"
+    old = json.loads(out.read_text()) if out.exists() else {}
+    out.write_text(json.dumps({**old, **results}, indent=2) + "\n")
+    print(f"written to {out.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:] or LEVERS)

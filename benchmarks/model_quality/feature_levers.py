@@ -16,7 +16,9 @@ cv folders) and changes only what the probe sees:
 - `last+448`: the pooled last maps at 224 and 448 px side by side (two scales);
 - `box`, `hamming`, `blur1`, `blur2`: smoother resizes than the default's bilinear (Pillow's box and Hamming
   filters; a Gaussian blur of radius 1 or 2 source pixels before the bilinear resize). Bilinear beat bicubic
-  (session 20), and many slices are speckled, so a smoother input may suit ImageNet features better.
+  (session 20), and many slices are speckled, so a smoother input may suit ImageNet features better;
+- `last+study`: each slice's features beside the mean of its look-alike group's (its study's) features, which
+  reads the test patient's other slices, as `lungct predict-series` does.
 
 Usage: python benchmarks/model_quality/feature_levers.py [LEVER ...] -> benchmarks/results/feature_levers.json
 """
@@ -42,7 +44,7 @@ from lungct.training.probe import _fit, _proba, choose_c
 WEIGHTS = ROOT.parent / "shared" / "weights" / "mobilenetv2_100.imagenet.safetensors"
 DRAWS = ["probe_full_bilinear_224"] + [f"probe_full_bilinear_folds{k}_224" for k in range(1, 5)]
 FILTERS = ["box", "hamming", "blur1", "blur2"]
-LEVERS = ["last", "mid", "blocks", "last+sqrt", "last+aug", "last+448", *FILTERS]
+LEVERS = ["last", "mid", "blocks", "last+sqrt", "last+aug", "last+448", *FILTERS, "last+study"]
 METRICS = ["accuracy", "balanced_accuracy", "benign_recall", "malignant_recall", "normal_recall", "macro_auc", "ece"]
 STUDY = ["study_balanced_accuracy", "study_benign_recall"]
 # (angle in degrees, scale, shift as a fraction of the side): mild views a CT slice can take
@@ -120,8 +122,19 @@ def extract_filters(paths: list[str]) -> dict[str, np.ndarray]:
     return arrays
 
 
-def lever_features(lever: str, f: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+def with_study_mean(x: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Each slice's features (n, 2, d) beside its group's mean over slices and mirrors (n, 2, 2d)."""
+    out = np.empty((*x.shape[:2], 2 * x.shape[2]), dtype=x.dtype)
+    for g in np.unique(groups):
+        at = groups == g
+        out[at] = np.concatenate([x[at], np.broadcast_to(x[at].mean((0, 1)), x[at].shape)], -1)
+    return out
+
+
+def lever_features(lever: str, f: dict[str, np.ndarray], groups: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """(features (n, 2, d) of each slice and its mirror, extra training views (n, k, d) or None)."""
+    if lever == "last+study":  # groups never cross a fold's parts, so a study mean stays inside its part
+        return with_study_mean(f["last"], groups), None
     if lever == "last":
         return f["last"], None
     if lever == "mid":
@@ -182,7 +195,7 @@ def main(levers: list[str]) -> None:
         feats |= extract_filters(paths)
     results = {}
     for lever in levers:
-        x, extra = lever_features(lever, feats)
+        x, extra = lever_features(lever, feats, groups)
         per_draw, folds = [], []
         for row, parts in zip(DRAWS, part_arrays, strict=True):
             rows = score_draw(x, extra, y, groups, parts, classes)

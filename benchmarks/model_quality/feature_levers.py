@@ -17,6 +17,10 @@ cv folders) and changes only what the probe sees:
 - `box`, `hamming`, `blur1`, `blur2`: smoother resizes than the default's bilinear (Pillow's box and Hamming
   filters; a Gaussian blur of radius 1 or 2 source pixels before the bilinear resize). Bilinear beat bicubic
   (session 20), and many slices are speckled, so a smoother input may suit ImageNet features better;
+- `bodymask`: everything outside the body's box (`lungct.data.field.body_box`, grown by its margin) set to black,
+  the slice neither cropped nor rescaled: the scanner table and the air around the body go, the scale stays. The
+  default's Grad-CAM maps peak on the table and the air (docs/explain.md), and the body crop, which also rescales,
+  scored below the whole slice;
 - `last+study`: each slice's features beside the mean of its look-alike group's (its study's) features, which
   reads the test patient's other slices, as `lungct predict-series` does.
 
@@ -35,6 +39,7 @@ import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 from oof import ROOT, row_dir
+from PIL import Image, ImageFilter
 from screen import fold_metrics
 
 from lungct.data.splits import load_split
@@ -43,7 +48,7 @@ from lungct.training.probe import _fit, _proba, choose_c
 
 WEIGHTS = ROOT.parent / "shared" / "weights" / "mobilenetv2_100.imagenet.safetensors"
 DRAWS = ["probe_full_bilinear_224"] + [f"probe_full_bilinear_folds{k}_224" for k in range(1, 5)]
-FILTERS = ["box", "hamming", "blur1", "blur2"]
+FILTERS = ["box", "hamming", "blur1", "blur2", "bodymask"]
 LEVERS = ["last", "mid", "blocks", "last+sqrt", "last+aug", "last+448", *FILTERS, "last+study"]
 METRICS = ["accuracy", "balanced_accuracy", "benign_recall", "malignant_recall", "normal_recall", "macro_auc", "ece"]
 STUDY = ["study_balanced_accuracy", "study_benign_recall"]
@@ -98,28 +103,43 @@ def extract_filters(paths: list[str]) -> dict[str, np.ndarray]:
     target = CACHE.with_name("feature_levers_filters.npz")
     if target.exists():
         z = np.load(target)
-        return {k: z[k] for k in z.files}
-    from PIL import ImageFilter
-
+        if set(FILTERS) <= set(z.files):
+            return {k: z[k] for k in z.files}
     torch.set_num_threads(2)
     backbone = create_backbone("mobilenetv2_100", str(WEIGHTS))
     net = backbone.module.eval()
     pre = dataclasses.replace(backbone.preprocess, crop_pct=1.0, interpolation="bilinear")
-    variants = {
+    variants = {  # name: (preprocessing, a change to the decoded slice or None)
         "box": (dataclasses.replace(pre, interpolation="box"), None),
         "hamming": (dataclasses.replace(pre, interpolation="hamming"), None),
-        "blur1": (pre, ImageFilter.GaussianBlur(1)),
-        "blur2": (pre, ImageFilter.GaussianBlur(2)),
+        "blur1": (pre, lambda im: im.filter(ImageFilter.GaussianBlur(1))),
+        "blur2": (pre, lambda im: im.filter(ImageFilter.GaussianBlur(2))),
+        "bodymask": (pre, body_mask),
     }
-    out: dict[str, list] = {k: [] for k in variants}
+    cached = dict(np.load(target)) if target.exists() else {}
+    out: dict[str, list] = {k: [] for k in variants if k not in cached}
     for path in paths:
         img = pre.load(path)
-        for name, (p, blur) in variants.items():
-            x = torch.from_numpy(p.to_array(img.filter(blur) if blur else img))[None]
+        for name in out:
+            p, change = variants[name]
+            x = torch.from_numpy(p.to_array(change(img) if change else img))[None]
             out[name].append(net(torch.cat([x, x.flip(-1)])).numpy())
-    arrays = {k: np.stack(v) for k, v in out.items()}
+    arrays = cached | {k: np.stack(v) for k, v in out.items()}
     np.savez(target, **arrays)
     return arrays
+
+
+def body_mask(img: Image.Image) -> Image.Image:
+    """The slice with everything outside the body's (margin-grown) box black; the same size and scale."""
+    from lungct.data.field import body_box, padded_box
+
+    box = body_box(img)
+    if box is None:
+        return img
+    box = padded_box(box, *img.size)
+    out = Image.new(img.mode, img.size)
+    out.paste(img.crop(box), box[:2])
+    return out
 
 
 def with_study_mean(x: np.ndarray, groups: np.ndarray) -> np.ndarray:

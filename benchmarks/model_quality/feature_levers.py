@@ -34,6 +34,7 @@ import json
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -190,26 +191,39 @@ def score_draw(x, extra, y, groups, parts, classes) -> list[dict]:
     return rows
 
 
-def main(levers: list[str]) -> None:
-    draws = []
-    for row in DRAWS:
-        parts = [load_split(row_dir(row) / f"fold_{k}" / "split.csv") for k in range(1, 6)]
-        draws.append(parts)
-    items = sorted(draws[0][0], key=lambda i: str(i.path))
+@dataclass
+class Draws:
+    """The default's slices in path order, their labels and groups, and each draw's five folds' part per slice."""
+
+    paths: list[str]
+    classes: list[str]
+    y: np.ndarray
+    groups: np.ndarray
+    parts: list[list[np.ndarray]]  # [draw][fold] -> (n,) "train" / "val" / "test"
+
+
+def load_draws() -> Draws:
+    splits = [[load_split(row_dir(row) / f"fold_{k}" / "split.csv") for k in range(1, 6)] for row in DRAWS]
+    items = sorted(splits[0][0], key=lambda i: str(i.path))
     paths = [str(i.path) for i in items]
     at = {p: n for n, p in enumerate(paths)}
     classes = sorted({i.label for i in items})
-    y = np.array([classes.index(i.label) for i in items])
-    groups = np.array([i.group for i in items])
-    part_arrays = []
-    for parts in draws:
+    parts = []
+    for draw in splits:
         arrays = []
-        for split in parts:
+        for split in draw:
             a = np.empty(len(paths), dtype=object)
             for i in split:
-                a[at[str(i.path)]] = i.part.value if hasattr(i.part, "value") else str(i.part)
+                a[at[str(i.path)]] = str(i.part)
             arrays.append(a)
-        part_arrays.append(arrays)
+        parts.append(arrays)
+    y = np.array([classes.index(i.label) for i in items])
+    return Draws(paths, classes, y, np.array([i.group for i in items]), parts)
+
+
+def main(levers: list[str]) -> None:
+    d = load_draws()
+    paths, classes, y, groups, part_arrays = d.paths, d.classes, d.y, d.groups, d.parts
     feats = extract(paths)
     if any(lever in FILTERS for lever in levers):
         feats |= extract_filters(paths)

@@ -21,6 +21,9 @@ cv folders) and changes only what the probe sees:
   the slice neither cropped nor rescaled: the scanner table and the air around the body go, the scale stays. The
   default's Grad-CAM maps peak on the table and the air (docs/explain.md), and the body crop, which also rescales,
   scored below the whole slice;
+- `hier`: the default's probe for malignant against the rest, and a second probe fitted on the benign and normal
+  training slices alone splitting the rest (its own C by inner group CV), so the benign/normal boundary gets a model
+  of its own;
 - `last+study`: each slice's features beside the mean of its look-alike group's (its study's) features, which
   reads the test patient's other slices, as `lungct predict-series` does.
 
@@ -50,7 +53,7 @@ from lungct.training.probe import _fit, _proba, choose_c
 WEIGHTS = ROOT.parent / "shared" / "weights" / "mobilenetv2_100.imagenet.safetensors"
 DRAWS = ["probe_full_bilinear_224"] + [f"probe_full_bilinear_folds{k}_224" for k in range(1, 5)]
 FILTERS = ["box", "hamming", "blur1", "blur2", "bodymask"]
-LEVERS = ["last", "mid", "blocks", "last+sqrt", "last+aug", "last+448", *FILTERS, "last+study"]
+LEVERS = ["last", "mid", "blocks", "last+sqrt", "last+aug", "last+448", *FILTERS, "last+study", "hier"]
 METRICS = ["accuracy", "balanced_accuracy", "benign_recall", "malignant_recall", "normal_recall", "macro_auc", "ece"]
 STUDY = ["study_balanced_accuracy", "study_benign_recall"]
 # (angle in degrees, scale, shift as a fraction of the side): mild views a CT slice can take
@@ -154,6 +157,8 @@ def with_study_mean(x: np.ndarray, groups: np.ndarray) -> np.ndarray:
 
 def lever_features(lever: str, f: dict[str, np.ndarray], groups: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """(features (n, 2, d) of each slice and its mirror, extra training views (n, k, d) or None)."""
+    if lever == "hier":
+        return f["last"], None
     if lever == "last+study":  # groups never cross a fold's parts, so a study mean stays inside its part
         return with_study_mean(f["last"], groups), None
     if lever == "last":
@@ -173,20 +178,27 @@ def lever_features(lever: str, f: dict[str, np.ndarray], groups: np.ndarray) -> 
     raise SystemExit(f"unknown lever {lever!r}; choose from {LEVERS}")
 
 
-def score_draw(x, extra, y, groups, parts, classes) -> list[dict]:
+def probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, extra: np.ndarray | None = None):
+    """lungct's probe fit (C by inner group CV); `extra` views join the training slices after C is chosen."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scores = choose_c(x, y, list(groups), True, 42)
+        c = max(scores, key=lambda k: (scores[k], -k))
+        return _fit(x if extra is None else np.concatenate([x, extra], 1), y, c, True)
+
+
+def score_draw(x, extra, y, groups, parts, classes, hierarchical: bool = False) -> list[dict]:
     """One draw's five folds: the run's probe fitted on the training part, each test slice scored once."""
     rows = []
     for part in parts:
         train, test = part == "train", part == "test"
-        xt, yt, gt = x[train], y[train], groups[train]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            scores = choose_c(xt, yt, list(gt), True, 42)
-            c = max(scores, key=lambda k: (scores[k], -k))
-            if extra is not None:  # the extra views join the training part after C was chosen on it
-                xt = np.concatenate([xt, extra[train]], 1)
-            scaler, lr = _fit(xt, yt, c, True)
-        p = _proba(scaler, lr, x[test][:, :1])
+        p = _proba(*probe(x[train], y[train], groups[train], None if extra is None else extra[train]), x[test][:, :1])
+        if hierarchical:  # benign against normal by a probe of its own, within the non-malignant mass
+            b, n = classes.index("benign"), classes.index("normal")
+            pair = train & np.isin(y, [b, n])
+            q = _proba(*probe(x[pair], (y[pair] == b).astype(int), groups[pair]), x[test][:, :1])[:, 1]
+            rest = p[:, b] + p[:, n]
+            p[:, b], p[:, n] = rest * q, rest * (1 - q)
         rows.append(fold_metrics(y[test], p, groups[test], classes))
     return rows
 
@@ -232,7 +244,7 @@ def main(levers: list[str]) -> None:
         x, extra = lever_features(lever, feats, groups)
         per_draw, folds = [], []
         for row, parts in zip(DRAWS, part_arrays, strict=True):
-            rows = score_draw(x, extra, y, groups, parts, classes)
+            rows = score_draw(x, extra, y, groups, parts, classes, lever == "hier")
             folds += rows
             per_draw.append(round(float(np.mean([r["balanced_accuracy"] for r in rows])), 3))
             print(lever, row, per_draw[-1], flush=True)

@@ -217,7 +217,8 @@ class Draws:
 def load_draws() -> Draws:
     missing = [row for row in DRAWS if not (row_dir(row) / "fold_5" / "split.csv").is_file()]
     if missing:
-        raise SystemExit(f"no cv folds for {', '.join(missing)}: run benchmarks/model_quality/run_cv.sh {' '.join(missing)}")
+        rows = " ".join(missing)
+        raise SystemExit(f"no cv folds for {rows}: run benchmarks/model_quality/run_cv.sh {rows}")
     splits = [[load_split(row_dir(row) / f"fold_{k}" / "split.csv") for k in range(1, 6)] for row in DRAWS]
     items = sorted(splits[0][0], key=lambda i: str(i.path))
     paths = [str(i.path) for i in items]

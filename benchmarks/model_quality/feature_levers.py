@@ -24,6 +24,8 @@ cv folders) and changes only what the probe sees:
 - `hier`: the default's probe for malignant against the rest, and a second probe fitted on the benign and normal
   training slices alone splitting the rest (its own C by inner group CV), so the benign/normal boundary gets a model
   of its own;
+- `mixed`: four probes, on `last`, `blur1`, the 448 px last map and `last+sqrt`, their probabilities averaged
+  (an ensemble over input renderings; four times the inference);
 - `last+study`: each slice's features beside the mean of its look-alike group's (its study's) features, which
   reads the test patient's other slices, as `lungct predict-series` does.
 
@@ -53,7 +55,7 @@ from lungct.training.probe import _fit, _proba, choose_c
 WEIGHTS = ROOT.parent / "shared" / "weights" / "mobilenetv2_100.imagenet.safetensors"
 DRAWS = ["probe_full_bilinear_224"] + [f"probe_full_bilinear_folds{k}_224" for k in range(1, 5)]
 FILTERS = ["box", "hamming", "blur1", "blur2", "bodymask"]
-LEVERS = ["last", "mid", "blocks", "last+sqrt", "last+aug", "last+448", *FILTERS, "last+study", "hier"]
+LEVERS = ["last", "mid", "blocks", "last+sqrt", "last+aug", "last+448", *FILTERS, "last+study", "hier", "mixed"]
 METRICS = ["accuracy", "balanced_accuracy", "benign_recall", "malignant_recall", "normal_recall", "macro_auc", "ece"]
 STUDY = ["study_balanced_accuracy", "study_benign_recall"]
 # (angle in degrees, scale, shift as a fraction of the side): mild views a CT slice can take
@@ -155,10 +157,15 @@ def with_study_mean(x: np.ndarray, groups: np.ndarray) -> np.ndarray:
     return out
 
 
-def lever_features(lever: str, f: dict[str, np.ndarray], groups: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """(features (n, 2, d) of each slice and its mirror, extra training views (n, k, d) or None)."""
+def lever_features(
+    lever: str, f: dict[str, np.ndarray], groups: np.ndarray
+) -> tuple[np.ndarray | list[np.ndarray], np.ndarray | None]:
+    """(features (n, 2, d) of each slice and its mirror, or a list of them for an ensemble; extra training views
+    (n, k, d) or None)."""
     if lever == "hier":
         return f["last"], None
+    if lever == "mixed":  # members of an ensemble, each fitted on its own features
+        return [f["last"], f["blur1"], f["last448"], np.sqrt(np.maximum(f["last"], 0))], None
     if lever == "last+study":  # groups never cross a fold's parts, so a study mean stays inside its part
         return with_study_mean(f["last"], groups), None
     if lever == "last":
@@ -192,6 +199,10 @@ def score_draw(x, extra, y, groups, parts, classes, hierarchical: bool = False) 
     rows = []
     for part in parts:
         train, test = part == "train", part == "test"
+        if isinstance(x, list):  # an ensemble: the mean of its members' probabilities
+            p = np.mean([_proba(*probe(m[train], y[train], groups[train]), m[test][:, :1]) for m in x], 0)
+            rows.append(fold_metrics(y[test], p, groups[test], classes))
+            continue
         p = _proba(*probe(x[train], y[train], groups[train], None if extra is None else extra[train]), x[test][:, :1])
         if hierarchical:  # benign against normal by a probe of its own, within the non-malignant mass
             b, n = classes.index("benign"), classes.index("normal")
@@ -241,7 +252,7 @@ def main(levers: list[str]) -> None:
     d = load_draws()
     paths, classes, y, groups, part_arrays = d.paths, d.classes, d.y, d.groups, d.parts
     feats = extract(paths)
-    if any(lever in FILTERS for lever in levers):
+    if any(lever in FILTERS or lever == "mixed" for lever in levers):
         feats |= extract_filters(paths)
     results = {}
     for lever in levers:

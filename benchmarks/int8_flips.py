@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,25 @@ from lungct.run import RunDir
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@dataclass
+class FloatReference:
+    """A run's test part as the export check reads it, and the float graph's probabilities on it."""
+
+    classes: list[str]
+    items: list
+    batch: np.ndarray
+    in_graph: bool  # the temperature is in the graph: compare the served probabilities
+    p_float: np.ndarray
+
+
+def float_reference(run: RunDir) -> FloatReference:
+    in_graph = bool(json.loads((run.path / "export.json").read_text()).get("calibration", {}).get("in_graph"))
+    _, items = _test_items(run)
+    batch = _read_batch(run, [i.path for i in items])
+    p_float = _predict(OnnxModel(run.path / "model.onnx", threads=2), batch, in_graph)
+    return FloatReference(list(run.card().classes), items, batch, in_graph, p_float)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", default=str(ROOT / "runs" / "bench" / "serve"))
@@ -33,12 +53,9 @@ def main() -> None:
     run = RunDir(args.run)
     if not (run.path / "model.int8.onnx").is_file():
         raise SystemExit(f"{run.path} has no model.int8.onnx: run benchmarks/serve.py (it exports both) or pass --run")
-    classes = list(run.card().classes)
-    in_graph = bool(json.loads((run.path / "export.json").read_text()).get("calibration", {}).get("in_graph"))
-    _, items = _test_items(run)
-    batch = _read_batch(run, [i.path for i in items])
-    p_float = _predict(OnnxModel(run.path / "model.onnx", threads=2), batch, in_graph)
-    p_int8 = _predict(OnnxModel(run.path / "model.int8.onnx", threads=2), batch, in_graph)
+    ref = float_reference(run)
+    classes, items, p_float = ref.classes, ref.items, ref.p_float
+    p_int8 = _predict(OnnxModel(run.path / "model.int8.onnx", threads=2), ref.batch, ref.in_graph)
     difference = np.abs(p_float - p_int8).max(1)
     top2 = np.sort(p_float, axis=1)[:, -2:]
     margin = top2[:, 1] - top2[:, 0]

@@ -20,8 +20,8 @@ import numpy as np
 import onnx
 from sklearn.metrics import balanced_accuracy_score
 
-from lungct.export import quantize
-from lungct.export.quantize import _predict, _read_batch, _test_items, calibration_paths, quantize_graph
+from int8_flips import float_reference
+from lungct.export.quantize import _predict, _read_batch, calibration_paths, quantize_graph
 from lungct.inference.onnx_runtime import OnnxModel
 from lungct.run import RunDir
 
@@ -50,30 +50,25 @@ def main() -> None:
     run = RunDir(args.run)
     if not (run.path / "model.onnx").is_file():
         raise SystemExit(f"{run.path} has no model.onnx: run `lungct export --run {run.path}` first")
-    in_graph = bool(json.loads((run.path / "export.json").read_text()).get("calibration", {}).get("in_graph"))
-    classes = list(run.card().classes)
-    _, items = _test_items(run)
-    batch = _read_batch(run, [i.path for i in items])
-    y = np.array([classes.index(i.label) for i in items])
-    p_float = _predict(OnnxModel(run.path / "model.onnx", threads=2), batch, in_graph)
-    own = quantize.sensitive_nodes
-    result = {"run": str(run.path), "test_slices": len(items), "float_balanced_accuracy": None, "variants": {}}
-    result["float_balanced_accuracy"] = round(float(balanced_accuracy_score(y, p_float.argmax(1))), 4)
+    ref = float_reference(run)
+    y = np.array([ref.classes.index(i.label) for i in ref.items])
+    result = {
+        "run": str(run.path),
+        "test_slices": len(ref.items),
+        "float_balanced_accuracy": round(float(balanced_accuracy_score(y, ref.p_float.argmax(1))), 4),
+        "variants": {},
+    }
     with tempfile.TemporaryDirectory(prefix="lungct-int8-variants-") as tmp:
+        dst = Path(tmp) / "int8.onnx"
         for name, (extra, n, method) in VARIANTS.items():
-            # quantize_graph looks sensitive_nodes up in its module when called
-            quantize.sensitive_nodes = lambda path, extra=extra: own(path) + last_convs(path, extra)
-            try:
-                dst = Path(tmp) / "int8.onnx"
-                cal = _read_batch(run, calibration_paths(run, n))
-                kept = quantize_graph(run.path / "model.onnx", dst, cal, method)
-            finally:
-                quantize.sensitive_nodes = own
-            p = _predict(OnnxModel(dst, threads=2), batch, in_graph)
-            diff = np.abs(p - p_float).max(1)
+            cal = _read_batch(run, calibration_paths(run, n))
+            also = last_convs(run.path / "model.onnx", extra)
+            kept = quantize_graph(run.path / "model.onnx", dst, cal, method, also_float=also)
+            p = _predict(OnnxModel(dst, threads=2), ref.batch, ref.in_graph)
+            diff = np.abs(p - ref.p_float).max(1)
             row = {
                 "kept_float": len(kept),
-                "agreement": round(float((p.argmax(1) == p_float.argmax(1)).mean()), 4),
+                "agreement": round(float((p.argmax(1) == ref.p_float.argmax(1)).mean()), 4),
                 "probability_difference_median": round(float(np.median(diff)), 4),
                 "probability_difference_max": round(float(diff.max()), 4),
                 "balanced_accuracy": round(float(balanced_accuracy_score(y, p.argmax(1))), 4),

@@ -15,9 +15,10 @@ from PIL import Image
 from lungct.cli import main
 from lungct.errors import LungCTError
 from lungct.export import export_onnx
-from lungct.export.quantize import quantize_run, sensitive_nodes
+from lungct.export.quantize import _read_batch, calibration_paths, quantize_graph, quantize_run, sensitive_nodes
 from lungct.inference import Predictor
 from lungct.inference.onnx_runtime import INT8_EXPORT_FILE, INT8_ONNX_FILE
+from lungct.run import RunDir
 from lungct.training import train
 from tests.conftest import tiny_config, write_dataset
 
@@ -109,3 +110,18 @@ def test_stem_and_head_are_the_sensitive_nodes(float_run):
     convs = [n.name for n in graph.node if n.op_type == "Conv"]
     assert convs[0] in kept and not set(convs[1:]) & set(kept)
     assert graph.node[-1].name in kept  # the softmax at the end
+
+
+def test_nodes_named_also_float_stay_float(float_run, tmp_path):
+    src = float_run / "model.onnx"
+    convs = [n.name for n in onnx.load(str(src)).graph.node if n.op_type == "Conv"]
+    batch = _read_batch(RunDir(float_run), calibration_paths(RunDir(float_run), 8))
+    quantized_inputs = {}
+    for also in ((), (convs[1],)):
+        kept = quantize_graph(src, tmp_path / "int8.onnx", batch, also_float=also)
+        assert (convs[1] in kept) == bool(also)
+        graph = onnx.load(str(tmp_path / "int8.onnx")).graph
+        dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+        conv = next(n for n in graph.node if n.name == convs[1])
+        quantized_inputs[also] = bool(set(conv.input) & dequantized)
+    assert quantized_inputs == {(): True, (convs[1],): False}

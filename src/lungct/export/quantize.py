@@ -24,6 +24,7 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -112,8 +113,11 @@ def sensitive_nodes(model_path: Path) -> list[str]:
     return stem + head
 
 
-def quantize_graph(src: Path, dst: Path, batch: np.ndarray, method: str = "percentile") -> list[str]:
-    """Write the INT8 (QDQ) form of `src` to `dst`, calibrated on `batch`; returns the nodes kept in float."""
+def quantize_graph(
+    src: Path, dst: Path, batch: np.ndarray, method: str = "percentile", also_float: Sequence[str] = ()
+) -> list[str]:
+    """Write the INT8 (QDQ) form of `src` to `dst`, calibrated on `batch`; returns the nodes kept in float: the
+    sensitive nodes, and `also_float` (node names of `src`) for studies of where INT8 loses agreement."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -145,6 +149,7 @@ def quantize_graph(src: Path, dst: Path, batch: np.ndarray, method: str = "perce
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
         keep_float = sensitive_nodes(prepared)
+        keep_float += [n for n in also_float if n not in keep_float]
         options = {"CalibPercentile": PERCENTILE} if method == "percentile" else {}
         with contextlib.redirect_stdout(io.StringIO()):  # the calibrators print their progress
             quantize_static(

@@ -25,7 +25,7 @@ cv folders) and changes only what the probe sees:
   training slices alone splitting the rest (its own C by inner group CV), so the benign/normal boundary gets a model
   of its own;
 - `mixed`: four probes, on `last`, `blur1`, the 448 px last map and `last+sqrt`, their probabilities averaged
-  (an ensemble over input renderings; four times the inference);
+  (an ensemble over input renderings; three forward passes, one at 448 px);
 - `last+study`: each slice's features beside the mean of its look-alike group's (its study's) features, which
   reads the test patient's other slices, as `lungct predict-series` does.
 
@@ -48,9 +48,10 @@ from oof import ROOT, row_dir
 from PIL import Image, ImageFilter
 from screen import fold_metrics
 
+from lungct.data.preprocess import Preprocess
 from lungct.data.splits import load_split
 from lungct.models.classifier import create_backbone
-from lungct.training.probe import _fit, _proba, choose_c
+from lungct.training.probe import _fit, _proba, best_c, choose_c
 
 WEIGHTS = ROOT.parent / "shared" / "weights" / "mobilenetv2_100.imagenet.safetensors"
 DRAWS = ["probe_full_bilinear_224"] + [f"probe_full_bilinear_folds{k}_224" for k in range(1, 5)]
@@ -63,6 +64,18 @@ AFFINE_VIEWS = [(-10, 1.0, 0.0), (10, 1.0, 0.0), (0, 0.9, 0.0), (0, 1.1, 0.0), (
 CACHE = ROOT / "runs" / "screen" / "feature_levers.npz"
 
 
+def frozen_net() -> tuple[torch.nn.Module, Preprocess]:
+    """The default's frozen backbone (pooled features) and its preprocessing: whole slice, bilinear, 224 px."""
+    torch.set_num_threads(2)
+    backbone = create_backbone("mobilenetv2_100", str(WEIGHTS))
+    return backbone.module.eval(), dataclasses.replace(backbone.preprocess, crop_pct=1.0, interpolation="bilinear")
+
+
+def mirrored(net: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
+    """(2, d) pooled features of one input (1, 3, h, w) and its mirror image."""
+    return net(torch.cat([x, x.flip(-1)])).numpy()
+
+
 @torch.inference_mode()
 def extract(paths: list[str]) -> dict[str, np.ndarray]:
     """Per slice: pooled features of the slice and its mirror at 224 px (last map and the stride-16/32 stages),
@@ -70,10 +83,7 @@ def extract(paths: list[str]) -> dict[str, np.ndarray]:
     if CACHE.exists():
         z = np.load(CACHE)
         return {k: z[k] for k in z.files}
-    torch.set_num_threads(2)
-    backbone = create_backbone("mobilenetv2_100", str(WEIGHTS))
-    net = backbone.module.eval()
-    pre = dataclasses.replace(backbone.preprocess, crop_pct=1.0, interpolation="bilinear")
+    net, pre = frozen_net()
     pre448 = dataclasses.replace(pre, input_size=448)
     taps: dict[int, torch.Tensor] = {}
     for i in (3, 4, 5):
@@ -83,14 +93,13 @@ def extract(paths: list[str]) -> dict[str, np.ndarray]:
     for n, path in enumerate(paths):
         img = pre.load(path)
         x = torch.from_numpy(pre.to_array(img))[None]
-        x = torch.cat([x, x.flip(-1)])
-        out["last"].append(net(x).numpy())
+        out["last"].append(mirrored(net, x))
         out["blocks"].append(torch.cat([taps[i].mean((2, 3)) for i in (3, 4, 5)], 1).numpy())
         x448 = torch.from_numpy(pre448.to_array(pre448.load(path)))[None]
-        out["last448"].append(net(torch.cat([x448, x448.flip(-1)])).numpy())
+        out["last448"].append(mirrored(net, x448))
         side = x.shape[-1]
         views = [
-            TF.affine(x[:1], angle=a, translate=[int(s * side), 0], scale=z, shear=[0.0], fill=-1.0)
+            TF.affine(x, angle=a, translate=[int(s * side), 0], scale=z, shear=[0.0], fill=-1.0)
             for a, z, s in AFFINE_VIEWS
         ]
         v = torch.cat(views)
@@ -111,10 +120,7 @@ def extract_filters(paths: list[str]) -> dict[str, np.ndarray]:
         z = np.load(target)
         if set(FILTERS) <= set(z.files):
             return {k: z[k] for k in z.files}
-    torch.set_num_threads(2)
-    backbone = create_backbone("mobilenetv2_100", str(WEIGHTS))
-    net = backbone.module.eval()
-    pre = dataclasses.replace(backbone.preprocess, crop_pct=1.0, interpolation="bilinear")
+    net, pre = frozen_net()
     variants = {  # name: (preprocessing, a change to the decoded slice or None)
         "box": (dataclasses.replace(pre, interpolation="box"), None),
         "hamming": (dataclasses.replace(pre, interpolation="hamming"), None),
@@ -128,8 +134,7 @@ def extract_filters(paths: list[str]) -> dict[str, np.ndarray]:
         img = pre.load(path)
         for name in out:
             p, change = variants[name]
-            x = torch.from_numpy(p.to_array(change(img) if change else img))[None]
-            out[name].append(net(torch.cat([x, x.flip(-1)])).numpy())
+            out[name].append(mirrored(net, torch.from_numpy(p.to_array(change(img) if change else img))[None]))
     arrays = cached | {k: np.stack(v) for k, v in out.items()}
     np.savez(target, **arrays)
     return arrays
@@ -186,11 +191,11 @@ def lever_features(
 
 
 def probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, extra: np.ndarray | None = None):
-    """lungct's probe fit (C by inner group CV); `extra` views join the training slices after C is chosen."""
+    """lungct's probe fit (C by inner group CV as in `fit_probe`); `extra` views join the training slices after C is
+    chosen."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        scores = choose_c(x, y, list(groups), True, 42)
-        c = max(scores, key=lambda k: (scores[k], -k))
+        c = best_c(choose_c(x, y, list(groups), True, 42))
         return _fit(x if extra is None else np.concatenate([x, extra], 1), y, c, True)
 
 
@@ -199,11 +204,10 @@ def score_draw(x, extra, y, groups, parts, classes, hierarchical: bool = False) 
     rows = []
     for part in parts:
         train, test = part == "train", part == "test"
-        if isinstance(x, list):  # an ensemble: the mean of its members' probabilities
-            p = np.mean([_proba(*probe(m[train], y[train], groups[train]), m[test][:, :1]) for m in x], 0)
-            rows.append(fold_metrics(y[test], p, groups[test], classes))
-            continue
-        p = _proba(*probe(x[train], y[train], groups[train], None if extra is None else extra[train]), x[test][:, :1])
+        members = x if isinstance(x, list) else [x]  # an ensemble: the mean of its members' probabilities
+        extra_train = None if extra is None else extra[train]
+        fits = [probe(m[train], y[train], groups[train], extra_train) for m in members]
+        p = np.mean([_proba(*fit, m[test][:, :1]) for fit, m in zip(fits, members, strict=True)], 0)
         if hierarchical:  # benign against normal by a probe of its own, within the non-malignant mass
             b, n = classes.index("benign"), classes.index("normal")
             pair = train & np.isin(y, [b, n])

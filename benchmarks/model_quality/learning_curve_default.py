@@ -12,14 +12,13 @@ Usage (after feature_levers.py has cached the features):
 from __future__ import annotations
 
 import json
-import warnings
 
 import numpy as np
-from feature_levers import extract, load_draws
+from feature_levers import extract, load_draws, probe
 from oof import ROOT
 from screen import fold_metrics
 
-from lungct.training.probe import _fit, _proba, choose_c
+from lungct.training.probe import _proba
 
 SHARES = (0.25, 0.5, 0.75, 1.0)
 SUBSETS = 2
@@ -52,12 +51,8 @@ def main() -> None:
                         keep |= set(rng.choice(gs, size=n, replace=False).tolist())
                     train = (part == "train") & np.isin(d.groups, list(keep))
                     n_benign.append(len(set(d.groups[train & (d.y == benign)])))
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore")
-                        scores = choose_c(x[train], d.y[train], list(d.groups[train]), True, 42)
-                        c = max(scores, key=lambda v: (scores[v], -v)) if scores else 0.01  # as fit_probe falls back
-                        scaler, lr = _fit(x[train], d.y[train], c, True)
-                    rows.append(fold_metrics(d.y[test], _proba(scaler, lr, x[test][:, :1]), d.groups[test], d.classes))
+                    fitted = probe(x[train], d.y[train], d.groups[train])
+                    rows.append(fold_metrics(d.y[test], _proba(*fitted, x[test][:, :1]), d.groups[test], d.classes))
         summary = {"benign_groups_trained_on": round(float(np.mean(n_benign)), 1), "fits": len(rows)}
         for key in KEYS:
             v = np.array([r[key] for r in rows])

@@ -27,6 +27,7 @@ log = logging.getLogger("lungct")
 
 C_GRID = (0.003, 0.01, 0.03, 0.1)  # inverse L2 strength on standardised features; wide enough for 1-2k features
 INNER_FOLDS = 3
+FALLBACK_C = 0.01  # when the training part has too few groups per class for the inner search
 
 
 @dataclass
@@ -84,6 +85,11 @@ def choose_c(x: np.ndarray, y: np.ndarray, groups: list[str], balanced: bool, se
     return scores
 
 
+def best_c(scores: dict[float, float]) -> float:
+    """The C of the best inner-fold score (the stronger regularisation on a tie); FALLBACK_C without a search."""
+    return max(scores, key=lambda k: (scores[k], -k)) if scores else FALLBACK_C
+
+
 def write_head(head: nn.Sequential, scaler: StandardScaler, lr: LogisticRegression, num_classes: int) -> None:
     """Fold (x - mean) / scale and the regression's coefficients into the head's last dense layer."""
     linear = head[-1]
@@ -117,7 +123,7 @@ def fit_probe(
     x, y = frozen_features(backbone, loader)
     scores = {} if c is not None else choose_c(x, y, groups, balanced, seed)
     if c is None:
-        c = max(scores, key=lambda k: (scores[k], -k)) if scores else 0.01
+        c = best_c(scores)
         if not scores:
             log.warning("too few groups per class for an inner C search; linear probe uses C = %g", c)
     scaler, lr = _fit(x, y, c, balanced)

@@ -1,0 +1,79 @@
+"""Pack what `gpu_finetune.py` needs onto a machine that has a GPU but not ../shared: the default's five fold draws
+and the slices at 224 and 448 px.
+
+The device tool sends the checkout only (at most 64 MiB), and the 55 MB of JPEGs plus the weights do not fit
+beside it. So the slices are decoded and resized here by the default's own preprocessing (`Preprocess`: whole
+slice, bilinear, grey), stored as raw uint8 compressed with lzma (9 MB at 224 px, 30 MB at 448 px), and the fold
+draws come from `lungct.crossval.folds.plan_folds` on the five configs the default's cv rows were run with, so every
+fine-tuned fold is tested on exactly the slices the default's fold was.
+
+Usage: python benchmarks/model_quality/gpu_pack.py [OUT]  (default: .gpu/, which .git/info/exclude must ignore)
+Nothing here is committed: OUT holds a copy of shared data for one device call and is deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import lzma
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+from oof import ROOT
+
+from lungct.config import load_config
+from lungct.crossval.folds import plan_folds
+from lungct.data.preprocess import Preprocess
+
+DRAWS = ["probe_full_bilinear_224"] + [f"probe_full_bilinear_folds{k}_224" for k in range(1, 5)]
+SIZES = (224, 448)
+WEIGHTS = ROOT.parent / "shared" / "weights" / "mobilenetv2_100.imagenet.safetensors"
+
+
+def pool_and_parts() -> dict:
+    """Slices in path order, with label, group and, per draw and fold, the part ("train", "val", "test")."""
+    plans = [plan_folds(load_config(ROOT / "configs" / "model_quality" / f"{row}.yaml"), 5, False) for row in DRAWS]
+    paths = sorted(plans[0].pool.paths)
+    at = {p: n for n, p in enumerate(paths)}
+    first = {i.path: i for i in plans[0].splits[0]}
+    parts = []
+    for plan in plans:
+        if sorted(plan.pool.paths) != paths:
+            raise SystemExit("the five draws do not fold over the same slices")
+        draw = []
+        for split in plan.splits:
+            a = [""] * len(paths)
+            for item in split:
+                a[at[item.path]] = str(item.part)
+            draw.append(a)
+        parts.append(draw)
+    return {
+        "draws": DRAWS,
+        "paths": [str(Path(p).relative_to(ROOT.parent / "shared")) for p in paths],
+        "labels": [first[p].label for p in paths],
+        "groups": [first[p].group for p in paths],
+        "parts": parts,
+        "sizes": list(SIZES),
+    }
+
+
+def main(out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    pool = pool_and_parts()
+    (out / "pool.json").write_text(json.dumps(pool))
+    for size in SIZES:
+        pre = Preprocess(input_size=size, mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bilinear", crop_pct=1.0)
+        shared = ROOT.parent / "shared"
+        pixels = np.stack([np.asarray(pre.resized_crop(pre.load(shared / p))) for p in pool["paths"]])
+        if pixels.dtype != np.uint8 or pixels.shape != (len(pool["paths"]), size, size):
+            raise SystemExit(f"unexpected slices at {size} px: {pixels.dtype} {pixels.shape}")
+        (out / f"x{size}.u8.xz").write_bytes(lzma.compress(pixels.tobytes(), preset=6))
+        print(f"{size} px: {pixels.shape}", flush=True)
+    shutil.copyfile(WEIGHTS, out / WEIGHTS.name)
+    total = sum(f.stat().st_size for f in out.iterdir())
+    print(f"{out}: {total / 2**20:.1f} MiB", flush=True)
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / ".gpu")

@@ -40,6 +40,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -106,9 +107,14 @@ def extract(paths: list[str]) -> dict[str, np.ndarray]:
         out["aug"].append(torch.stack([net(v), net(v.flip(-1))], 1).reshape(-1, 1280).numpy())
         if n % 100 == 0:
             print(f"{n}/{len(paths)} slices, {time.time() - t0:.0f} s", flush=True)
+    return save_arrays(out, CACHE)
+
+
+def save_arrays(out: dict[str, list], path: Path) -> dict[str, np.ndarray]:
+    """Each list of per-slice features stacked, and cached at `path`."""
     arrays = {k: np.stack(v) for k, v in out.items()}
-    CACHE.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(CACHE, **arrays)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **arrays)
     return arrays
 
 
@@ -267,13 +273,23 @@ def main(levers: list[str]) -> None:
             folds += rows
             per_draw.append(round(float(np.mean([r["balanced_accuracy"] for r in rows])), 3))
             print(lever, row, per_draw[-1], flush=True)
-        summary = {m: round(float(np.nanmean([r[m] for r in folds])), 3) for m in METRICS + STUDY}
-        summary["balanced_accuracy_per_draw"] = per_draw
-        summary["balanced_accuracy_sd_between_draws"] = round(float(np.std(per_draw, ddof=1)), 3)
-        summary["balanced_accuracy_per_fold"] = [round(r["balanced_accuracy"], 4) for r in folds]
-        results[lever] = summary
-        print(lever, {k: v for k, v in summary.items() if k != "balanced_accuracy_per_fold"}, flush=True)
-    out = ROOT / "benchmarks" / "results" / "feature_levers.json"
+        results[lever] = summarise_folds(folds, per_draw)
+        print(lever, {k: v for k, v in results[lever].items() if k != "balanced_accuracy_per_fold"}, flush=True)
+    merge_results("feature_levers.json", results)
+
+
+def summarise_folds(folds: list[dict], per_draw: list[float]) -> dict:
+    """A row of a results file: fold means, balanced accuracy per draw, its spread, and its value per fold."""
+    summary = {m: round(float(np.nanmean([r[m] for r in folds])), 3) for m in METRICS + STUDY}
+    summary["balanced_accuracy_per_draw"] = per_draw
+    summary["balanced_accuracy_sd_between_draws"] = round(float(np.std(per_draw, ddof=1)), 3)
+    summary["balanced_accuracy_per_fold"] = [round(r["balanced_accuracy"], 4) for r in folds]
+    return summary
+
+
+def merge_results(name: str, results: dict) -> None:
+    """Rows into benchmarks/results/NAME, keeping the rows of earlier runs that were not rerun."""
+    out = ROOT / "benchmarks" / "results" / name
     old = json.loads(out.read_text()) if out.exists() else {}
     out.write_text(json.dumps({**old, **results}, indent=2) + "\n")
     print(f"written to {out.relative_to(ROOT)}")

@@ -28,8 +28,10 @@ from lungct.inference.calibration import fit_temperature
 RESULTS = ROOT / "benchmarks" / "results"
 RAW = [RESULTS / "gpu_finetune_raw.json.gz", RESULTS / "gpu_finetune_gentle_raw.json.gz"]
 # what a job returned -> the row's suffix: the EMA model once per slice, averaged with its mirror, and (recipe
-# gentle) the probe head the fine-tuning started from, before any fine-tuning
-OUTPUTS = {"p_test_probe": ":probe start", "p_test": "", "p_test_tta": "+tta"}
+# gentle) the probe head the fine-tuning started from, before any fine-tuning, and that head's probabilities
+# averaged with the fine-tuned model's
+OUTPUTS = {"p_test_probe": ":probe start", "p_test": "", "p_test_tta": "+tta", "p_test_blend": ":blend"}
+BLEND = ("p_test_probe", "p_test")  # the blend row: the start's and the fine-tuned model's probabilities averaged
 METRICS = ["accuracy", "balanced_accuracy", "benign_recall", "malignant_recall", "normal_recall", "macro_auc", "ece"]
 STUDY = ["study_balanced_accuracy", "study_benign_recall"]
 
@@ -49,7 +51,10 @@ def score_job(job: dict, pool: dict, output: str) -> dict:
     same = np.array_equal(test, np.flatnonzero(parts == "test")) and np.array_equal(val, np.flatnonzero(parts == "val"))
     if not same:
         raise SystemExit(f"job {job['size']}/{job['draw']}/{job['fold']} was not run on the default's fold parts")
-    p_test, p_val = (np.array(job[output.replace("test", part)]) for part in ("test", "val"))
+    if output == "p_test_blend":
+        p_test, p_val = (np.mean([job[k.replace("test", part)] for k in BLEND], 0) for part in ("test", "val"))
+    else:
+        p_test, p_val = (np.array(job[output.replace("test", part)]) for part in ("test", "val"))
     p_test, p_val = p_test / p_test.sum(1, keepdims=True), p_val / p_val.sum(1, keepdims=True)  # stored rounded
     row = fold_metrics(y[test], p_test, groups[test], classes)
     temperature = fit_temperature(y[val], p_val)
@@ -103,7 +108,7 @@ def main(paths: list[Path]) -> None:
             keys = [(j["draw"], j["fold"]) for j in jobs]
             bal = {}
             for output, suffix in OUTPUTS.items():
-                if output not in jobs[0]:
+                if output not in jobs[0] and not (output == "p_test_blend" and all(k in jobs[0] for k in BLEND)):
                     continue
                 name = f"finetune_{recipe}_{size}{suffix}"
                 rows = [score_job(j, pool, output) for j in jobs]

@@ -141,3 +141,5 @@ def test_iqothnccd_audit(tmp_path):
     malignant_sizes = {s["value"] for s in audit["shortcuts"] if s["property"] == "image_size"}
     assert {"623x512", "801x512"} <= malignant_sizes
     assert all(s["classes"] == ["malignant"] for s in audit["shortcuts"] if s["value"] in ("623x512", "801x512"))
+    # the air, table and border alone tell the classes of unseen groups apart (docs/model-quality.md, session 22)
+    assert audit["background"]["flagged"] and audit["background"]["balanced_accuracy"] > 0.5

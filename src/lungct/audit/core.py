@@ -6,6 +6,7 @@ import logging
 from collections import Counter
 from pathlib import Path
 
+from lungct.audit.background import background_check
 from lungct.audit.duplicates import MAX_HAMMING, MIN_CORRELATION, find_duplicates, perceptual_hashes
 from lungct.audit.leaks import find_leaks
 from lungct.audit.report import audit_markdown
@@ -52,8 +53,11 @@ def run_audit(
     progress: bool = True,
     max_hamming: int = MAX_HAMMING,
     min_correlation: float = MIN_CORRELATION,
+    background: bool = True,
 ) -> dict:
-    """Audit the images under `data` (dataset roots or CSV manifests); with `split`, check it for leaks."""
+    """Audit the images under `data` (dataset roots or CSV manifests); with `split`, check it for leaks.
+
+    `background`: also run the background check (lungct.audit.background), which reads every image once more."""
     if not data:
         raise LungCTError("no data given: pass one or more dataset folders or CSV manifests")
     cfg = DataConfig(sources=[SourceConfig(path=str(Path(d).expanduser().resolve())) for d in data])
@@ -93,6 +97,9 @@ def run_audit(
         "shortcuts": shortcuts,
         "properties": properties,
         "source_differences": source_differences(samples, infos),
+        "background": background_check([s.path for s in samples], labels, groups)
+        if background
+        else {"ran": False, "reason": "not asked for (--no-background)"},
         "split": None,
         "leaks": [],
     }

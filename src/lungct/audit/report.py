@@ -83,6 +83,23 @@ def audit_markdown(a: dict) -> str:
                 f"- {prop}: {info['label_accuracy_from_property']:.3f} "
                 f"(majority baseline {info['majority_baseline']:.3f})"
             )
+    b = a.get("background") or {"ran": False, "reason": "not run"}
+    lines += ["", "## Outside the body (background check)", ""]
+    if not b["ran"]:
+        lines.append(f"Not run: {b['reason']}.")
+    else:
+        verdict = (
+            "**The label shows outside the body**: the classes differ in how they were scanned, and a model can "
+            "score on that instead of on the disease."
+            if b["flagged"]
+            else "The label does not show outside the body beyond chance."
+        )
+        recalls = ", ".join(f"{c} {r:.2f}" for c, r in b["recall"].items())
+        lines.append(
+            f"A model that sees only the pixels outside the body (air, table, border) predicts the label of unseen "
+            f"look-alike groups with balanced accuracy {b['balanced_accuracy']:.3f} (chance {b['chance']:.3f}; "
+            f"recall {recalls}; {b['folds']} group folds, {b['n_images']} images). {verdict}"
+        )
     if a["source_differences"]:
         lines += ["", "## Merged sources that differ systematically", ""]
         lines += [f"- {d['detail']}" for d in a["source_differences"]]

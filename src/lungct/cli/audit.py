@@ -16,13 +16,17 @@ def audit_command(
     split: Annotated[
         Path | None, typer.Option("--split", exists=True, help="split.csv (or a run directory) to check for leaks")
     ] = None,
+    background: Annotated[
+        bool,
+        typer.Option("--background/--no-background", help="check whether the label shows outside the body"),
+    ] = True,
     quiet: Quiet = False,
 ) -> None:
     """Audit a dataset: duplicates, look-alike groups, leaks in a split, shortcuts, class balance."""
     from lungct.audit.core import run_audit
 
     setup_logging(quiet)
-    a = run_audit(data, out, split, progress=not quiet)
+    a = run_audit(data, out, split, progress=not quiet, background=background)
     d = a["duplicate_summary"]
     typer.echo(f"images: {a['counts']['total']} {a['counts']['per_class']} imbalance {a['counts']['imbalance_ratio']}")
     typer.echo(
@@ -33,6 +37,12 @@ def audit_command(
         typer.echo(f"shortcut: {s['property']}={s['value']} only in {s['classes'][0]} ({s['count']} images)")
     for s in a["source_differences"]:
         typer.echo(f"source difference: {s['detail']}")
+    b = a["background"]
+    if b["ran"] and b["flagged"]:
+        typer.echo(
+            f"shortcut: the label shows outside the body (balanced accuracy {b['balanced_accuracy']:.2f} from air, "
+            f"table and border alone; chance {b['chance']:.2f})"
+        )
     if a["split"] is not None:
         typer.echo(f"leaks: {len(a['leaks'])}")
     typer.echo(f"report written to {Path(out) / 'audit.md'}")

@@ -64,3 +64,22 @@ def lung_field_crop(img: Image.Image) -> Image.Image:
     square = Image.new(img.mode, (side, side))
     square.paste(region, ((side - region.width) // 2, (side - region.height) // 2))
     return square
+
+
+def body_hull(img: Image.Image) -> np.ndarray:
+    """Boolean mask (height, width) of the convex hull of the body's tissue inside its box, the table left out;
+    all True when no body is found. Pixels outside it are air, the scanner table and the slice's border."""
+    from skimage.morphology import closing, convex_hull_image, disk
+
+    box = body_box(img)
+    if box is None:
+        return np.ones((img.height, img.width), dtype=bool)
+    left, top, right, bottom = padded_box(box, *img.size)
+    small = img.convert("L")
+    small.thumbnail((THUMBNAIL, THUMBNAIL), Image.BILINEAR)
+    sx, sy = small.width / img.width, small.height / img.height
+    tissue = closing(np.asarray(small) > TISSUE_LEVEL, disk(2))
+    inside = np.zeros_like(tissue)
+    inside[int(top * sy) : int(np.ceil(bottom * sy)), int(left * sx) : int(np.ceil(right * sx))] = True
+    hull = convex_hull_image(tissue & inside) if (tissue & inside).any() else inside
+    return np.asarray(Image.fromarray(hull).resize(img.size, Image.NEAREST))

@@ -1,0 +1,153 @@
+"""Two representations the study had not tried, read by the default's probe on its own five fold draws.
+
+Sessions 19 to 22 found the frozen ImageNet features to be the ceiling: no head, fine-tuning or feature-level
+lever beats them. Two ways of looking at a slice remain that need no other weights:
+
+- **pooling over the body only** (`hullpool`): the default averages the last feature map over the whole slice, so
+  the few cells a nodule touches are diluted by table and air. Here each cell of the map is weighted by the share
+  of it inside the body's convex hull (the tissue components of `lungct.data.field`, table left out), at 224 px
+  (a 7x7 map) and at 448 px (14x14, where a nodule covers a larger share of a cell), beside the default's features;
+- **hand-made texture** (`texture`): the radiomics features classic papers on this data set use, grey-level
+  co-occurrence statistics (scikit-image's graycomatrix/graycoprops) and uniform local binary pattern histograms,
+  inside the body at native resolution. Alone, beside the default's features, and as a second probe averaged with
+  the default's (`last|texture`).
+
+Scoring as feature_levers.py: lungct's probe fit on each fold's training part, each test slice scored once, paired
+per fold against the default's `last` row of feature_levers.json. The folds are the default's five cv draws as
+`gpu_pack.pool_and_parts` draws them (no runs/ folders needed); the `last` row here must reproduce feature_levers'.
+
+Usage: python benchmarks/model_quality/body_levers.py [ROW ...] -> benchmarks/results/body_levers.json
+(ROW: one of ROWS, or of SHORTCUT_ROWS: where the texture's signal comes from)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import numpy as np
+import torch
+from feature_levers import frozen_net, merge_results, save_arrays, score_draw, summarise_folds
+from gpu_pack import pool_and_parts
+from oof import ROOT
+from PIL import Image
+
+from lungct.audit.background import background_features, lbp_and_histogram
+from lungct.data.field import body_hull
+
+ROWS = ["last", "hullpool224", "hullpool448", "texture", "last+texture", "last|texture"]
+# where the texture's signal comes from: its parts alone, and the same statistics outside the body (air, table),
+# where no lesion can be, so whatever they predict there is acquisition, not anatomy
+PARTS = {"texture:glcm": slice(0, 18), "texture:lbp": slice(18, 48), "texture:hist": slice(48, 64)}
+SHORTCUT_ROWS = [*PARTS, "background", "last|background"]
+CACHE = ROOT / "runs" / "screen" / "body_levers.npz"
+GLCM_DISTANCES = (1, 2, 4)
+GLCM_PROPS = ("contrast", "dissimilarity", "homogeneity", "energy", "correlation", "ASM")
+
+
+def cell_weights(mask: np.ndarray, cells: int) -> np.ndarray:
+    """(cells, cells) share of each feature-map cell inside the mask (the map tiles the resized square slice)."""
+    return np.asarray(Image.fromarray(mask.astype(np.float32)).resize((cells, cells), Image.BOX))
+
+
+def texture(img: Image.Image, mask: np.ndarray) -> np.ndarray:
+    """GLCM statistics of the body's box (averaged over four angles) and uniform LBP histograms inside the hull."""
+    from skimage.feature import graycomatrix, graycoprops
+
+    grey = np.asarray(img.convert("L"))
+    ys, xs = np.nonzero(mask)
+    box = grey[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1] // 8  # 32 grey levels
+    glcm = graycomatrix(box, GLCM_DISTANCES, [0, np.pi / 4, np.pi / 2, 3 * np.pi / 4], 32, True, True)
+    feats = [graycoprops(glcm, p).mean(1) for p in GLCM_PROPS]
+    return np.concatenate([*feats, lbp_and_histogram(grey, mask)]).astype(np.float32)
+
+
+@torch.inference_mode()
+def extract(paths: list[str]) -> dict[str, np.ndarray]:
+    """Per slice and its mirror: the default's pooled features, hull-weighted pools at 224 and 448 px; texture."""
+    if CACHE.exists():
+        z = np.load(CACHE)
+        return {k: z[k] for k in z.files}
+    net, pre = frozen_net()
+    pres = {224: pre, 448: pre.__class__(**{**pre.__dict__, "input_size": 448})}
+    out: dict[str, list] = {"last": [], "hullpool224": [], "hullpool448": [], "texture": []}
+    t0 = time.time()
+    for n, path in enumerate(paths):
+        img = pre.load(path)
+        mask = body_hull(img)
+        for size, p in pres.items():
+            x = torch.from_numpy(p.to_array(img))[None]
+            maps = net.forward_features(torch.cat([x, x.flip(-1)]))  # (2, 1280, c, c)
+            w = torch.tensor(cell_weights(mask, maps.shape[-1]))
+            w = torch.stack([w, w.flip(-1)])[:, None]  # the mirror's mask is the mask mirrored
+            hull_avg = (maps * w).sum((2, 3)) / w.sum((2, 3)).clamp_min(1e-6)
+            hull_max = maps.masked_fill(w < 0.5, float("-inf")).amax((2, 3))
+            hull_max = torch.where(torch.isfinite(hull_max), hull_max, maps.amax((2, 3)))
+            if size == 224:
+                out["last"].append(maps.mean((2, 3)).numpy())
+            out[f"hullpool{size}"].append(torch.cat([hull_avg, hull_max], 1).numpy())
+        t = texture(img, mask)
+        out["texture"].append(np.stack([t, t]))  # rotation-invariant LBP and symmetric GLCM: the mirror's are alike
+        if n % 100 == 0:
+            print(f"{n}/{len(paths)} slices, {time.time() - t0:.0f} s", flush=True)
+    return save_arrays(out, CACHE)
+
+
+def extract_background(paths: list[str]) -> dict[str, np.ndarray]:
+    """Per slice (twice, for the mirror): `background` outside the body's hull."""
+    target = CACHE.with_name("body_levers_background.npz")
+    if target.exists():
+        return {"background": np.load(target)["background"]}
+    _, pre = frozen_net()
+    out: dict[str, list] = {"background": []}
+    for path in paths:
+        img = pre.load(path)
+        b = background_features(img)
+        out["background"].append(np.stack([b, b]))
+    return save_arrays(out, target)
+
+
+def row_features(row: str, f: dict[str, np.ndarray]) -> np.ndarray | list[np.ndarray]:
+    if row in ("last|texture", "last|background"):  # two probes, their probabilities averaged
+        return [f["last"], f[row.split("|")[1]]]
+    if row in PARTS:
+        return f["texture"][..., PARTS[row]]
+    if row == "last+texture":
+        return np.concatenate([f["last"], f["texture"]], -1)
+    if row in ("hullpool224", "hullpool448"):
+        return np.concatenate([f["last"], f[row]], -1)
+    if row in f:
+        return f[row]
+    raise SystemExit(f"unknown row {row!r}; choose from {ROWS + SHORTCUT_ROWS}")
+
+
+def main(rows: list[str]) -> None:
+    pool = pool_and_parts()
+    paths = [str(ROOT.parent / "shared" / p) for p in pool["paths"]]
+    classes = sorted(set(pool["labels"]))
+    y = np.array([classes.index(lbl) for lbl in pool["labels"]])
+    groups = np.array(pool["groups"])
+    feats = extract(paths)
+    if any("background" in row for row in rows):
+        feats |= extract_background(paths)
+    default = json.loads((ROOT / "benchmarks" / "results" / "feature_levers.json").read_text())["last"]
+    base = np.array(default["balanced_accuracy_per_fold"])
+    results = {}
+    for row in rows:
+        x = row_features(row, feats)
+        folds, per_draw = [], []
+        for draw in pool["parts"]:
+            scored = score_draw(x, None, y, groups, [np.array(p, dtype=object) for p in draw], classes)
+            folds += scored
+            per_draw.append(round(float(np.mean([r["balanced_accuracy"] for r in scored])), 3))
+        summary = summarise_folds(folds, per_draw)
+        diff = np.array(summary["balanced_accuracy_per_fold"]) - base
+        summary["paired_vs_default"] = f"{diff.mean():+.3f} ± {diff.std(ddof=1):.3f} ({int((diff >= 0).sum())}/25)"
+        results[row] = summary
+        print(row, {k: v for k, v in summary.items() if k != "balanced_accuracy_per_fold"}, flush=True)
+    merge_results("body_levers.json", results)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:] or ROWS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ from PIL import Image
 
 from lungct.audit import run_audit
 from lungct.audit.background import background_check, background_features
+from lungct.cli import main
 from lungct.data.field import body_hull
 
 SIDE = 96
@@ -107,3 +109,15 @@ def test_audit_reports_it_and_can_skip_it(tmp_path):
     skipped = run_audit([tmp_path / "data" / "manifest.csv"], tmp_path / "out2", progress=False, background=False)
     assert not skipped["background"]["ran"]
     assert "Not run: not asked for" in (tmp_path / "out2" / "audit.md").read_text()
+
+
+def test_cli_prints_the_flag_and_no_background_skips_it(tmp_path, capsys):
+    write_set(
+        tmp_path / "data", {"benign": {"speckle": True, "nodule": False}, "normal": {"speckle": False, "nodule": False}}
+    )
+    manifest = str(tmp_path / "data" / "manifest.csv")
+    assert main(["audit", manifest, "--out", str(tmp_path / "a"), "-q"]) == 0
+    assert "the label shows outside the body" in capsys.readouterr().out
+    assert main(["audit", manifest, "--out", str(tmp_path / "b"), "-q", "--no-background"]) == 0
+    assert "outside the body" not in capsys.readouterr().out
+    assert not json.loads((tmp_path / "b" / "audit.json").read_text())["background"]["ran"]

@@ -7,7 +7,8 @@ slice, bilinear, grey), stored as raw uint8 compressed with lzma (9 MB at 224 px
 draws come from `lungct.crossval.folds.plan_folds` on the five configs the default's cv rows were run with, so every
 fine-tuned fold is tested on exactly the slices the default's fold was.
 
-Usage: python benchmarks/model_quality/gpu_pack.py [OUT]  (default: .gpu/, which .git/info/exclude must ignore)
+Usage: python benchmarks/model_quality/gpu_pack.py [OUT]  (default: .gpu/, which .gitignore ignores; the device
+tool carries it with `carry: [".gpu"]`)
 Nothing here is committed: OUT holds a copy of shared data for one device call and is deleted afterwards.
 """
 

@@ -1,15 +1,15 @@
 """Pack what `gpu_finetune.py` needs onto a machine that has a GPU but not ../shared: the default's five fold draws
 and the slices at 224 and 448 px.
 
-The device tool sends the checkout only (at most 64 MiB), and the 55 MB of JPEGs plus the weights do not fit
-beside it. So the slices are decoded and resized here by the default's own preprocessing (`Preprocess`: whole
+A GPU machine is reached with a copy of the checkout, not of ../shared, and the 55 MB of JPEGs plus the weights
+make a large copy. So the slices are decoded and resized here by the default's own preprocessing (`Preprocess`: whole
 slice, bilinear, grey), stored as raw uint8 compressed with lzma (9 MB at 224 px, 30 MB at 448 px), and the fold
 draws come from `lungct.crossval.folds.plan_folds` on the five configs the default's cv rows were run with, so every
 fine-tuned fold is tested on exactly the slices the default's fold was.
 
-Usage: python benchmarks/model_quality/gpu_pack.py [OUT]  (default: .gpu/, which .gitignore ignores; the device
-tool carries it with `carry: [".gpu"]`)
-Nothing here is committed: OUT holds a copy of shared data for one device call and is deleted afterwards.
+Usage: python benchmarks/model_quality/gpu_pack.py [OUT]  (default: .gpu/, which .gitignore ignores: copy it to
+the GPU machine beside the checkout.) Nothing here is committed: OUT holds a copy of shared data for one run and is
+deleted afterwards.
 """
 
 from __future__ import annotations

@@ -23,16 +23,26 @@ MARGIN = 0.04  # of the box's longer side, so the skin line is never cut
 
 def body_box(img: Image.Image) -> tuple[int, int, int, int] | None:
     """(left, top, right, bottom) of the body in `img`'s pixels, or None when no tissue is found."""
-    from skimage.measure import label, regionprops
+    return _box_of_body(_tissue(img), img.size)
+
+
+def _tissue(img: Image.Image) -> np.ndarray:
+    """Tissue pixels of the slice's thumbnail (at most THUMBNAIL px a side), after a small closing."""
     from skimage.morphology import closing, disk
 
     small = img.convert("L")
     small.thumbnail((THUMBNAIL, THUMBNAIL), Image.BILINEAR)
-    grey = np.asarray(small)
-    height, width = grey.shape
+    return closing(np.asarray(small) > TISSUE_LEVEL, disk(2))
+
+
+def _box_of_body(tissue: np.ndarray, size: tuple[int, int]) -> tuple[int, int, int, int] | None:
+    """The union box of the tissue components (specks and the table left out), in pixels of a slice of `size`."""
+    from skimage.measure import label, regionprops
+
+    height, width = tissue.shape
     boxes = []
-    for region in regionprops(label(closing(grey > TISSUE_LEVEL, disk(2)))):
-        if region.area < MIN_COMPONENT * grey.size:
+    for region in regionprops(label(tissue)):
+        if region.area < MIN_COMPONENT * tissue.size:
             continue
         top, left, bottom, right = region.bbox
         if top > TABLE_TOP * height and (bottom - top) < TABLE_FLATNESS * (right - left):
@@ -40,7 +50,7 @@ def body_box(img: Image.Image) -> tuple[int, int, int, int] | None:
         boxes.append(region.bbox)
     if not boxes:
         return None
-    sx, sy = img.size[0] / width, img.size[1] / height
+    sx, sy = size[0] / width, size[1] / height
     top, left = min(b[0] for b in boxes), min(b[1] for b in boxes)
     bottom, right = max(b[2] for b in boxes), max(b[3] for b in boxes)
     return round(left * sx), round(top * sy), round(right * sx), round(bottom * sy)
@@ -69,16 +79,14 @@ def lung_field_crop(img: Image.Image) -> Image.Image:
 def body_hull(img: Image.Image) -> np.ndarray:
     """Boolean mask (height, width) of the convex hull of the body's tissue inside its box, the table left out;
     all True when no body is found. Pixels outside it are air, the scanner table and the slice's border."""
-    from skimage.morphology import closing, convex_hull_image, disk
+    from skimage.morphology import convex_hull_image
 
-    box = body_box(img)
+    tissue = _tissue(img)
+    box = _box_of_body(tissue, img.size)
     if box is None:
         return np.ones((img.height, img.width), dtype=bool)
     left, top, right, bottom = padded_box(box, *img.size)
-    small = img.convert("L")
-    small.thumbnail((THUMBNAIL, THUMBNAIL), Image.BILINEAR)
-    sx, sy = small.width / img.width, small.height / img.height
-    tissue = closing(np.asarray(small) > TISSUE_LEVEL, disk(2))
+    sx, sy = tissue.shape[1] / img.width, tissue.shape[0] / img.height
     inside = np.zeros_like(tissue)
     inside[int(top * sy) : int(np.ceil(bottom * sy)), int(left * sx) : int(np.ceil(right * sx))] = True
     hull = convex_hull_image(tissue & inside) if (tissue & inside).any() else inside

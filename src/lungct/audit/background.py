@@ -53,9 +53,9 @@ def background_check(paths: list[str], labels: list[str], groups: list[str], see
     from sklearn.preprocessing import StandardScaler
 
     classes = sorted(set(labels))
-    chance = 1 / len(classes) if classes else 0.0
     if len(classes) < 2:
         return {"ran": False, "reason": "fewer than two classes"}
+    chance = 1 / len(classes)
     x, y, g = [], [], []
     for path, label, group in zip(paths, labels, groups, strict=True):
         try:

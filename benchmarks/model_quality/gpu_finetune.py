@@ -68,6 +68,12 @@ def parse_jobs(spec: str) -> list[tuple[int, int, int]]:
     return jobs
 
 
+def class_recalls(p: np.ndarray, y: np.ndarray, n_classes: int) -> list[float]:
+    """Recall of each class present in `y` (their mean is the balanced accuracy)."""
+    pred = p.argmax(1)
+    return [float((pred[y == k] == k).mean()) for k in range(n_classes) if (y == k).any()]
+
+
 def load_pixels(data: Path, size: int, n: int, cache: Path) -> np.ndarray:
     target = cache / f"x{size}.npy"
     if not target.exists():
@@ -213,8 +219,7 @@ def run_job(job, pool, pixels, weights: Path, device: str, recipe: str, epochs: 
         if (e + 1) % CHECK_EVERY == 0 or e + 1 == epochs:
             pv, _ = predict(ema.module, val)
             yv = y_all[val]
-            recalls = [float((pv.argmax(1)[yv == k] == k).mean()) for k in range(len(classes)) if (yv == k).any()]
-            row["val_balanced_accuracy"] = float(np.mean(recalls))
+            row["val_balanced_accuracy"] = float(np.mean(class_recalls(pv, yv, len(classes))))
             row["val_nll"] = float(-np.log(np.clip(pv[np.arange(len(val)), yv], 1e-12, None)).mean())
         history.append(row)
     train_seconds = time.time() - t0
@@ -356,7 +361,7 @@ def main() -> None:
         else:
             finished.append(msg)
             pt, yt = np.array(msg["p_test"]), np.array([msg["classes"].index(pool["labels"][i]) for i in msg["test"]])
-            recalls = [float((pt.argmax(1)[yt == k] == k).mean()) for k in range(3) if (yt == k).any()]
+            recalls = class_recalls(pt, yt, len(msg["classes"]))
             print(
                 f"{time.time() - started:6.0f} s  size {msg['size']} draw {msg['draw']} fold {msg['fold'] + 1}: "
                 f"train {msg['train_seconds']} s, test bal. acc {np.mean(recalls):.3f} recalls {np.round(recalls, 3)}",

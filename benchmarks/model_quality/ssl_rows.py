@@ -10,9 +10,10 @@ its rows:
 - `ssl_fold@S`: fold k of the first draw read by the backbone pretrained on that fold's own unlabelled training and
   validation slices (plus pneumonia); 5 folds, paired against the default's first draw;
 - `last|...`: the default's probe and the row's probe, their probabilities averaged;
-- `air:imagenet`, `air:ssl_pneumonia@600` (with `--air`): the same backbones' features of each slice with the body's
-  hull (`lungct.data.field.body_hull`) painted black, so only air, table and border remain: how much of the label a
-  representation can read without any anatomy (the CNN form of the audit's background check).
+- `air:imagenet`, `air:ssl_pneumonia@600` (with `--air`): the same backbones' features of each slice with the
+  body's hull (`lungct.data.field.body_hull`) painted black, so only air, table and border remain: how much of the
+  label a representation reads without any anatomy (the CNN form of the audit's background check); and
+  `air:imagenet@512`, the 512x512 slices alone, so the malignant-only image sizes cannot be what it reads.
 
 Usage: python benchmarks/model_quality/ssl_rows.py DIR [--air]
 (DIR: the folder of the ssl_<job>.safetensors files gpu_ssl.py returned)
@@ -40,6 +41,7 @@ from lungct.data.field import body_hull
 from lungct.models.classifier import create_backbone
 
 OUT = ROOT / "runs" / "screen" / "ssl"
+RESULTS = ROOT / "benchmarks" / "results" / "ssl_rows.json"
 
 
 def checkpoints(path: Path) -> dict[int, dict[str, torch.Tensor]]:
@@ -134,9 +136,21 @@ def main(returned: Path, air: bool) -> None:
             feats.setdefault(job, {})[step] = features(target, paths)
     results = {}
     if air:  # the rows above are in ssl_rows.json already; only the air rows are scored
-        for row, weights in (("imagenet", "imagenet_step0"), ("ssl_pneumonia@600", "pneumonia_step600")):
+        done = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}  # rows scored before are kept
+        square = np.array([Image.open(p).size == (512, 512) for p in paths])  # the header only
+        only_512 = [[np.where(square, p, "") for p in draw] for draw in parts]
+        for row, weights, folds in (
+            ("imagenet", "imagenet_step0", parts),
+            ("ssl_pneumonia@600", "pneumonia_step600", parts),
+            # the malignant-only image sizes show in the air too: the 512x512 slices alone (trained and tested)
+            ("imagenet@512", "imagenet_step0", only_512),
+        ):
+            if f"air:{row}" in done:
+                continue
             x = features(OUT / f"{weights}.safetensors", paths, air=True)
-            results[f"air:{row}"] = all_draws(x, y, groups, parts, classes, base)
+            results[f"air:{row}"] = all_draws(x, y, groups, folds, classes, base)
+            if row.endswith("@512"):
+                results[f"air:{row}"]["paired_vs_default"] = "not paired: 512x512 slices only"
             print(f"air:{row}", {k: v for k, v in results[f"air:{row}"].items() if "per_fold" not in k}, flush=True)
         merge_results("ssl_rows.json", results)
         return

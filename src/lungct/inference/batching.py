@@ -55,7 +55,10 @@ class MicroBatcher(Generic[Raw, In, Out]):
         self.max_wait_s = max_wait_ms / 1000
         self.batches = 0  # counts, for /v1/model and the benchmark: items / batches is the mean batch size
         self.items = 0
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        # queue.Queue, not SimpleQueue: on CPython 3.11 SimpleQueue.get(timeout=...) can block for ever when another
+        # call thread takes the item it was woken for after its deadline passed (it retries with a negative timeout,
+        # which means no timeout), leaving a request unanswered (tests/inference/test_batching.py races for it).
+        self._queue: queue.Queue[Any] = queue.Queue()
         self._count = threading.Lock()
         self._threads = [
             threading.Thread(target=self._loop, name=f"lungct-batcher-{i}", daemon=True) for i in range(calls)

@@ -40,7 +40,11 @@ ROWS = ["last", "hullpool224", "hullpool448", "texture", "last+texture", "last|t
 # where the texture's signal comes from: its parts alone, and the same statistics outside the body (air, table),
 # where no lesion can be, so whatever they predict there is acquisition, not anatomy
 PARTS = {"texture:glcm": slice(0, 18), "texture:lbp": slice(18, 48), "texture:hist": slice(48, 64)}
-SHORTCUT_ROWS = [*PARTS, "background", "last|background", "background@512", "last@512"]
+SHORTCUT_ROWS = [*PARTS, "background", "last|background", "background@512", "last@512", "ring", "last|ring"]
+# "ring": the same texture statistics on the outer band of the body's hull alone (RING px deep at 512 px: skin,
+# subcutaneous fat, and the air or cushion the convex hull takes in), inside the hull but where no lung nodule can be:
+# what texture reads there is acquisition (noise, reconstruction) or body build, not the lesion
+RING = 16
 # "@512": the same row on the 512x512 slices only (trained and tested), so the malignant-only image sizes, a known
 # shortcut that also changes how much air a slice has, cannot be what the background row reads
 CACHE = ROOT / "runs" / "screen" / "body_levers.npz"
@@ -63,6 +67,42 @@ def texture(img: Image.Image, mask: np.ndarray) -> np.ndarray:
     glcm = graycomatrix(box, GLCM_DISTANCES, [0, np.pi / 4, np.pi / 2, 3 * np.pi / 4], 32, True, True)
     feats = [graycoprops(glcm, p).mean(1) for p in GLCM_PROPS]
     return np.concatenate([*feats, lbp_and_histogram(grey, mask)]).astype(np.float32)
+
+
+def masked_texture(grey: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """`texture`'s 64 statistics of the pixels in `mask` alone: the co-occurrence matrix counts only pairs of pixels
+    that both lie in the mask (the rest get a 33rd grey level, whose row and column are dropped)."""
+    from skimage.feature import graycomatrix, graycoprops
+
+    levels = np.where(mask, grey // 8, 32).astype(np.uint8)
+    angles = [0, np.pi / 4, np.pi / 2, 3 * np.pi / 4]
+    glcm = graycomatrix(levels, GLCM_DISTANCES, angles, 33, True, False)[:32, :32].astype(np.float64)
+    glcm /= np.maximum(glcm.sum((0, 1), keepdims=True), 1)
+    feats = [graycoprops(glcm, p).mean(1) for p in GLCM_PROPS]
+    return np.concatenate([*feats, lbp_and_histogram(grey, mask)]).astype(np.float32)
+
+
+def body_ring(img: Image.Image) -> np.ndarray:
+    """The outer RING px (scaled from 512 px) of the body's hull."""
+    from scipy.ndimage import binary_erosion
+
+    hull = body_hull(img)
+    depth = max(1, round(RING * max(img.size) / 512))
+    return hull & ~binary_erosion(hull, iterations=depth, border_value=0)
+
+
+def extract_ring(paths: list[str]) -> dict[str, np.ndarray]:
+    """Per slice (twice, for the mirror): `ring`, the texture of the body's outer band."""
+    target = CACHE.with_name("body_levers_ring.npz")
+    if target.exists():
+        return {"ring": np.load(target)["ring"]}
+    _, pre = frozen_net()
+    out: dict[str, list] = {"ring": []}
+    for path in paths:
+        img = pre.load(path)
+        r = masked_texture(np.asarray(img.convert("L")), body_ring(img))
+        out["ring"].append(np.stack([r, r]))
+    return save_arrays(out, target)
 
 
 @torch.inference_mode()
@@ -112,7 +152,7 @@ def extract_background(paths: list[str]) -> dict[str, np.ndarray]:
 
 def row_features(row: str, f: dict[str, np.ndarray]) -> np.ndarray | list[np.ndarray]:
     row = row.removesuffix("@512")
-    if row in ("last|texture", "last|background"):  # two probes, their probabilities averaged
+    if row in ("last|texture", "last|background", "last|ring"):  # two probes, their probabilities averaged
         return [f["last"], f[row.split("|")[1]]]
     if row in PARTS:
         return f["texture"][..., PARTS[row]]
@@ -135,6 +175,8 @@ def main(rows: list[str]) -> None:
     keep = np.array([Image.open(p).size == (512, 512) for p in paths])  # the header only
     if any("background" in row for row in rows):
         feats |= extract_background(paths)
+    if any("ring" in row for row in rows):
+        feats |= extract_ring(paths)
     default = json.loads((ROOT / "benchmarks" / "results" / "feature_levers.json").read_text())["last"]
     base = np.array(default["balanced_accuracy_per_fold"])
     results = {}

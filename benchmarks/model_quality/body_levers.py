@@ -91,18 +91,9 @@ def body_ring(img: Image.Image) -> np.ndarray:
     return hull & ~binary_erosion(hull, iterations=depth, border_value=0)
 
 
-def extract_ring(paths: list[str]) -> dict[str, np.ndarray]:
-    """Per slice (twice, for the mirror): `ring`, the texture of the body's outer band."""
-    target = CACHE.with_name("body_levers_ring.npz")
-    if target.exists():
-        return {"ring": np.load(target)["ring"]}
-    _, pre = frozen_net()
-    out: dict[str, list] = {"ring": []}
-    for path in paths:
-        img = pre.load(path)
-        r = masked_texture(np.asarray(img.convert("L")), body_ring(img))
-        out["ring"].append(np.stack([r, r]))
-    return save_arrays(out, target)
+def ring_texture(img: Image.Image) -> np.ndarray:
+    """`texture`'s statistics of the body's outer band alone."""
+    return masked_texture(np.asarray(img.convert("L")), body_ring(img))
 
 
 @torch.inference_mode()
@@ -136,17 +127,17 @@ def extract(paths: list[str]) -> dict[str, np.ndarray]:
     return save_arrays(out, CACHE)
 
 
-def extract_background(paths: list[str]) -> dict[str, np.ndarray]:
-    """Per slice (twice, for the mirror): `background` outside the body's hull."""
-    target = CACHE.with_name("body_levers_background.npz")
+def extract_statistics(name: str, paths: list[str], statistics) -> dict[str, np.ndarray]:
+    """Per slice (twice, for the mirror: these statistics do not change under it): `statistics(img)`, cached as
+    runs/screen/body_levers_<name>.npz."""
+    target = CACHE.with_name(f"body_levers_{name}.npz")
     if target.exists():
-        return {"background": np.load(target)["background"]}
+        return {name: np.load(target)[name]}
     _, pre = frozen_net()
-    out: dict[str, list] = {"background": []}
+    out: dict[str, list] = {name: []}
     for path in paths:
-        img = pre.load(path)
-        b = background_features(img)
-        out["background"].append(np.stack([b, b]))
+        v = statistics(pre.load(path))
+        out[name].append(np.stack([v, v]))
     return save_arrays(out, target)
 
 
@@ -174,9 +165,9 @@ def main(rows: list[str]) -> None:
     feats = extract(paths)
     keep = np.array([Image.open(p).size == (512, 512) for p in paths])  # the header only
     if any("background" in row for row in rows):
-        feats |= extract_background(paths)
+        feats |= extract_statistics("background", paths, background_features)  # outside the body's hull
     if any("ring" in row for row in rows):
-        feats |= extract_ring(paths)
+        feats |= extract_statistics("ring", paths, ring_texture)
     default = json.loads((ROOT / "benchmarks" / "results" / "feature_levers.json").read_text())["last"]
     base = np.array(default["balanced_accuracy_per_fold"])
     results = {}

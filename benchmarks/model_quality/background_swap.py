@@ -22,8 +22,8 @@ import time
 
 import numpy as np
 import torch
+from body_levers import extract, pool_draws, square_512
 from feature_levers import frozen_net, mirrored, probe
-from gpu_pack import pool_and_parts
 from oof import ROOT
 from PIL import Image
 from screen import fold_metrics
@@ -74,21 +74,15 @@ def composites(paths: list[str], y: np.ndarray, square: np.ndarray) -> tuple[np.
 
 
 def main() -> None:
-    from body_levers import extract
-
-    pool = pool_and_parts()
-    paths = [str(ROOT.parent / "shared" / p) for p in pool["paths"]]
-    classes = sorted(set(pool["labels"]))
-    y = np.array([classes.index(lbl) for lbl in pool["labels"]])
-    groups = np.array(pool["groups"])
-    square = np.array([Image.open(p).size == (512, 512) for p in paths])  # the header only
+    d = pool_draws()
+    paths, classes, y, groups = d.paths, d.classes, d.y, d.groups
+    square = square_512(paths)
     last = extract(paths)["last"]
     swapped, donors = composites(paths, y, square)
     rows: dict[str, list] = {"original": [], "swapped": []}
     changed, to_donor = [], []
-    for draw in pool["parts"]:
+    for draw in d.parts:
         for part in draw:
-            part = np.array(part, dtype=object)
             train, test = part == "train", (part == "test") & square
             fit = probe(last[train], y[train], groups[train])
             p0 = _proba(*fit, last[test][:, :1])

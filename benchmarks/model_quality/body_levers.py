@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 import torch
-from feature_levers import frozen_net, merge_results, save_arrays, score_draw, summarise_folds
+from feature_levers import Draws, frozen_net, merge_results, paired, save_arrays, score_draws, summarise_folds
 from gpu_pack import pool_and_parts
 from oof import ROOT
 from PIL import Image
@@ -156,14 +156,34 @@ def row_features(row: str, f: dict[str, np.ndarray]) -> np.ndarray | list[np.nda
     raise SystemExit(f"unknown row {row!r}; choose from {ROWS + SHORTCUT_ROWS}")
 
 
-def main(rows: list[str]) -> None:
+def pool_draws() -> Draws:
+    """The default's five draws as `gpu_pack.pool_and_parts` draws them (no runs/ folders needed)."""
     pool = pool_and_parts()
-    paths = [str(ROOT.parent / "shared" / p) for p in pool["paths"]]
     classes = sorted(set(pool["labels"]))
-    y = np.array([classes.index(lbl) for lbl in pool["labels"]])
-    groups = np.array(pool["groups"])
+    return Draws(
+        [str(ROOT.parent / "shared" / p) for p in pool["paths"]],
+        classes,
+        np.array([classes.index(lbl) for lbl in pool["labels"]]),
+        np.array(pool["groups"]),
+        [[np.array(p, dtype=object) for p in draw] for draw in pool["parts"]],
+    )
+
+
+def square_512(paths: list[str]) -> np.ndarray:
+    """Which slices are 512x512 (the header only): the malignant-only sizes are a known shortcut."""
+    return np.array([Image.open(p).size == (512, 512) for p in paths])
+
+
+def only_where(keep: np.ndarray, draws: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
+    """The draws' parts with every slice outside `keep` in no part (neither trained on nor tested)."""
+    return [[np.where(keep, part, "") for part in draw] for draw in draws]
+
+
+def main(rows: list[str]) -> None:
+    d = pool_draws()
+    paths, classes, y, groups = d.paths, d.classes, d.y, d.groups
     feats = extract(paths)
-    keep = np.array([Image.open(p).size == (512, 512) for p in paths])  # the header only
+    keep = square_512(paths)
     if any("background" in row for row in rows):
         feats |= extract_statistics("background", paths, background_features)  # outside the body's hull
     if any("ring" in row for row in rows):
@@ -173,18 +193,12 @@ def main(rows: list[str]) -> None:
     results = {}
     for row in rows:
         x = row_features(row, feats)
-        folds, per_draw = [], []
-        for draw in pool["parts"]:
-            parts = [np.where(keep if row.endswith("@512") else True, np.array(p, dtype=object), "") for p in draw]
-            scored = score_draw(x, None, y, groups, parts, classes)
-            folds += scored
-            per_draw.append(round(float(np.mean([r["balanced_accuracy"] for r in scored])), 3))
-        summary = summarise_folds(folds, per_draw)
-        diff = np.array(summary["balanced_accuracy_per_fold"]) - base
+        draws = only_where(keep, d.parts) if row.endswith("@512") else d.parts
+        summary = summarise_folds(*score_draws(x, None, y, groups, draws, classes))
         summary["paired_vs_default"] = (
             "not paired: 512x512 slices only"
             if row.endswith("@512")
-            else f"{diff.mean():+.3f} ± {diff.std(ddof=1):.3f} ({int((diff >= 0).sum())}/25)"
+            else paired(summary["balanced_accuracy_per_fold"], base)
         )
         results[row] = summary
         print(row, {k: v for k, v in summary.items() if k != "balanced_accuracy_per_fold"}, flush=True)

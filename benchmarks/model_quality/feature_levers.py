@@ -65,10 +65,11 @@ AFFINE_VIEWS = [(-10, 1.0, 0.0), (10, 1.0, 0.0), (0, 0.9, 0.0), (0, 1.1, 0.0), (
 CACHE = ROOT / "runs" / "screen" / "feature_levers.npz"
 
 
-def frozen_net() -> tuple[torch.nn.Module, Preprocess]:
-    """The default's frozen backbone (pooled features) and its preprocessing: whole slice, bilinear, 224 px."""
+def frozen_net(weights: Path = WEIGHTS) -> tuple[torch.nn.Module, Preprocess]:
+    """The default's frozen backbone (pooled features) and its preprocessing: whole slice, bilinear, 224 px
+    (`weights`: another file of the same architecture in its place)."""
     torch.set_num_threads(2)
-    backbone = create_backbone("mobilenetv2_100", str(WEIGHTS))
+    backbone = create_backbone("mobilenetv2_100", str(weights))
     return backbone.module.eval(), dataclasses.replace(backbone.preprocess, crop_pct=1.0, interpolation="bilinear")
 
 
@@ -224,6 +225,23 @@ def score_draw(x, extra, y, groups, parts, classes, hierarchical: bool = False) 
     return rows
 
 
+def score_draws(x, extra, y, groups, draws, classes, hierarchical: bool = False) -> tuple[list[dict], list[float]]:
+    """Every draw's folds (`score_draw`): the fold rows in draw order, and each draw's mean balanced accuracy."""
+    folds, per_draw = [], []
+    for parts in draws:
+        rows = score_draw(x, extra, y, groups, parts, classes, hierarchical)
+        folds += rows
+        per_draw.append(round(float(np.mean([r["balanced_accuracy"] for r in rows])), 3))
+    return folds, per_draw
+
+
+def paired(per_fold: list[float], base: np.ndarray) -> str:
+    """Mean ± sd of a row's per-fold balanced accuracy minus the default's on the same folds, and how many folds are
+    not below it."""
+    diff = np.array(per_fold) - base[: len(per_fold)]
+    return f"{diff.mean():+.3f} ± {diff.std(ddof=1):.3f} ({int((diff >= 0).sum())}/{len(diff)})"
+
+
 @dataclass
 class Draws:
     """The default's slices in path order, their labels and groups, and each draw's five folds' part per slice."""
@@ -267,12 +285,9 @@ def main(levers: list[str]) -> None:
     results = {}
     for lever in levers:
         x, extra = lever_features(lever, feats, groups)
-        per_draw, folds = [], []
-        for row, parts in zip(DRAWS, part_arrays, strict=True):
-            rows = score_draw(x, extra, y, groups, parts, classes, lever == "hier")
-            folds += rows
-            per_draw.append(round(float(np.mean([r["balanced_accuracy"] for r in rows])), 3))
-            print(lever, row, per_draw[-1], flush=True)
+        folds, per_draw = score_draws(x, extra, y, groups, part_arrays, classes, lever == "hier")
+        for row, score in zip(DRAWS, per_draw, strict=True):
+            print(lever, row, score, flush=True)
         results[lever] = summarise_folds(folds, per_draw)
         print(lever, {k: v for k, v in results[lever].items() if k != "balanced_accuracy_per_fold"}, flush=True)
     merge_results("feature_levers.json", results)
@@ -282,7 +297,8 @@ def summarise_folds(folds: list[dict], per_draw: list[float]) -> dict:
     """A row of a results file: fold means, balanced accuracy per draw, its spread, and its value per fold."""
     summary = {m: round(float(np.nanmean([r[m] for r in folds])), 3) for m in METRICS + STUDY}
     summary["balanced_accuracy_per_draw"] = per_draw
-    summary["balanced_accuracy_sd_between_draws"] = round(float(np.std(per_draw, ddof=1)), 3)
+    if len(per_draw) > 1:  # one draw has no spread between draws
+        summary["balanced_accuracy_sd_between_draws"] = round(float(np.std(per_draw, ddof=1)), 3)
     summary["balanced_accuracy_per_fold"] = [round(r["balanced_accuracy"], 4) for r in folds]
     return summary
 

@@ -30,15 +30,24 @@ from pathlib import Path
 import numpy as np
 import torch
 from body_levers import extract as default_features
-from feature_levers import WEIGHTS, merge_results, mirrored, save_arrays, score_draw, summarise_folds
-from gpu_pack import pool_and_parts
+from body_levers import only_where, pool_draws, square_512
+from feature_levers import (
+    WEIGHTS,
+    frozen_net,
+    merge_results,
+    mirrored,
+    paired,
+    save_arrays,
+    score_draw,
+    score_draws,
+    summarise_folds,
+)
 from oof import ROOT
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from lungct.data.field import body_hull
-from lungct.models.classifier import create_backbone
 
 OUT = ROOT / "runs" / "screen" / "ssl"
 RESULTS = ROOT / "benchmarks" / "results" / "ssl_rows.json"
@@ -81,9 +90,7 @@ def features(weights: Path, paths: list[str], air: bool = False) -> np.ndarray:
     cache = weights.with_name(weights.stem + ("_air" if air else "") + ".npz")
     if cache.exists():
         return np.load(cache)["last"]
-    torch.set_num_threads(2)
-    backbone = create_backbone("mobilenetv2_100", str(weights), crop_pct=1.0, interpolation="bilinear")
-    net, pre = backbone.module.eval(), backbone.preprocess
+    net, pre = frozen_net(weights)
     out: dict[str, list] = {"last": []}
     t0 = time.time()
     for path in paths:
@@ -93,33 +100,15 @@ def features(weights: Path, paths: list[str], air: bool = False) -> np.ndarray:
     return save_arrays(out, cache)["last"]
 
 
-def all_draws(members, y, groups, parts, classes, base) -> dict:
-    """A row over the five draws' 25 folds, paired against the default."""
-    folds, per_draw = [], []
-    for draw in parts:
-        scored = score_draw(members, None, y, groups, draw, classes)
-        folds += scored
-        per_draw.append(round(float(np.mean([r["balanced_accuracy"] for r in scored])), 3))
-    return summary_row(folds, per_draw, base)
-
-
 def summary_row(folds: list[dict], per_draw: list[float], base: np.ndarray) -> dict:
-    summary = summarise_folds(folds, per_draw * 2 if len(per_draw) == 1 else per_draw)
-    if len(per_draw) == 1:  # one draw: no spread between draws
-        summary["balanced_accuracy_per_draw"] = per_draw
-        del summary["balanced_accuracy_sd_between_draws"]
-    diff = np.array(summary["balanced_accuracy_per_fold"]) - base[: len(folds)]
-    summary["paired_vs_default"] = f"{diff.mean():+.3f} ± {diff.std(ddof=1):.3f} ({int((diff >= 0).sum())}/{len(diff)})"
+    summary = summarise_folds(folds, per_draw)
+    summary["paired_vs_default"] = paired(summary["balanced_accuracy_per_fold"], base)
     return summary
 
 
 def main(returned: Path, air: bool) -> None:
-    pool = pool_and_parts()
-    paths = [str(ROOT.parent / "shared" / p) for p in pool["paths"]]
-    classes = sorted(set(pool["labels"]))
-    y = np.array([classes.index(lbl) for lbl in pool["labels"]])
-    groups = np.array(pool["groups"])
-    parts = [[np.array(p, dtype=object) for p in draw] for draw in pool["parts"]]
+    d = pool_draws()
+    paths, classes, y, groups, parts = d.paths, d.classes, d.y, d.groups, d.parts
     last = default_features(paths)["last"]
     default = json.loads((ROOT / "benchmarks" / "results" / "feature_levers.json").read_text())["last"]
     base = np.array(default["balanced_accuracy_per_fold"])
@@ -137,8 +126,7 @@ def main(returned: Path, air: bool) -> None:
     results = {}
     if air:  # the rows above are in ssl_rows.json already; only the air rows are scored
         done = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}  # rows scored before are kept
-        square = np.array([Image.open(p).size == (512, 512) for p in paths])  # the header only
-        only_512 = [[np.where(square, p, "") for p in draw] for draw in parts]
+        only_512 = only_where(square_512(paths), parts)
         for row, weights, folds in (
             ("imagenet", "imagenet_step0", parts),
             ("ssl_pneumonia@600", "pneumonia_step600", parts),
@@ -148,7 +136,7 @@ def main(returned: Path, air: bool) -> None:
             if f"air:{row}" in done:
                 continue
             x = features(OUT / f"{weights}.safetensors", paths, air=True)
-            results[f"air:{row}"] = all_draws(x, y, groups, folds, classes, base)
+            results[f"air:{row}"] = summary_row(*score_draws(x, None, y, groups, folds, classes), base)
             if row.endswith("@512"):
                 results[f"air:{row}"]["paired_vs_default"] = "not paired: 512x512 slices only"
             print(f"air:{row}", {k: v for k, v in results[f"air:{row}"].items() if "per_fold" not in k}, flush=True)
@@ -156,15 +144,16 @@ def main(returned: Path, air: bool) -> None:
         return
     for step, x in feats.get("pneumonia", {}).items():
         for row, members in ((f"ssl_pneumonia@{step}", x), (f"last|ssl_pneumonia@{step}", [last, x])):
-            results[row] = all_draws(members, y, groups, parts, classes, base)
+            results[row] = summary_row(*score_draws(members, None, y, groups, parts, classes), base)
     steps = set.intersection(*(set(feats.get(f"fold{k}", {})) for k in range(1, 6)))
     for step in sorted(steps):
         for row, blend in ((f"ssl_fold@{step}", False), (f"last|ssl_fold@{step}", True)):
             folds = []
-            for k in range(1, 6):
+            for k in range(1, 6):  # fold k read by its own backbone
                 x = feats[f"fold{k}"][step]
                 folds += score_draw([last, x] if blend else x, None, y, groups, [parts[0][k - 1]], classes)
-            results[row] = summary_row(folds, [round(float(np.mean([r["balanced_accuracy"] for r in folds])), 3)], base)
+            draw_mean = round(float(np.mean([r["balanced_accuracy"] for r in folds])), 3)
+            results[row] = summary_row(folds, [draw_mean], base)
     for row, summary in results.items():
         print(row, {k: v for k, v in summary.items() if k != "balanced_accuracy_per_fold"}, flush=True)
     merge_results("ssl_rows.json", results)

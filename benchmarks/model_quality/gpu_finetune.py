@@ -74,12 +74,38 @@ def class_recalls(p: np.ndarray, y: np.ndarray, n_classes: int) -> list[float]:
     return [float((pred[y == k] == k).mean()) for k in range(n_classes) if (y == k).any()]
 
 
-def load_pixels(data: Path, size: int, n: int, cache: Path) -> np.ndarray:
-    target = cache / f"x{size}.npy"
+def load_packed(data: Path, name: str, n: int, side: int, cache: Path) -> np.ndarray:
+    """(n, side, side) uint8 slices of DATA/<name>.u8.xz (gpu_pack.py), decompressed once into CACHE and mapped."""
+    target = cache / f"{name}.npy"
     if not target.exists():
-        raw = lzma.decompress((data / f"x{size}.u8.xz").read_bytes())
-        np.save(target, np.frombuffer(raw, dtype=np.uint8).reshape(n, size, size))
+        raw = lzma.decompress((data / f"{name}.u8.xz").read_bytes())
+        np.save(target, np.frombuffer(raw, dtype=np.uint8).reshape(n, side, side))
     return np.load(target, mmap_mode="r")
+
+
+def load_pixels(data: Path, size: int, n: int, cache: Path) -> np.ndarray:
+    """The IQ-OTH/NCCD slices at `size` px."""
+    return load_packed(data, f"x{size}", n, size, cache)
+
+
+def train_with_frozen_batchnorm(model, torch) -> None:
+    """Training mode, but every BatchNorm in eval mode: the shared weights' statistics are folded into the
+    convolutions, and batch statistics would undo the fold."""
+    model.train()
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+            mod.eval()
+
+
+def warmup_cosine(warm: int, total: int):
+    """A LambdaLR factor: linear warmup over `warm` steps, then cosine decay to zero at step `total`."""
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+    return factor
 
 
 def augment(x, torch, F):
@@ -143,12 +169,6 @@ def run_job(job, pool, pixels, weights: Path, device: str, recipe: str, epochs: 
             xb = augment(xb, torch, F)
         return (xb * 2 - 1).expand(-1, 3, -1, -1).contiguous(memory_format=torch.channels_last)
 
-    def set_train(m):
-        m.train()
-        for mod in m.modules():  # folded BatchNorm: statistics stay frozen
-            if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
-                mod.eval()
-
     @torch.no_grad()
     def predict(m, idx):
         m.eval()
@@ -163,7 +183,7 @@ def run_job(job, pool, pixels, weights: Path, device: str, recipe: str, epochs: 
         return torch.cat(out).cpu().numpy(), torch.cat(out_tta).cpu().numpy()
 
     def epoch(opt, sched, ema, params_on):
-        set_train(model)
+        train_with_frozen_batchnorm(model, torch)
         perm = torch.from_numpy(np.random.permutation(train)).to(device)
         losses = []
         for s in range(0, len(perm) - BATCH // 2, BATCH):  # drop a last batch smaller than half
@@ -205,14 +225,7 @@ def run_job(job, pool, pixels, weights: Path, device: str, recipe: str, epochs: 
         weight_decay=WEIGHT_DECAY,
     )
     steps_per_epoch = len(range(0, len(train) - BATCH // 2, BATCH))
-    total, warm = epochs * steps_per_epoch, steps_per_epoch
-
-    def factor(step):
-        if step < warm:
-            return (step + 1) / warm
-        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(steps_per_epoch, epochs * steps_per_epoch))
     ema = ModelEmaV3(model, decay=EMA_DECAY)
     for e in range(epochs):
         row = {"phase": "whole", "epoch": e + 1, "loss": epoch(opt, sched, ema, head + backbone)}

@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from gpu_finetune import load_pixels
+from gpu_finetune import load_packed, load_pixels, train_with_frozen_batchnorm, warmup_cosine
 
 STEPS, SAVE_AT = 600, (200, 600)
 BATCH, VIEW = 256, 192
@@ -126,7 +126,7 @@ def run_job(job: str, args) -> None:
     pool = json.loads((args.data / "pool.json").read_text())
     cache = Path(args.cache)
     pixels = load_pixels(args.data, 224, len(pool["paths"]), cache)
-    pneumonia = load_pneumonia(args.data, pool["pneumonia"], cache)
+    pneumonia = load_packed(args.data, "pneumonia224", pool["pneumonia"], 224, cache)
     x = torch.from_numpy(job_slices(job, pool, pixels, pneumonia)).to(device)  # (n, 224, 224) uint8
 
     model = timm.create_model("mobilenetv2_100", pretrained=False, num_classes=0)
@@ -142,18 +142,9 @@ def run_job(job: str, args) -> None:
         weight_decay=WEIGHT_DECAY,
     )
     steps = args.steps
-
-    def factor(step):
-        if step < WARMUP:
-            return (step + 1) / WARMUP
-        return 0.5 * (1 + math.cos(math.pi * (step - WARMUP) / max(1, steps - WARMUP)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(WARMUP, steps))
     amp = torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device == "cuda")
-    model.train()
-    for mod in model.modules():  # folded BatchNorm: statistics stay frozen
-        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
-            mod.eval()
+    train_with_frozen_batchnorm(model, torch)
     head.train()
     saved: dict[str, torch.Tensor] = {}
     history, order, at = [], np.random.permutation(len(x)), 0
@@ -213,16 +204,6 @@ def run_job(job: str, args) -> None:
     print(json.dumps({k: v for k, v in record.items() if k != "history"} | {"last": history[-1:]}), flush=True)
 
 
-def load_pneumonia(data: Path, n: int, cache: Path) -> np.ndarray:
-    import lzma
-
-    target = cache / "pneumonia224.npy"
-    if not target.exists():
-        raw = lzma.decompress((data / "pneumonia224.u8.xz").read_bytes())
-        np.save(target, np.frombuffer(raw, dtype=np.uint8).reshape(n, 224, 224))
-    return np.load(target, mmap_mode="r")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, required=True, help="folder `gpu_pack.py --ssl` wrote")
@@ -247,7 +228,7 @@ def main() -> None:
     Path(args.cache).mkdir(parents=True, exist_ok=True)
     pool = json.loads((args.data / "pool.json").read_text())
     load_pixels(args.data, 224, len(pool["paths"]), Path(args.cache))  # decompress once, before the jobs map them
-    load_pneumonia(args.data, pool["pneumonia"], Path(args.cache))
+    load_packed(args.data, "pneumonia224", pool["pneumonia"], 224, Path(args.cache))
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     print(json.dumps({"torch": torch.__version__, "gpu": gpu, "jobs": jobs, "steps": args.steps}), flush=True)
     ctx = mp.get_context("spawn")

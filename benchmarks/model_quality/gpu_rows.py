@@ -76,10 +76,14 @@ def summarise(rows: list[dict], keys: list[tuple[int, int]], default: dict[tuple
     base = np.array([default[k] for k in keys])
     diff = bal - base
     out["default_on_these_folds"] = round(float(base.mean()), 3)
-    above = f"{int((diff >= 0).sum())}/{len(diff)} not below"
-    out["paired_vs_default"] = f"{diff.mean():+.3f} ± {diff.std(ddof=1):.3f} ({above})"
+    out["paired_vs_default"] = paired(diff)
     out["folds"] = len(rows)
     return out
+
+
+def paired(diff: np.ndarray) -> str:
+    """Mean ± sd of per-fold differences, and how many folds are not below."""
+    return f"{diff.mean():+.3f} ± {diff.std(ddof=1):.3f} ({int((diff >= 0).sum())}/{len(diff)} not below)"
 
 
 def dynamics(jobs: list[dict]) -> dict:
@@ -116,9 +120,7 @@ def main(paths: list[Path]) -> None:
                 results[name] = summarise(rows, keys, default)
                 results[name]["train_seconds_per_fold"] = round(float(np.mean([j["train_seconds"] for j in jobs])), 1)
                 if output != "p_test_probe" and "p_test_probe" in bal:
-                    diff = bal[output] - bal["p_test_probe"]
-                    above = f"{int((diff >= 0).sum())}/{len(diff)} not below"
-                    results[name]["paired_vs_probe_start"] = f"{diff.mean():+.3f} ± {diff.std(ddof=1):.3f} ({above})"
+                    results[name]["paired_vs_probe_start"] = paired(bal[output] - bal["p_test_probe"])
                 print(name, json.dumps(results[name]), flush=True)
             results[f"finetune_{recipe}_{size}_dynamics"] = dynamics(jobs)
             print(size, json.dumps(results[f"finetune_{recipe}_{size}_dynamics"]), flush=True)

@@ -26,6 +26,15 @@ def _run(capsys, *argv):
         (["predict", "--run", "."], "Missing argument"),
         (["train", "--out", "x", "--arch", "resnet5000"], "unknown backbone 'resnet5000'"),
         (["frobnicate"], "No such command"),
+        # probabilities out of [0, 1] used to be taken: every study negative, every image referred
+        (["predict-series", "--run", ".", ".", "--threshold", "1.5"], "Invalid value for '--threshold'"),
+        (["threshold", "--run", ".", "--out", "o", "--refer-below", "2"], "Invalid value for '--refer-below'"),
+        (["threshold", "--run", ".", "--out", "o", "--refer-below", "-0.1"], "Invalid value for '--refer-below'"),
+        # found before the float export it used to follow
+        (
+            ["export", "--run", ".", "--int8-calibration-folder", "nope"],
+            "Invalid value for '--int8-calibration-folder'",
+        ),
     ],
 )
 def test_bad_arguments_fail_with_one_line(capsys, tmp_path, monkeypatch, argv, needle):

@@ -74,3 +74,42 @@ def test_a_model_card_newer_than_this_lungct_is_refused():
     card = {**_card_dict(), "schema_version": CARD_SCHEMA_VERSION + 1}
     with pytest.raises(LungCTError, match="upgrade lungct"):
         ModelCard.from_dict(card)
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (b"[1, 2]", "expected a JSON object, got list"),
+        (b"\xff\xfe\x00 not text", "utf-8"),
+        (b"{}", "it has no 'arch'"),
+        (None, "invalid literal for int()"),  # schema_version "two"
+        ("head", "dropout"),  # head.dropout "lots"
+    ],
+)
+def test_a_damaged_model_card_is_one_error_naming_the_file(tmp_path, content, needle):
+    """A model.json that is JSON but no card (a list, wrong types) or not UTF-8 used to end in a traceback."""
+    run = RunDir(tmp_path)
+    run.weights.write_bytes(b"")
+    if content is None:
+        content = json.dumps({**_card_dict(), "schema_version": "two"}).encode()
+    elif content == "head":
+        content = json.dumps({**_card_dict(), "head": {"dropout": "lots"}}).encode()
+    run.model_json.write_bytes(content)
+    with pytest.raises(LungCTError, match=r"model\.json is damaged") as caught:
+        run.card()
+    assert needle in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_weights_of_another_model_are_one_line(tmp_path):
+    """torch's load_state_dict message spans lines; the CLI prints errors in one."""
+    import torch
+    from safetensors.torch import save_file
+
+    from lungct.run import load_model
+
+    run = RunDir(tmp_path)
+    run.model_json.write_text(json.dumps(_card_dict()))
+    save_file({"w": torch.zeros(3)}, str(run.weights))
+    with pytest.raises(LungCTError, match=r"model\.safetensors does not match .*model\.json: .*Missing key") as caught:
+        load_model(run)
+    assert "\n" not in str(caught.value) and "\t" not in str(caught.value)

@@ -130,11 +130,17 @@ class RunDir:
                 raise LungCTError(f"{self.path} is not a finished run: {f.name} is missing")
 
     def card(self) -> ModelCard:
+        """model.json as a ModelCard; a LungCTError naming the file when it is not one (bad JSON, types, keys)."""
         self.require_model()
         try:
-            return ModelCard.from_dict(json.loads(self.model_json.read_text()))
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise LungCTError(f"{self.model_json} is damaged: {exc}") from exc
+            data = json.loads(self.model_json.read_text())
+            if not isinstance(data, dict):
+                raise TypeError(f"expected a JSON object, got {type(data).__name__}")
+            return ModelCard.from_dict(data)
+        except KeyError as exc:
+            raise LungCTError(f"{self.model_json} is damaged: it has no {exc.args[0]!r}") from exc
+        except (ValueError, TypeError, AttributeError) as exc:  # ValueError: bad JSON, bad UTF-8, wrong types
+            raise LungCTError(f"{self.model_json} is damaged: {' '.join(str(exc).split())[:200]}") from exc
 
     def read_summary(self) -> RunSummary:
         """summary.json as its typed record; a run without one has status None."""
@@ -203,5 +209,6 @@ def load_model(run: RunDir) -> tuple[torch.nn.Module, ModelCard]:
     try:
         load_weights(model, run.weights)
     except (RuntimeError, OSError) as exc:
-        raise LungCTError(f"{run.weights} does not match {run.model_json}: {str(exc)[:200]}") from exc
+        reason = " ".join(str(exc).split())[:200]  # torch's message spans lines: the CLI prints one
+        raise LungCTError(f"{run.weights} does not match {run.model_json}: {reason}") from exc
     return model.eval(), card

@@ -143,3 +143,18 @@ def test_iqothnccd_audit(tmp_path):
     assert all(s["classes"] == ["malignant"] for s in audit["shortcuts"] if s["value"] in ("623x512", "801x512"))
     # the air, table and border alone tell the classes of unseen groups apart (docs/model-quality.md, session 22)
     assert audit["background"]["flagged"] and audit["background"]["balanced_accuracy"] > 0.5
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"foo,bar\n1,2\n", b"hello, I am text\n", b"\xff\xfe\x00 binary", b""],
+    ids=["other-columns", "text", "binary", "empty"],
+)
+def test_cli_audit_split_that_is_not_a_split_file_is_one_line(crafted, tmp_path, capsys, content):
+    """Other columns used to end in a KeyError traceback; a text file passed silently as a split with no leaks."""
+    bad = tmp_path / "split.png"
+    bad.write_bytes(content)
+    code = main(["audit", str(crafted), "--split", str(bad), "--out", str(tmp_path / "o"), "-q"])
+    err = capsys.readouterr().err
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert f"{bad} is not a split file: it needs the columns path,label,group,part" in err

@@ -147,3 +147,18 @@ def test_iqothnccd_study_end_to_end(capsys, tmp_path, fake_pretrained):
     assert code == 0, err2
     assert len(out2.splitlines()) == 6
     _assert_private(out + err + out2 + err2)
+
+
+def test_a_damaged_dicom_file_is_one_line_without_pydicoms_warnings(capsys, caplog, tmp_path):
+    """pydicom's warning and log line quote the file's path (a folder can carry the patient's name)."""
+    import warnings
+
+    series = tmp_path / "Doe_Janet"
+    series.mkdir()
+    (series / "1.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\xff" * 50)  # a DICM preamble, then garbage
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, out, err = _run(capsys, "predict-series", "--run", tmp_path, series)
+    assert code == 1 and out == "" and err == "lungct: error: 1.dcm: DICOM file has no pixel data\n", err
+    assert [str(w.message) for w in caught if "pydicom" in w.filename] == []
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("pydicom")] == []

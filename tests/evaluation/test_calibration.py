@@ -154,3 +154,49 @@ def test_calibration_and_thresholds_use_the_calibration_part_when_the_split_has_
     assert report["n_fit"] == sum(i.part == "calib" for i in items)
     points = operating_points(run, tmp_path / "op", "malignant", 0.9, None, progress=False)
     assert points["chosen_on"] == "calib" and points["calib"]["n"] == report["n_fit"]
+
+
+def test_a_run_whose_images_moved_and_data_with_no_readable_image_are_one_line(tiny_run, tmp_path, capsys):
+    """Both used to end in a traceback: ImageReadError from the split's moved images, sklearn's on no images."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    split = run / "split.csv"
+    data_root = str(tiny_run.parent / "data")
+    split.write_text(split.read_text().replace(data_root, str(tmp_path / "moved")))
+    for argv in (["evaluate", "--out", tmp_path / "eval"], ["calibrate"], ["threshold", "--out", tmp_path / "op"]):
+        code = main([str(a) for a in [*argv, "--run", run, "-q"]])
+        err = capsys.readouterr().err
+        assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+        assert f"cannot read {tmp_path / 'moved'}" in err and "file not found" in err, err
+
+    unreadable = tmp_path / "unreadable" / "Normal cases"
+    unreadable.mkdir(parents=True)
+    (unreadable / "empty.png").write_bytes(b"")
+    code = main(["evaluate", "--run", str(tiny_run), "--data", str(unreadable.parent), "--out", str(tmp_path / "e")])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == (
+        f"lungct: error: no readable images in {unreadable.parent} (e.g. {unreadable / 'empty.png'}: empty file)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        ("[1]", "expected a JSON object, got list"),  # was an AttributeError traceback
+        ('{"method": "temperature", "temperature": -3}', "temperature -3.0 is not a positive number"),  # was taken
+        ('{"method": "temperature", "temperature": 0}', "temperature 0.0 is not a positive number"),
+        ('{"method": "temperature", "temperature": NaN}', "temperature nan is not a positive number"),
+        ('{"method": "isotonic", "x": 5, "y": 3}', "one map per class"),  # was a TypeError on the first predict
+        ('{"method": "isotonic", "x": [[0, 1]], "y": [[0, 1]]}', "1 isotonic maps for the model's 3 classes"),
+        ('{"method": "isotonic", "x": [[0, 1], [0, 1], [0, 1]], "y": [[0, 1], [0, 1], [0]]}', "as many x as y"),
+    ],
+)
+def test_a_damaged_calibration_is_refused_naming_the_file(tmp_path, content, needle):
+    """A negative temperature reverses the classes' order, so a damaged one must not be applied."""
+    (tmp_path / "calibration.json").write_text(content)
+    with pytest.raises(LungCTError, match=r"calibration\.json is damaged") as caught:
+        load_calibration(tmp_path, n_classes=3)
+    assert needle in str(caught.value)

@@ -122,3 +122,46 @@ def test_model_interpolation_replaces_the_backbones_resize_filter():
         assert np.array_equal(np.asarray(pre.resized_crop(slice_)), expected)
     with pytest.raises(ValueError, match="interpolation"):
         ModelConfig(arch="mobilenetv2_100", interpolation="lanczos")
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (b"", "is not a PyTorch (.pt, .pth, .bin) or .safetensors weights file"),  # was an EOFError: "interrupted"
+        (b"hello, I am text\n", "is not a PyTorch (.pt, .pth, .bin) or .safetensors weights file"),  # was ": 101"
+        (b"\x80\x02]q\x00(K\x00K\x01", "is damaged or truncated (EOFError)"),  # a pickle cut short
+    ],
+    ids=["empty", "text", "truncated-pickle"],
+)
+def test_a_weights_file_that_is_no_weights_is_one_clear_error(tmp_path, tiny_dataset, capsys, content, needle):
+    from lungct.cli import main
+
+    weights = tmp_path / "weights.pth"
+    weights.write_bytes(content)
+    with pytest.raises(LungCTError, match="weights file") as caught:
+        create_backbone("mobilenetv2_100", str(weights))
+    assert f"weights file {weights} {needle}" == str(caught.value)
+    code = main(["train", "--out", str(tmp_path / "r"), "--data", str(tiny_dataset), "--weights", str(weights), "-q"])
+    err = capsys.readouterr().err
+    assert code == 1 and err == f"lungct: error: {caught.value}\n", err
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_weights_of_another_network_are_refused_not_loaded_as_nothing(tmp_path, fake_pretrained, suffix):
+    import torch
+    from safetensors.torch import save_file
+
+    foreign = {"foo.weight": torch.zeros(3, 3), "features.0.weight": torch.zeros(8, 3, 3, 3)}
+    weights = tmp_path / f"foreign{suffix}"
+    if suffix == ".pth":
+        torch.save(foreign, weights)
+    else:
+        save_file(foreign, str(weights))
+    with pytest.raises(LungCTError, match=r"does not fit mobilenetv2_100: it sets 0 of the network's \d+ tensors"):
+        create_backbone("mobilenetv2_100", str(weights))
+    # a file of the network's own names and shapes loads, and its values are the model's
+    backbone = create_backbone("mobilenetv2_100", str(fake_pretrained))
+    from safetensors.torch import load_file
+
+    expected = load_file(str(fake_pretrained))["conv_stem.weight"]
+    assert backbone.pretrained and torch.equal(backbone.module.state_dict()["conv_stem.weight"], expected)

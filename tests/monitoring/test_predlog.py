@@ -113,3 +113,25 @@ def test_image_stats_equal_numpy_on_the_pixels(mode):
     for q in (5, 50, 95):
         assert stats[f"p{q}"] == pytest.approx(np.percentile(grey, q), abs=1e-9)
     assert (stats["width"], stats["height"]) == (131.0, 97.0)
+
+
+def test_another_programs_sqlite_database_is_refused_and_left_untouched(tmp_path):
+    """`lungct drift --log other.db` used to write lungct's tables into it and report 'not enough data'."""
+    import sqlite3
+
+    from lungct.errors import LungCTError
+    from lungct.monitoring.predlog import open_existing_log
+
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE orders (id INTEGER)")
+    before = other.read_bytes()
+    with pytest.raises(LungCTError, match=r"other\.db is not a lungct prediction log \(an SQLite database without"):
+        open_existing_log(other)
+    assert other.read_bytes() == before
+    damaged = tmp_path / "damaged.db"
+    damaged.write_bytes(b"SQLite format 3\x00" + b"\xff" * 200)
+    with pytest.raises(LungCTError, match=r"cannot open the prediction log .*damaged\.db"):
+        open_existing_log(damaged)
+    PredictionLog(tmp_path / "served.sqlite").close()  # a log the server made, with no rows yet, still opens
+    assert len(open_existing_log(tmp_path / "served.sqlite")) == 0

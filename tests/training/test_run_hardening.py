@@ -72,3 +72,22 @@ def test_cli_reports_a_config_value_in_one_line(tmp_path, capsys):
     assert main(["train", "--config", str(bad), "--out", str(tmp_path / "run")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "train.batch_size" in err[0]
+
+
+def test_a_folder_of_other_files_is_not_trained_into(tiny_dataset, tmp_path, capsys):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "config.yaml").write_text("my own notes\n")
+    code = main(["train", "--out", str(precious), "--data", str(tiny_dataset), "--weights", "none", "-q"])
+    err = capsys.readouterr().err
+    assert code == 1 and "holds files but no lungct run" in err and err.count("\n") == 1, err
+    assert [p.name for p in precious.iterdir()] == ["config.yaml"]
+    assert (precious / "config.yaml").read_text() == "my own notes\n"
+    # an empty folder, and an interrupted run's folder (it has split.csv), are trained into as before
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    Trainer(tiny_config(tiny_dataset), empty)
+    interrupted = tmp_path / "interrupted"
+    interrupted.mkdir()
+    (interrupted / "split.csv").write_text("path,label,group,part\n")
+    Trainer(tiny_config(tiny_dataset), interrupted)

@@ -8,7 +8,17 @@ from typing import Annotated
 
 import typer
 
-from lungct.cli.options import ConfigFile, ExistingPaths, NoTrack, Quiet, SplitMode, TrackingUri, log, setup_logging
+from lungct.cli.options import (
+    ConfigFile,
+    ExistingPaths,
+    NoTrack,
+    Quiet,
+    SplitMode,
+    TrackingUri,
+    log,
+    quiet_dicom_warnings,
+    setup_logging,
+)
 from lungct.files import output_folder
 
 
@@ -167,6 +177,7 @@ def predict_command(
     from lungct.inference import Predictor, expand_paths, unfinished_run
 
     setup_logging(True)
+    quiet_dicom_warnings()
     init_distributed()
     predictor = Predictor(run, tta=tta)
     if (reason := unfinished_run(run)) is not None and current().is_main:

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from lungct.cli.options import quiet_dicom_warnings
 from lungct.contracts import DicomWindow
 
 
@@ -28,7 +29,9 @@ def predict_series_command(
     positive_class: Annotated[
         str | None, typer.Option("--positive-class", help="class scored per study (default: the run's)")
     ] = None,
-    threshold: Annotated[float, typer.Option("--threshold", help="study score at or above which it is positive")] = 0.5,
+    threshold: Annotated[
+        float, typer.Option("--threshold", min=0.0, max=1.0, help="study score at or above which it is positive")
+    ] = 0.5,
     window: Annotated[
         DicomWindow | None, typer.Option("--window", help="Hounsfield window (default: the model's)")
     ] = None,
@@ -39,6 +42,7 @@ def predict_series_command(
     from lungct.inference import Predictor
     from lungct.inference.study import predict_series
 
+    quiet_dicom_warnings()
     series = load_series(path, force=force)
     result = predict_series(
         Predictor(run),

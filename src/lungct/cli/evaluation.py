@@ -117,7 +117,8 @@ def threshold_command(
     positive: Annotated[str | None, typer.Option("--positive", help="positive class (default: malignant)")] = None,
     sensitivity: Annotated[float, typer.Option("--sensitivity", help="target sensitivity on validation")] = 0.99,
     refer_below: Annotated[
-        float | None, typer.Option("--refer-below", help="refer images whose top confidence is below this")
+        float | None,
+        typer.Option("--refer-below", min=0.0, max=1.0, help="refer images whose top confidence is below this"),
     ] = None,
     quiet: Quiet = False,
 ) -> None:

@@ -37,7 +37,12 @@ def export_command(
     ] = 128,
     calibration_folder: Annotated[
         Path | None,
-        typer.Option("--int8-calibration-folder", help="calibrate INT8 on these images instead of the training part"),
+        typer.Option(
+            "--int8-calibration-folder",
+            exists=True,
+            file_okay=False,
+            help="calibrate INT8 on these images instead of the training part",
+        ),
     ] = None,
     max_drop: Annotated[
         float,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -36,3 +37,14 @@ def setup_logging(quiet: bool, server: bool = False) -> None:
     fmt = "%(levelname)s %(name)s: %(message)s" if server else "%(message)s"
     logging.basicConfig(format=fmt, stream=sys.stderr, level=logging.WARNING if quiet else logging.INFO)
     log.setLevel(logging.WARNING if quiet else logging.INFO)
+
+
+def quiet_dicom_warnings() -> None:
+    """pydicom warns and logs about a damaged file with its path or an offending value, either of which can name
+    the patient; the command's own one-line error (or JSON line) for that file says what is wrong instead."""
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom\.")
+    logging.getLogger("pydicom").addFilter(_errors_only)  # a filter: importing pydicom resets the logger's level
+
+
+def _errors_only(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.ERROR

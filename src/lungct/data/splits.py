@@ -116,7 +116,14 @@ def save_split(items: list[SplitItem], path: Path) -> None:
 
 
 def load_split(path: Path) -> list[SplitItem]:
+    """split.csv's rows; a LungCTError for a file without the columns path,label,group,part (or not text)."""
     if not path.is_file():
         raise LungCTError(f"split file not found: {path}")
-    with path.open(newline="") as fh:
-        return [SplitItem(r["path"], r["label"], r["group"], r["part"]) for r in csv.DictReader(fh)]
+    try:
+        with path.open(newline="") as fh:
+            reader = csv.DictReader(fh)
+            if not {"path", "label", "group", "part"} <= set(reader.fieldnames or ()):
+                raise KeyError("columns")
+            return [SplitItem(r["path"], r["label"], r["group"], r["part"]) for r in reader]
+    except (KeyError, UnicodeDecodeError, csv.Error) as exc:
+        raise LungCTError(f"{path} is not a split file: it needs the columns path,label,group,part") from exc

@@ -49,6 +49,9 @@ def evaluation_items(predictor: Predictor, data: list[str] | None, progress: boo
     scan = scan_samples(collect_samples(data_cfg), progress)
     for s in scan.skipped:
         log.warning("skipped %s: %s", s.path, s.reason)
+    if not scan.samples:
+        first = f" (e.g. {scan.skipped[0].path}: {scan.skipped[0].reason})" if scan.skipped else ""
+        raise LungCTError(f"no readable images in {', '.join(data)}{first}")
     unknown = sorted({s.label for s in scan.samples} - set(predictor.classes))
     if unknown:
         raise LungCTError(

@@ -100,19 +100,35 @@ def fit_calibrator(y_true: np.ndarray, probs: np.ndarray, method: str = "tempera
 
 
 def calibrator_from_dict(d: dict) -> Calibrator:
+    """calibration.json's calibrator; TypeError or ValueError when it is not one."""
+    if not isinstance(d, dict):
+        raise TypeError(f"expected a JSON object, got {type(d).__name__}")
     if d.get("method") == "temperature":
-        return TemperatureScaling(float(d["temperature"]))
+        temperature = float(d["temperature"])
+        if not 0 < temperature < float("inf"):  # T <= 0 would reverse the classes' order; NaN fails this too
+            raise ValueError(f"temperature {temperature} is not a positive number")
+        return TemperatureScaling(temperature)
     if d.get("method") == "isotonic":
-        return IsotonicCalibration(d["x"], d["y"])
+        x, y = d["x"], d["y"]
+        if not (isinstance(x, list) and isinstance(y, list) and len(x) == len(y)):
+            raise ValueError("isotonic x and y must be lists with one map per class")
+        maps = [([float(v) for v in xs], [float(v) for v in ys]) for xs, ys in zip(x, y, strict=True)]
+        if any(len(xs) != len(ys) or not xs for xs, ys in maps):
+            raise ValueError("each class's isotonic map needs as many x as y values, at least one")
+        return IsotonicCalibration([xs for xs, _ in maps], [ys for _, ys in maps])
     raise LungCTError(f"unknown calibration method {d.get('method')!r} in {CALIBRATION_FILE}")
 
 
-def load_calibration(run_dir: str | Path) -> Calibrator | None:
-    """The run's saved calibrator, or None when the run was never calibrated."""
+def load_calibration(run_dir: str | Path, n_classes: int | None = None) -> Calibrator | None:
+    """The run's saved calibrator, or None when the run was never calibrated; with `n_classes`, an isotonic
+    calibrator must have one map per class."""
     path = Path(run_dir) / CALIBRATION_FILE
     if not path.is_file():
         return None
     try:
-        return calibrator_from_dict(json.loads(path.read_text()))
+        calibrator = calibrator_from_dict(json.loads(path.read_text()))
+        if n_classes is not None and isinstance(calibrator, IsotonicCalibration) and len(calibrator.x) != n_classes:
+            raise ValueError(f"{len(calibrator.x)} isotonic maps for the model's {n_classes} classes")
+        return calibrator
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise LungCTError(f"{path} is damaged: {exc}") from exc

@@ -137,7 +137,7 @@ class Predictor:
         self.classes = self.card.classes
         self.batch_size = batch_size
         # The run's calibration (lungct calibrate), or None: applied to every probability we hand out.
-        self.calibration = load_calibration(self.run.path)
+        self.calibration = load_calibration(self.run.path, len(self.classes))
         self._model: torch.nn.Module | None = None
         self._lock = threading.Lock()
         self._onnx = None
@@ -263,13 +263,24 @@ class Predictor:
         return probs.numpy(), features.float().numpy()
 
     def predict_paths_array(self, paths: list[str], progress: bool = False, calibrated: bool = True) -> np.ndarray:
-        """Probabilities for readable files (already checked), in order; used by evaluation and calibration."""
+        """Probabilities for readable files (already checked), in order; used by evaluation and calibration.
+
+        A file unreadable now (a run's split.csv names it, but the dataset moved) is a LungCTError naming it.
+        """
         pre = self.card.preprocess
+
+        def array(path: str) -> np.ndarray:
+            try:
+                return pre.to_array(pre.load(path))
+            except ImageReadError as exc:
+                raise LungCTError(
+                    f"cannot read {exc}: the images must stay where the run's split.csv (or the scan of the data) "
+                    "found them"
+                ) from None
+
         starts = range(0, len(paths), self.batch_size)
         chunks = [
-            self.probabilities(
-                np.stack([pre.to_array(pre.load(p)) for p in paths[i : i + self.batch_size]]), calibrated
-            )
+            self.probabilities(np.stack([array(p) for p in paths[i : i + self.batch_size]]), calibrated)
             for i in tqdm(starts, desc="predicting", disable=not progress, leave=False)
         ]
         return np.concatenate(chunks) if chunks else np.zeros((0, len(self.classes)))

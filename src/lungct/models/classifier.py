@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 
 import timm
@@ -13,7 +14,7 @@ from lungct.data.transforms import Preprocess
 from lungct.errors import LungCTError
 from lungct.models.registry import get_spec
 from lungct.models.tiles import TiledBackbone
-from lungct.models.weights import check_weights_file, normalisation_from_metadata
+from lungct.models.weights import check_weights_file, check_weights_set, normalisation_from_metadata
 
 
 class CTClassifier(nn.Module):
@@ -100,8 +101,12 @@ def create_backbone(
             overlay = {"file": str(weights), "source": "timm", "num_classes": int(meta.get("num_classes", 1000))}
             try:
                 module = timm.create_model(timm_name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+            except (EOFError, pickle.UnpicklingError) as exc:  # uncaught, click reports an EOFError as an interrupt
+                raise LungCTError(f"weights file {weights} is damaged or truncated ({type(exc).__name__})") from exc
             except (RuntimeError, KeyError, ValueError, OSError) as exc:
-                raise LungCTError(f"weights file {weights} does not fit {timm_name}: {str(exc)[:200]}") from exc
+                reason = " ".join(str(exc).split())[:200]
+                raise LungCTError(f"weights file {weights} does not fit {timm_name}: {reason}") from exc
+            check_weights_set(module, weights, timm_name)
             pretrained, source = True, f"file:{weights}"
     cfg = timm.data.resolve_model_data_config(module)
     norm = normalisation_from_metadata(meta)

@@ -278,4 +278,14 @@ def open_existing_log(path: str | Path) -> PredictionLog:
         raise LungCTError(f"cannot read the prediction log {p}: {exc}") from exc
     if header != b"SQLite format 3\x00":
         raise LungCTError(f"{p} is not a lungct prediction log (not an SQLite database)")
+    try:  # read-only: another program's database must not get lungct's tables written into it
+        db = sqlite3.connect(f"{p.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise LungCTError(f"cannot open the prediction log {p}: {exc}") from exc
+    if "predictions" not in tables:
+        raise LungCTError(f"{p} is not a lungct prediction log (an SQLite database without its predictions table)")
     return PredictionLog(p)

@@ -39,10 +39,7 @@ def write_split(cfg: ExperimentConfig, out: str | Path, progress: bool = True) -
 def read_split_file(path: str | Path) -> list[SplitItem]:
     """split.csv (path,label,group,part) with a clear error for anything else."""
     path = Path(path)
-    try:
-        items = load_split(path)
-    except (KeyError, UnicodeDecodeError) as exc:
-        raise LungCTError(f"{path} is not a split file: it needs the columns path,label,group,part") from exc
+    items = load_split(path)
     if not items:
         raise LungCTError(f"{path} lists no images")
     unknown = sorted({i.part for i in items} - set(PARTS))

@@ -126,7 +126,20 @@ class Trainer:
             if self.dist.is_main:
                 shutil.rmtree(self.run.path)
         if self.dist.is_main:
+            self._refuse_foreign_folder()
             output_folder(self.run.path, "--out")
+
+    def _refuse_foreign_folder(self) -> None:
+        """A run writes config.yaml, model.json, split.csv and more into --out: a folder that already holds files
+        but nothing of a run (every run, even an interrupted one, writes split.csv first; a checkpoint or summary
+        also marks one) would have them overwritten."""
+        path = self.run.path
+        marks = (self.run.split, self.run.checkpoint, self.run.summary, self.run.model_json)
+        if path.is_dir() and not any(m.is_file() for m in marks) and any(path.iterdir()):
+            raise LungCTError(
+                f"--out {path} holds files but no lungct run (no split.csv), which training would overwrite; "
+                "choose a new or empty folder"
+            )
 
     @property
     def train_seed(self) -> int:

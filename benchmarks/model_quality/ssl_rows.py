@@ -64,7 +64,10 @@ def checkpoints(path: Path) -> dict[int, dict[str, torch.Tensor]]:
 
 
 def as_weights_file(state: dict[str, torch.Tensor], target: Path, note: str) -> Path:
-    """The shared ImageNet file with its backbone replaced by `state`: same keys, classifier and metadata."""
+    """The shared ImageNet file with its backbone replaced by `state`: same keys, classifier and metadata. A file
+    built on an earlier run is kept, as its cached features are (`features`): delete runs/screen/ssl to rebuild."""
+    if target.exists():
+        return target
     base = load_file(str(WEIGHTS))
     missing = set(base) - set(state) - {k for k in base if k.startswith("classifier.")}
     if missing or set(state) - set(base):

@@ -100,6 +100,21 @@ def test_an_output_path_that_is_a_file_fails_before_tracking_or_training(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml", "data", "taken"]  # no mlruns/
 
 
+@pytest.mark.parametrize("existed", [False, True], ids=["created", "given"])
+def test_a_train_without_readable_images_removes_the_out_folder_it_made(capsys, tmp_path, monkeypatch, existed):
+    """train made --out (for its early check that it can write there), then found no readable image and left the
+    empty folder behind; a folder the user made beforehand stays."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "Normal cases").mkdir(parents=True)
+    (tmp_path / "data" / "Normal cases" / "a.png").write_text("not an image")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(tiny_config(tmp_path / "data").model_dump(mode="json")))
+    if existed:
+        (tmp_path / "r").mkdir()
+    code, _, err = _run(capsys, "train", "--config", "c.yaml", "--out", "r", "--no-track", "-q")
+    assert code == 1 and "no readable images" in err and len(err.strip().splitlines()) == 1, err
+    assert (tmp_path / "r").exists() is existed
+
+
 def test_evaluate_on_a_folder_that_is_not_a_run_fails_before_tracking(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LUNGCT_TRACKING", "on")  # so that a tracked run started too early would leave mlruns/

@@ -129,3 +129,23 @@ def test_compare_cli_errors_are_one_line(tiny_dataset, fake_pretrained, tmp_path
     assert main([*base, "--archs", "small_cnn,mnasnet_100", "--weights", str(fake_pretrained)]) == 1
     err = capsys.readouterr().err
     assert "--weights is for the config's backbone mobilenetv2_100" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--bootstrap", "0"),
+        ("--bootstrap", "-5"),
+        ("--accuracy-tolerance", "nan"),
+        ("--accuracy-tolerance", "-0.1"),
+        ("--latency-budget-ms", "-1"),
+        ("--latency-budget-ms", "nan"),
+    ],
+)
+def test_compare_numbers_out_of_range_are_refused_before_training(tiny_dataset, tmp_path, capsys, option, value):
+    save_config(tiny_config(tiny_dataset), tmp_path / "c.yaml")
+    argv = ["compare", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "o"), "-q", "--no-track"]
+    assert main([*argv, "--archs", "small_cnn,mnasnet_100", option, value]) == 1
+    err = capsys.readouterr().err
+    assert f"lungct: error: {option} must be" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "o").exists()  # refused before a backbone trained

@@ -117,6 +117,18 @@ def test_no_pixel_data(tmp_path):
         read_dataset(path, "a.dcm")
 
 
+@pytest.mark.parametrize("photometric", ["PALETTE COLOR", "YBR_FULL", "RGB"])
+def test_a_photometric_interpretation_other_than_greyscale_is_refused(tmp_path, photometric):
+    """A palette slice's stored values are indices, not HU: it was read as HU and predicted without a word."""
+    ds = ct_dataset(HU)
+    ds.PhotometricInterpretation = photometric
+    path = write(ds, tmp_path / "a.dcm")
+    with pytest.raises(DicomError, match=f"photometric interpretation {photometric}; a CT slice is greyscale"):
+        read_dataset(path, "a.dcm", force=True)
+    ds.PhotometricInterpretation = "MONOCHROME1"  # greyscale, shown inverted: still HU
+    assert read_hu(write(ds, tmp_path / "b.dcm"), "b.dcm").shape == HU.shape
+
+
 def test_modality_other_than_ct_unless_forced(tmp_path):
     path = write(ct_dataset(HU, modality="MR"), tmp_path / "a.dcm")
     with pytest.raises(DicomError, match="modality is MR, not CT"):

@@ -114,3 +114,32 @@ def test_unreadable_image_is_one_line_and_others_still_written(capsys, tiny_run,
 def test_nothing_to_explain(capsys, tiny_run, tmp_path):
     code, _, err = _run(capsys, "explain", "--run", tiny_run[0], "--out", tmp_path / "o")
     assert code == 1 and "nothing to explain" in err
+
+
+def test_an_unreadable_dicom_file_is_named_without_its_folders(capsys, tiny_run, tmp_path):
+    """Like predict's lines: a DICOM file's folders may carry the patient's name, so the error names the file."""
+    run, _ = tiny_run
+    folder = tmp_path / "Doe_Janet_PID-937451"
+    folder.mkdir()
+    (folder / "IM0001.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 64)  # a header, then nothing usable
+    (folder / "notes.png").write_text("not an image")
+    code, _, err = _run(capsys, "explain", "--run", run, "--out", tmp_path / "out", "-q", folder / "IM0001.dcm")
+    assert code == 1 and "could not read IM0001.dcm:" in err and "Doe_Janet" not in err, err
+    code, _, err = _run(capsys, "explain", "--run", run, "--out", tmp_path / "out", "-q", folder / "notes.png")
+    assert code == 1 and f"could not read {folder / 'notes.png'}:" in err, err  # not DICOM: the path as given
+
+
+def test_a_dicom_slice_is_indexed_by_its_file_name_only(capsys, tiny_run, tmp_path):
+    """explanations.csv travels with the overlays: a DICOM slice's folders (the patient's name) stay out of it."""
+    from tests.dicom.dicom_factory import write_study
+
+    run, data = tiny_run
+    folder = tmp_path / "Doe_Janet_PID-937451"
+    folder.mkdir()
+    slices = sorted((data / "Malignant cases").iterdir())[:1]
+    (dicom,) = write_study(folder, [Image.open(p) for p in slices])
+    code, _, err = _run(capsys, "explain", "--run", run, "--out", tmp_path / "out", "-q", dicom, slices[0])
+    assert code == 0, err
+    rows = list(csv.DictReader((tmp_path / "out" / "explanations.csv").open()))
+    assert [r["path"] for r in rows] == [dicom.name, str(slices[0])]  # a JPEG keeps its path as given
+    assert "Doe_Janet" not in (tmp_path / "out" / "explanations.csv").read_text()

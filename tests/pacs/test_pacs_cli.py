@@ -130,3 +130,21 @@ def test_the_operating_point_comes_from_the_run(pacs_run, tmp_path):
     (run / "operating_points.json").write_text("{")
     with pytest.raises(LungCTError, match="damaged"):
         operating_threshold(run, None, "malignant")
+
+
+def test_a_malformed_instance_is_refused_without_pydicoms_warnings(recwarn):
+    """The listener's log had pydicom's parser warnings (warnings.warn, which a logger level does not stop)
+    above its own one-line refusal of a malformed instance."""
+
+    import numpy as np
+
+    from lungct.cli.pacs import _quiet_libraries
+    from lungct.dicom.errors import DicomError
+    from lungct.pacs.accept import accept_instance
+    from tests.dicom.dicom_factory import ct_dataset, to_bytes
+
+    good = to_bytes(ct_dataset(np.zeros((16, 16))))
+    _quiet_libraries()
+    with pytest.raises(DicomError):
+        accept_instance(good[:300] + np.random.default_rng(0).bytes(700))  # a valid file meta, then garbage
+    assert not [w for w in recwarn if "pydicom" in w.filename], [str(w.message) for w in recwarn]

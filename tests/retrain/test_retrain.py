@@ -152,3 +152,44 @@ def test_the_registry_alias_follows_the_gate_and_rollback_restores_it(champion, 
     assert "no promotion.json" in capsys.readouterr().err
     code, status = promote("--rollback")  # and the champion it left alone can still be rolled back and forth
     assert code == 0 and status["champion"] == "3"
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (b"just a note, not a manifest\n", "is not a manifest CSV: it lacks column(s) ['label', 'path']"),
+        (b"\x89PNG\r\n\x1a\n\xdd\xfe\x00binary", "is not a manifest CSV: it is not UTF-8 text"),
+        (b"", "is not a manifest CSV: it is empty"),
+        (b"path,label\n/nonexistent/a.png,normal\n/nonexistent/b.png,benign\n", "2 listed images do not exist"),
+    ],
+    ids=["text-file", "binary", "empty", "missing-images"],
+)
+def test_a_feedback_file_that_is_no_usable_manifest_is_one_line(champion, tmp_path, capsys, content, needle):
+    feedback = tmp_path / "feedback.txt"
+    feedback.write_bytes(content)
+    code = main(["retrain", "--champion", str(champion), "--feedback", str(feedback), "--out", str(tmp_path / "c")])
+    err = capsys.readouterr().err
+    assert code == 1 and needle in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "c").exists()  # nothing trained, no challenger folder
+
+
+@pytest.mark.parametrize("content", [b"\xdd\xfe not json", b"[1, 2]", b'{"champion": "v1", "promote": true}'])
+def test_promote_with_a_damaged_promotion_json_is_one_line_and_registers_nothing(
+    champion, tmp_path, capsys, monkeypatch, content
+):
+    monkeypatch.delenv("LUNGCT_TRACKING", raising=False)
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    assert main(["promote", "--run", str(champion), "--tracking-uri", uri]) == 0
+    other = tmp_path / "other"
+    cfg = tiny_config(write_dataset(tmp_path / "data", per_class=6))
+    cfg.model.arch, cfg.seed = "small_cnn", 1
+    cfg.train.phase1.epochs, cfg.train.phase2.epochs = 1, 0
+    train(cfg, other, progress=False)
+    (other / "promotion.json").write_bytes(content)
+    capsys.readouterr()
+    assert main(["promote", "--run", str(other), "--tracking-uri", uri]) == 1
+    err = capsys.readouterr().err
+    assert "promotion.json is damaged" in err and len(err.strip().splitlines()) == 1, err
+    from mlflow import MlflowClient
+
+    assert len(MlflowClient(uri).search_model_versions("name='lungct'")) == 1  # the damaged run was not registered

@@ -156,6 +156,39 @@ def test_an_export_without_a_recorded_sha256_is_not_trusted(onnx_run, tmp_path):
         Predictor(run, backend="onnx")
 
 
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (b"\xae\x95 not text", "export.json is damaged"),
+        (b"[1, 2]", "export.json is damaged: it is not the JSON object"),
+        (None, "model.onnx has no export.json beside it"),
+    ],
+    ids=["binary", "a-list", "missing"],
+)
+def test_a_damaged_or_missing_export_json_is_one_line(onnx_run, tmp_path, capsys, content, needle):
+    run = _copy_run(onnx_run, tmp_path / "run")
+    if content is None:
+        (run / "export.json").unlink()
+    else:
+        (run / "export.json").write_bytes(content)
+    with pytest.raises(LungCTError, match=needle) as info:
+        Predictor(run, backend="onnx")
+    assert "\n" not in str(info.value)
+
+
+def test_an_int8_export_whose_accuracy_check_is_not_a_number_is_refused(onnx_run, tmp_path):
+    from lungct.inference.onnx_runtime import file_sha256, int8_status, weights_hash
+    from lungct.run import RunDir, model_version
+
+    run = RunDir(_copy_run(onnx_run, tmp_path / "run"))
+    version = model_version(run)
+    (run.path / "model.int8.onnx").write_bytes(b"a graph")
+    info = {"weights_hash": weights_hash(version), "sha256": file_sha256(run.path / "model.int8.onnx")}
+    (run.path / "export.int8.json").write_text(json.dumps({**info, "check": {"balanced_accuracy_drop": "x"}}))
+    info, reason = int8_status(run, version, 0.01)
+    assert info is None and reason.startswith("export.int8.json is damaged: its accuracy check is not a number")
+
+
 def test_an_export_for_another_input_size_or_class_count_is_refused(onnx_run, tmp_path):
     run = _copy_run(onnx_run, tmp_path / "run")
     card = json.loads((run / "model.json").read_text())

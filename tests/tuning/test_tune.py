@@ -138,3 +138,19 @@ def test_tune_cli_grid_and_bad_trials(tiny_dataset, tmp_path, capsys):
     assert main([*argv, "--trials", "0"]) == 1
     err = capsys.readouterr().err
     assert err.strip() == "lungct: error: --trials must be at least 1, got 0"
+
+
+@pytest.mark.parametrize("kind", ["garbage", "folder"])
+def test_a_study_db_that_cannot_be_opened_is_one_line(tiny_dataset, tmp_path, capsys, kind):
+    cfg = _quick(tiny_dataset)
+    save_config(cfg, tmp_path / "c.yaml")
+    db = tmp_path / "s" / "study.db"
+    if kind == "garbage":
+        db.parent.mkdir()
+        db.write_bytes(b"\x00not an sqlite database\xff" * 200)
+    else:
+        db.mkdir(parents=True)
+    argv = ["tune", "--config", str(tmp_path / "c.yaml"), "--study-dir", str(tmp_path / "s"), "--trials", "1", "-q"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "study.db cannot be opened as an Optuna study" in err and len(err.strip().splitlines()) == 1, err

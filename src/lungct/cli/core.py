@@ -102,17 +102,30 @@ def train_command(
         cfg.seed = seed
     if not split_file:  # a --split-file run takes its images from that file
         check_sources(cfg.data)
+    created = dist.is_main and not out.exists()
     if dist.is_main:
         output_folder(out, "--out")  # before tracking: a bad --out leaves no failed MLflow run
     track = not no_track and dist.is_main  # one MLflow run per training, made by rank 0
-    with tracked_run("train", out.resolve().name, config=cfg, tracking_uri=tracking_uri, enabled=track) as t:
-        kwargs = {"progress": not quiet, "overwrite": overwrite, "callbacks": [t.epoch_callback()]}
-        run = train_with_split(cfg, out, split_file, **kwargs) if split_file else run_training(cfg, out, **kwargs)
-        if dist.is_main:
-            log_training_run(t, run.path, cfg.train.early_stopping.monitor)
+    try:
+        with tracked_run("train", out.resolve().name, config=cfg, tracking_uri=tracking_uri, enabled=track) as t:
+            kwargs = {"progress": not quiet, "overwrite": overwrite, "callbacks": [t.epoch_callback()]}
+            run = train_with_split(cfg, out, split_file, **kwargs) if split_file else run_training(cfg, out, **kwargs)
+            if dist.is_main:
+                log_training_run(t, run.path, cfg.train.early_stopping.monitor)
+    except Exception:
+        if created:
+            _remove_if_empty(out)
+        raise
     if dist.is_main:
         typer.echo(f"run written to {run.path}")
     return None
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Remove a --out folder this command created when training failed before writing anything in it (no
+    readable images, a bad split): an empty folder left behind looks like a run that had started."""
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
 
 
 def evaluate_command(

@@ -58,4 +58,11 @@ def explain_command(
     if result.errors:
         first = result.errors[0]
         more = f" (and {len(result.errors) - 1} more)" if len(result.errors) > 1 else ""
-        raise LungCTError(f"could not read {first.path}: {first.reason}{more}")
+        raise LungCTError(f"could not read {_shown(first.path)}: {first.reason}{more}")
+
+
+def _shown(path: str) -> str:
+    """A DICOM file by its name only, as predict names it: its folders may carry the patient's name."""
+    from lungct.data.images import is_dicom_file
+
+    return Path(path).name if is_dicom_file(path) else path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,3 +38,11 @@ class CompareSettings:
             get_spec(arch.removesuffix(PROBE_SUFFIX))
         if self.threads < 1:
             raise LungCTError(f"--threads must be at least 1, got {self.threads}")
+        # checked here, not where they are used: a NaN or negative tolerance emptied the "acceptable" list (a
+        # traceback after every backbone had trained), and 0 resamples wrote null intervals as if computed
+        if not 0.0 <= self.accuracy_tolerance <= 1.0:
+            raise LungCTError(f"--accuracy-tolerance must be between 0 and 1, got {self.accuracy_tolerance}")
+        if not 0.0 < self.latency_budget_ms < math.inf:
+            raise LungCTError(f"--latency-budget-ms must be a positive number, got {self.latency_budget_ms}")
+        if self.n_bootstrap < 1:
+            raise LungCTError(f"--bootstrap must be at least 1, got {self.n_bootstrap}")

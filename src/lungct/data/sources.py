@@ -112,17 +112,28 @@ def _read_class_dirs(root: Path, aliases: dict[str, str], part: str | None, sour
 
 
 def read_manifest(path: Path, aliases: dict[str, str]) -> list[Sample]:
-    """CSV with columns path,label[,group]; relative paths are taken from the CSV's folder."""
+    """CSV with columns path,label[,group]; relative paths are taken from the CSV's folder.
+
+    The header is checked before the rows, so that a file that is not a manifest at all (a .txt note, a binary
+    file) is named as such rather than as a manifest without rows."""
     try:
         with path.open(newline="") as fh:
-            rows = list(csv.DictReader(fh))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            reader = csv.DictReader(fh)
+            columns = set(reader.fieldnames or ())
+            rows = list(reader)
+    except UnicodeDecodeError:
+        raise LungCTError(f"{path} is not a manifest CSV: it is not UTF-8 text") from None
+    except (OSError, csv.Error) as exc:
         raise LungCTError(f"cannot read manifest {path}: {exc}") from exc
+    if not columns:
+        raise LungCTError(f"{path} is not a manifest CSV: it is empty; needs the columns path,label[,group]")
+    missing = {"path", "label"} - columns
+    if missing:
+        raise LungCTError(
+            f"{path} is not a manifest CSV: it lacks column(s) {sorted(missing)}; needs path,label[,group]"
+        )
     if not rows:
         raise LungCTError(f"manifest {path} has no rows")
-    missing = {"path", "label"} - set(rows[0])
-    if missing:
-        raise LungCTError(f"manifest {path} lacks column(s) {sorted(missing)}; needs path,label[,group]")
     samples = []
     for i, row in enumerate(rows, start=2):
         if not row.get("path") or not row.get("label"):

@@ -104,6 +104,13 @@ def check_dataset(ds: Dataset, name: str | Path, force: bool = False) -> None:
         raise DicomError(name, f"multi-frame DICOM ({frames} frames) is not supported; export single-frame slices")
     if int_tag(ds, "SamplesPerPixel", 1, name) != 1:
         raise DicomError(name, "colour DICOM image (SamplesPerPixel > 1); a CT slice is greyscale")
+    # A PALETTE COLOR slice's stored values are palette indices, not Hounsfield units: read as HU they gave a
+    # plausible but meaningless prediction. PS3.3 C.8.2.1 allows a CT image MONOCHROME1 or MONOCHROME2 only.
+    photometric = str(_tag_value(ds, "PhotometricInterpretation", name) or "MONOCHROME2").strip()
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise DicomError(
+            name, f"photometric interpretation {photometric[:16]}; a CT slice is greyscale (MONOCHROME1 or 2)"
+        )
     check_decoder(ds, name)
 
 

@@ -46,9 +46,12 @@ def read_export_info(run: RunDir, info_file: str = EXPORT_FILE, graph_file: str 
     if not info_path.is_file() or not (run.path / graph_file).is_file():
         return None
     try:
-        return json.loads(info_path.read_text())
-    except (json.JSONDecodeError, OSError) as exc:
-        raise LungCTError(f"{info_path} is damaged: {exc}") from exc
+        info = json.loads(info_path.read_text())
+    except (ValueError, OSError) as exc:  # ValueError: not JSON, or not UTF-8 text at all
+        raise LungCTError(f"{info_path} is damaged: {' '.join(str(exc).split())[:200]}") from None
+    if not isinstance(info, dict):  # callers read it with .get(): a list or a number would be a traceback
+        raise LungCTError(f"{info_path} is damaged: it is not the JSON object lungct export writes")
+    return info
 
 
 def weights_hash(version: str) -> str:
@@ -72,6 +75,8 @@ def export_status(
     info = read_export_info(run, info_file, graph_file)
     quantize = " --quantize int8" if graph_file == INT8_ONNX_FILE else ""
     again = f"re-export with: lungct export --run {run.path}{quantize}"
+    if info is None and (run.path / graph_file).is_file():  # the graph alone cannot be checked against the run
+        return None, f"{graph_file} has no {info_file} beside it, so it cannot be verified ({again})"
     if info is None:
         return None, f"no {graph_file} in the run (create it with: lungct export --run {run.path}{quantize})"
     exported = info.get("weights_hash") or weights_hash(info.get("model_version", ""))
@@ -100,7 +105,11 @@ def int8_status(run: RunDir, version: str, max_drop: float) -> tuple[dict | None
     info, reason = export_status(run, version, INT8_EXPORT_FILE, INT8_ONNX_FILE)
     if info is None:
         return None, reason
-    drop = (info.get("check") or {}).get("balanced_accuracy_drop")
+    check = info.get("check")
+    drop = check.get("balanced_accuracy_drop") if isinstance(check, dict) else None
+    if drop is not None and not isinstance(drop, (int, float)):
+        damaged = f"{INT8_EXPORT_FILE} is damaged: its accuracy check is not a number"
+        return None, f"{damaged}; re-export with: lungct export --quantize int8"
     if drop is None:
         return None, f"{INT8_EXPORT_FILE} records no accuracy check; re-export with: lungct export --quantize int8"
     if drop > max_drop:

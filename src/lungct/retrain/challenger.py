@@ -39,6 +39,10 @@ def feedback_items(manifest: Path, classes: list[str], val: float, test: float, 
     if not path.is_file():
         raise LungCTError(f"no feedback manifest at {path} (lungct feedback export writes DIR/manifest.csv)")
     samples = read_manifest(path, {})
+    # checked here, as `train --split-file` does: a missing image would otherwise end training mid-epoch
+    missing = [s.path for s in samples if not Path(s.path).is_file()]
+    if missing:
+        raise LungCTError(f"{path}: {len(missing)} listed images do not exist, e.g. {missing[0]}")
     unknown = sorted({s.label for s in samples} - set(classes))
     if unknown:
         raise LungCTError(f"feedback labels {unknown} are not the champion's classes {classes}")

@@ -153,6 +153,8 @@ class Registry:
     def promote(self, run_dir: str | Path) -> dict[str, Any]:
         """Register the run as `challenger`; make it `champion` when its promotion.json allows (see the module)."""
         run = RunDir(run_dir)
+        decision_path = run.path / "promotion.json"
+        decision = _read_decision(decision_path)  # before registering: a damaged file leaves the registry as it was
         version = self.register(run.path)
         self.client.set_registered_model_alias(self.name, CHALLENGER, version)
         champion = self.alias(CHAMPION)
@@ -161,12 +163,10 @@ class Registry:
             return {"promoted": True, "champion": version, "reason": "the registry had no champion"}
         if champion == version:
             return {"promoted": False, "champion": version, "reason": "this run is the champion already"}
-        decision_path = run.path / "promotion.json"
-        if not decision_path.is_file():
+        if decision is None:
             raise LungCTError(
                 f"{run.path} has no promotion.json: only a challenger from `lungct retrain` can replace the champion"
             )
-        decision = json.loads(decision_path.read_text())
         compared_with = decision.get("champion", {}).get("model_version")
         if compared_with != self.lungct_version(champion):
             raise LungCTError(
@@ -189,6 +189,20 @@ class Registry:
             raise LungCTError(f"nothing to roll back: model {self.name!r} has no previous champion")
         self._move_champion(previous)
         return {"champion": previous, "rolled_back": current}
+
+
+def _read_decision(path: Path) -> dict[str, Any] | None:
+    """promotion.json (lungct retrain's decision), None when absent; a LungCTError when it is not the object
+    retrain writes, since a damaged decision must neither promote nor end in a traceback."""
+    if not path.is_file():
+        return None
+    try:
+        decision = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise LungCTError(f"{path} is damaged ({type(exc).__name__}): run `lungct retrain` again") from None
+    if not isinstance(decision, dict) or not isinstance(decision.get("champion", {}), dict):
+        raise LungCTError(f"{path} is damaged: it is not the decision `lungct retrain` writes; run it again")
+    return decision
 
 
 def parse_model_uri(uri: str) -> tuple[str, str]:

@@ -19,6 +19,7 @@ from typing import Any
 
 import optuna
 from optuna.trial import TrialState
+from sqlalchemy.exc import SQLAlchemyError
 
 from lungct.config import ExperimentConfig
 from lungct.errors import LungCTError
@@ -89,10 +90,22 @@ def _study_identity(cfg: ExperimentConfig, settings: TuneSettings) -> dict[str, 
     return {"config": cfg.model_dump(mode="json"), "metric": settings.metric, "sampler": settings.sampler}
 
 
+def _storage(db: Path) -> optuna.storages.RDBStorage:
+    """The study's SQLite storage; a LungCTError when study.db is damaged, another program's database or from an
+    Optuna it cannot be migrated from (SQLAlchemy and Optuna raise those with pages of SQL)."""
+    try:
+        return optuna.storages.RDBStorage(f"sqlite:///{db.resolve()}")
+    except (SQLAlchemyError, RuntimeError) as exc:
+        raise LungCTError(
+            f"{db} cannot be opened as an Optuna study ({type(exc).__name__}): it is damaged, not a study "
+            "database, or from another Optuna version; use another --study-dir"
+        ) from None
+
+
 def open_study(cfg: ExperimentConfig, settings: TuneSettings) -> optuna.Study:
     """Create STUDY/study.db or continue it; refuse one made from another config, metric or sampler."""
     output_folder(settings.study_dir, "study folder")
-    storage = optuna.storages.RDBStorage(f"sqlite:///{(settings.study_dir / 'study.db').resolve()}")
+    storage = _storage(settings.study_dir / "study.db")
     name = cfg.name
     try:
         existing = optuna.load_study(study_name=name, storage=storage)

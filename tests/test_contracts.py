@@ -113,3 +113,18 @@ def test_weights_of_another_model_are_one_line(tmp_path):
     with pytest.raises(LungCTError, match=r"model\.safetensors does not match .*model\.json: .*Missing key") as caught:
         load_model(run)
     assert "\n" not in str(caught.value) and "\t" not in str(caught.value)
+
+
+def test_a_file_given_as_a_run_is_named_as_a_file(tmp_path, capsys):
+    from lungct.cli import main
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a run\n")
+    with pytest.raises(LungCTError, match=r"notes.txt is a file, not a run directory"):
+        RunDir(notes).require_model()
+    with pytest.raises(LungCTError, match="run directory not found"):
+        RunDir(tmp_path / "missing").require_model()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert main(["promote", "--run", str(notes), "--tracking-uri", uri]) == 1
+    err = capsys.readouterr().err
+    assert err == f"lungct: error: {notes} is a file, not a run directory\n", err

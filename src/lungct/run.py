@@ -123,6 +123,8 @@ class RunDir:
     summary = property(lambda self: self.path / "summary.json")
 
     def require_model(self) -> None:
+        if self.path.exists() and not self.path.is_dir():
+            raise LungCTError(f"{self.path} is a file, not a run directory")
         if not self.path.is_dir():
             raise LungCTError(f"run directory not found: {self.path}")
         for f in (self.model_json, self.weights):

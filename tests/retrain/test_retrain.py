@@ -173,7 +173,10 @@ def test_a_feedback_file_that_is_no_usable_manifest_is_one_line(champion, tmp_pa
     assert not (tmp_path / "c").exists()  # nothing trained, no challenger folder
 
 
-@pytest.mark.parametrize("content", [b"\xdd\xfe not json", b"[1, 2]", b'{"champion": "v1", "promote": true}'])
+@pytest.mark.parametrize(
+    "content",
+    [b"\xdd\xfe not json", b"[1, 2]", b'{"champion": "v1", "promote": true}', b'{"promote": true, "reasons": []}'],
+)
 def test_promote_with_a_damaged_promotion_json_is_one_line_and_registers_nothing(
     champion, tmp_path, capsys, monkeypatch, content
 ):

@@ -200,7 +200,10 @@ def _read_decision(path: Path) -> dict[str, Any] | None:
         decision = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise LungCTError(f"{path} is damaged ({type(exc).__name__}): run `lungct retrain` again") from None
-    if not isinstance(decision, dict) or not isinstance(decision.get("champion", {}), dict):
+    champion = decision.get("champion") if isinstance(decision, dict) else None
+    if not isinstance(champion, dict) or not champion.get("model_version") or "promote" not in decision:
+        # retrain writes the champion it was compared with and its verdict; without them the check below would
+        # report "compared with None" or promote on a missing verdict
         raise LungCTError(f"{path} is damaged: it is not the decision `lungct retrain` writes; run it again")
     return decision
 

@@ -111,6 +111,9 @@ def test_credentials_from_the_environment():
 def test_nodes():
     assert parse_node("pacs.example:104:ORTHANC") == Node("pacs.example", 104, "ORTHANC")
     assert parse_node("[::1]:11112:PACS") == Node("::1", 11112, "PACS")
+    for unpaired in ("[::1:104:PACS", "::1]:104:PACS", "[[::1]]:104:PACS"):
+        with pytest.raises(LungCTError, match="brackets around the host"):
+            parse_node(unpaired)
 
 
 def test_the_operating_point_comes_from_the_run(pacs_run, tmp_path):

@@ -38,6 +38,8 @@ def parse_node(text: str) -> Node:
     if len(parts) != 3 or not parts[0]:
         raise LungCTError(f"{text!r} is not HOST:PORT:AET (e.g. 127.0.0.1:4242:ORTHANC)")
     host, port_text, aet = parts
+    if host.startswith("[") != host.endswith("]") or host.count("[") > 1:
+        raise LungCTError(f"{text!r} is not HOST:PORT:AET: the brackets around the host {host!r} do not pair")
     try:
         port = int(port_text)
     except ValueError:

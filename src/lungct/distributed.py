@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sized
 from dataclasses import dataclass
 from typing import Any
 
-from lungct.errors import LungCTError
+from lungct.errors import LungCTError, one_line
 
 IGNORE_INDEX = -100  # CrossEntropyLoss's ignore_index: the target of a padding sample (see ShardedBatches)
 
@@ -119,9 +119,7 @@ def init_distributed() -> Distributed:
     try:
         dist.init_process_group(backend=backend)
     except (RuntimeError, ValueError) as exc:  # no rendezvous, a peer that never came
-        raise LungCTError(
-            f"cannot join the torch.distributed process group ({' '.join(str(exc).split())[:200]})"
-        ) from exc
+        raise LungCTError(f"cannot join the torch.distributed process group ({one_line(exc)})") from exc
     _current = Distributed(rank, world, local, backend)
     return _current
 

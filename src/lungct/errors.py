@@ -7,6 +7,12 @@ class LungCTError(Exception):
     """A problem with the user's input, configuration or files (not a bug in lungct)."""
 
 
+def one_line(exc: BaseException, limit: int = 200) -> str:
+    """A library's message (torch, SQLAlchemy, pydantic and onnxruntime spread theirs over lines) as one line of at
+    most `limit` characters, for a LungCTError or a log line."""
+    return " ".join(str(exc).split())[:limit]
+
+
 # The optional extra (pyproject.toml) that brings each third-party package lungct imports only on use.
 EXTRA_OF_MODULE = {
     **dict.fromkeys(
@@ -31,7 +37,7 @@ EXTRA_OF_MODULE = {
     **dict.fromkeys(("fastapi", "uvicorn", "multipart", "python_multipart", "pydantic_settings", "starlette"), "serve"),
     "streamlit": "app",
     **dict.fromkeys(("pynetdicom", "highdicom", "dicomweb_client", "requests"), "pacs"),
-    **dict.fromkeys(("mlflow", "optuna"), "mlops"),
+    **dict.fromkeys(("mlflow", "optuna", "sqlalchemy"), "mlops"),
 }
 
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from lungct.config import HeadConfig, TilesConfig
 from lungct.contracts import RunSummary
 from lungct.data.preprocess import Preprocess
-from lungct.errors import LungCTError
+from lungct.errors import LungCTError, one_line
 from lungct.files import atomic_write
 
 if TYPE_CHECKING:  # reading a run (cards, versions, summaries) needs no torch: the torch-free server does it
@@ -142,7 +142,7 @@ class RunDir:
         except KeyError as exc:
             raise LungCTError(f"{self.model_json} is damaged: it has no {exc.args[0]!r}") from exc
         except (ValueError, TypeError, AttributeError) as exc:  # ValueError: bad JSON, bad UTF-8, wrong types
-            raise LungCTError(f"{self.model_json} is damaged: {' '.join(str(exc).split())[:200]}") from exc
+            raise LungCTError(f"{self.model_json} is damaged: {one_line(exc)}") from exc
 
     def read_summary(self) -> RunSummary:
         """summary.json as its typed record; a run without one has status None."""
@@ -151,7 +151,7 @@ class RunDir:
         try:
             return RunSummary.model_validate_json(self.summary.read_bytes())
         except ValueError as exc:
-            raise LungCTError(f"{self.summary} is damaged: {' '.join(str(exc).split())[:200]}") from None
+            raise LungCTError(f"{self.summary} is damaged: {one_line(exc)}") from None
 
 
 def model_version(run: RunDir) -> str:
@@ -186,7 +186,7 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
         state = load_file(str(path))
     except SafetensorError as exc:
         raise LungCTError(
-            f"{path} is damaged or truncated and cannot be read ({' '.join(str(exc).split())[:120]}); "
+            f"{path} is damaged or truncated and cannot be read ({one_line(exc, 120)}); "
             "restore it from a backup or train the run again"
         ) from None
     model.load_state_dict(state)
@@ -211,6 +211,6 @@ def load_model(run: RunDir) -> tuple[torch.nn.Module, ModelCard]:
     try:
         load_weights(model, run.weights)
     except (RuntimeError, OSError) as exc:
-        reason = " ".join(str(exc).split())[:200]  # torch's message spans lines: the CLI prints one
+        reason = one_line(exc)  # torch's message spans lines: the CLI prints one
         raise LungCTError(f"{run.weights} does not match {run.model_json}: {reason}") from exc
     return model.eval(), card

@@ -39,6 +39,7 @@ def explain_command(
     quiet: Quiet = False,
 ) -> None:
     """Heatmaps (Grad-CAM, Grad-CAM++, EigenCAM, Score-CAM) and overlay PNGs for image files or folders."""
+    from lungct.data.images import shown_path
     from lungct.explain.batch import explain_to_folder, held_out_paths
     from lungct.explain.explainer import Explainer
     from lungct.inference import expand_paths
@@ -58,11 +59,4 @@ def explain_command(
     if result.errors:
         first = result.errors[0]
         more = f" (and {len(result.errors) - 1} more)" if len(result.errors) > 1 else ""
-        raise LungCTError(f"could not read {_shown(first.path)}: {first.reason}{more}")
-
-
-def _shown(path: str) -> str:
-    """A DICOM file by its name only, as predict names it: its folders may carry the patient's name."""
-    from lungct.data.images import is_dicom_file
-
-    return Path(path).name if is_dicom_file(path) else path
+        raise LungCTError(f"could not read {shown_path(first.path)}: {first.reason}{more}")

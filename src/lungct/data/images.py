@@ -73,6 +73,12 @@ def is_dicom_file(path: str | Path) -> bool:
     return _is_dicom(str(path), path)
 
 
+def shown_path(path: str) -> str:
+    """How output names a file: a DICOM file by its name only (its folders may carry the patient's name), any other
+    file by its path as given."""
+    return Path(path).name if is_dicom_file(path) else path
+
+
 def _is_dicom(source, name: str | Path) -> bool:
     """A .dcm/.dicom name, or a DICOM Part 10 header ("DICM" at byte 128) for extensionless files."""
     from lungct.dicom.detect import DICOM_SUFFIXES, has_dicom_preamble, is_dicom_path

@@ -12,7 +12,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lungct.contracts import SplitPart
-from lungct.data.images import ImageReadError
+from lungct.data.images import ImageReadError, shown_path
 from lungct.data.splits import load_split
 from lungct.errors import LungCTError
 from lungct.explain.explainer import Explainer
@@ -84,19 +84,11 @@ def explain_to_folder(
         np.save(out / f"{name}.npy", item.heatmap)
         save_overlay(item, out / f"{name}.png", explainer.card.preprocess)
         row = item.to_dict()
-        row.update(npy=f"{name}.npy", png=f"{name}.png", path=_shown_path(row["path"]))
+        row.update(npy=f"{name}.npy", png=f"{name}.png", path=row["path"] and shown_path(row["path"]))
         result.written.append(row)
     bar.close()
     _write_index(out, result.written)
     return result
-
-
-def _shown_path(path: str | None) -> str | None:
-    """A DICOM slice by its file name only, as `lungct predict` names it: its folders may carry the patient's name,
-    and explanations.csv travels with the overlays."""
-    from lungct.data.images import is_dicom_file
-
-    return Path(path).name if path and is_dicom_file(path) else path
 
 
 def _write_index(out: Path, rows: list[dict]) -> None:

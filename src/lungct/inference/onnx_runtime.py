@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lungct.errors import LungCTError
+from lungct.errors import LungCTError, one_line
 from lungct.run import RunDir
 
 ONNX_FILE = "model.onnx"
@@ -48,7 +48,7 @@ def read_export_info(run: RunDir, info_file: str = EXPORT_FILE, graph_file: str 
     try:
         info = json.loads(info_path.read_text())
     except (ValueError, OSError) as exc:  # ValueError: not JSON, or not UTF-8 text at all
-        raise LungCTError(f"{info_path} is damaged: {' '.join(str(exc).split())[:200]}") from None
+        raise LungCTError(f"{info_path} is damaged: {one_line(exc)}") from None
     if not isinstance(info, dict):  # callers read it with .get(): a list or a number would be a traceback
         raise LungCTError(f"{info_path} is damaged: it is not the JSON object lungct export writes")
     return info
@@ -135,7 +135,7 @@ class OnnxModel:
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
-            raise LungCTError(f"cannot load {path} with onnxruntime: {' '.join(str(exc).split())[:200]}") from exc
+            raise LungCTError(f"cannot load {path} with onnxruntime: {one_line(exc)}") from exc
         self.path = path
         names = {o.name for o in self.session.get_outputs()}
         missing = [n for n in OUTPUT_NAMES if n not in names]

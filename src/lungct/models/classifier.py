@@ -11,7 +11,7 @@ from torch import nn
 
 from lungct.config import HeadConfig, ModelConfig, TilesConfig
 from lungct.data.transforms import Preprocess
-from lungct.errors import LungCTError
+from lungct.errors import LungCTError, one_line
 from lungct.models.registry import get_spec
 from lungct.models.tiles import TiledBackbone
 from lungct.models.weights import check_weights_file, check_weights_set, normalisation_from_metadata
@@ -104,7 +104,7 @@ def create_backbone(
             except (EOFError, pickle.UnpicklingError) as exc:  # uncaught, click reports an EOFError as an interrupt
                 raise LungCTError(f"weights file {weights} is damaged or truncated ({type(exc).__name__})") from exc
             except (RuntimeError, KeyError, ValueError, OSError) as exc:
-                reason = " ".join(str(exc).split())[:200]
+                reason = one_line(exc)
                 raise LungCTError(f"weights file {weights} does not fit {timm_name}: {reason}") from exc
             check_weights_set(module, weights, timm_name)
             pretrained, source = True, f"file:{weights}"

@@ -20,6 +20,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lungct.errors import one_line
 from lungct.tracking.flatten import metric_items, param_items
 
 if TYPE_CHECKING:
@@ -77,8 +78,7 @@ def artifact_root(uri: str) -> Path | None:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return f"{type(exc).__name__}: {text[:300]}"
+    return f"{type(exc).__name__}: {one_line(exc, 300) or type(exc).__name__}"
 
 
 class Tracker:

@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 
 from lungct.config import ExperimentConfig
 from lungct.data.splits import load_split, part_counts
+from lungct.errors import one_line
 from lungct.tuning.space import apply_params
 
 if TYPE_CHECKING:
@@ -84,7 +85,7 @@ def importances(study: optuna.Study) -> tuple[dict[str, float] | None, str]:
             evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
             return dict(optuna.importance.get_param_importances(study, evaluator=evaluator)), ""
     except (RuntimeError, ValueError, ZeroDivisionError) as exc:
-        return None, f"importances could not be computed: {' '.join(str(exc).split())[:200]}"
+        return None, f"importances could not be computed: {one_line(exc)}"
 
 
 def write_plots(study: optuna.Study, out: Path, importance_ok: bool) -> dict[str, str]:
@@ -107,7 +108,7 @@ def write_plots(study: optuna.Study, out: Path, importance_ok: bool) -> dict[str
             plt.close(fig)
             written[name] = str(out / name)
         except (ValueError, RuntimeError) as exc:
-            log.warning("tune: %s not drawn: %s", name, " ".join(str(exc).split())[:200])
+            log.warning("tune: %s not drawn: %s", name, one_line(exc))
             plt.close("all")
     return written
 

@@ -49,35 +49,34 @@ MIN_CANDIDATE = 6  # px at 512: smaller enclosed specks are noise
 AREA_BINS = (6, 20, 60, 200, 600)  # px at 512: the lower edges of the five size bins
 
 
-def candidates(img: Image.Image) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(grey, dark, enclosed): the grey slice, its large air-dark regions inside the body, and the tissue they wholly
-    enclose (holes of the dark regions)."""
+def candidates(img: Image.Image) -> tuple[list, np.ndarray, np.ndarray]:
+    """(regions, dark, body): scikit-image's regions of the tissue that the slice's large air-dark regions inside the
+    body wholly enclose (their holes), at least MIN_CANDIDATE px at 512 and largest first (with the grey slice as
+    their intensity image); the dark regions; and the body's hull."""
     from scipy import ndimage as ndi
+    from skimage.measure import label, regionprops
 
     grey = np.asarray(img.convert("L")).astype(np.float32)
     scale = max(img.size) / SCALE
-    hull = ndi.binary_erosion(body_hull(img), iterations=max(1, round(4 * scale)))
+    body = body_hull(img)
+    hull = ndi.binary_erosion(body, iterations=max(1, round(4 * scale)))
     dark = (ndi.uniform_filter(grey, max(3, round(SMOOTHING * scale))) < DARK_LEVEL) & hull
     labels, n = ndi.label(dark)
     sizes = ndi.sum(dark, labels, range(1, n + 1))
     dark = np.isin(labels, 1 + np.flatnonzero(sizes > MIN_DARK_REGION * dark.size))
-    return grey, dark, ndi.binary_fill_holes(dark) & ~dark
+    enclosed = ndi.binary_fill_holes(dark) & ~dark
+    regions = [r for r in regionprops(label(enclosed), intensity_image=grey) if r.area / scale**2 >= MIN_CANDIDATE]
+    return sorted(regions, key=lambda r: r.area, reverse=True), dark, body
 
 
 def nodule_features(img: Image.Image) -> np.ndarray:
     """12 statistics of the slice's enclosed opacities (see the module docstring)."""
-    from skimage.measure import label, regionprops
-
-    grey, dark, enclosed = candidates(img)
-    area_scale = (SCALE / max(img.size)) ** 2
-    regions = [r for r in regionprops(label(enclosed), intensity_image=grey) if r.area * area_scale >= MIN_CANDIDATE]
-    regions.sort(key=lambda r: r.area, reverse=True)
-    areas = np.array([r.area * area_scale for r in regions])
+    regions, dark, body = candidates(img)
+    areas = np.array([r.area * (SCALE / max(img.size)) ** 2 for r in regions])
     counts = np.histogram(areas, bins=[*AREA_BINS, np.inf])[0]
     largest = regions[0] if regions else None
     second = areas[1] if len(areas) > 1 else 0.0
     shape = [largest.solidity, largest.eccentricity, largest.intensity_mean / 255] if largest else [0.0, 0.0, 0.0]
-    body = max(int(body_hull(img).sum()), 1)
     return np.array(
         [
             *np.log1p(counts),
@@ -85,7 +84,7 @@ def nodule_features(img: Image.Image) -> np.ndarray:
             np.log1p(second),
             *shape,
             np.log1p(areas.sum()),
-            dark.sum() / body,
+            dark.sum() / max(int(body.sum()), 1),
         ],
         dtype=np.float32,
     )
@@ -93,13 +92,9 @@ def nodule_features(img: Image.Image) -> np.ndarray:
 
 def patch_boxes(img: Image.Image) -> list[tuple[int, int, int, int]]:
     """(left, top, right, bottom) in the slice's pixels of the square close-ups of its PATCHES largest candidates."""
-    from skimage.measure import label, regionprops
-
-    _, _, enclosed = candidates(img)
     scale = max(img.size) / SCALE
-    regions = [r for r in regionprops(label(enclosed)) if r.area >= MIN_CANDIDATE * scale**2]
     boxes = []
-    for r in sorted(regions, key=lambda r: r.area, reverse=True)[:PATCHES]:
+    for r in candidates(img)[0][:PATCHES]:
         top, left, bottom, right = r.bbox
         half = max(MIN_PATCH * scale, PATCH_CONTEXT * max(bottom - top, right - left)) / 2
         cy, cx = r.centroid

@@ -141,12 +141,14 @@ def test_a_malformed_instance_is_refused_without_pydicoms_warnings(recwarn):
 
     import numpy as np
 
+    from lungct.cli import main
     from lungct.cli.pacs import _quiet_libraries
     from lungct.dicom.errors import DicomError
     from lungct.pacs.accept import accept_instance
     from tests.dicom.dicom_factory import ct_dataset, to_bytes
 
     good = to_bytes(ct_dataset(np.zeros((16, 16))))
+    main(["backbones"])  # every command, the node's included, starts in main, which quiets pydicom's warnings
     _quiet_libraries()
     with pytest.raises(DicomError):
         accept_instance(good[:300] + np.random.default_rng(0).bytes(700))  # a valid file meta, then garbage

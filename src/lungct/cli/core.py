@@ -16,7 +16,6 @@ from lungct.cli.options import (
     SplitMode,
     TrackingUri,
     log,
-    quiet_dicom_warnings,
     setup_logging,
 )
 from lungct.files import output_folder
@@ -190,7 +189,6 @@ def predict_command(
     from lungct.inference import Predictor, expand_paths, unfinished_run
 
     setup_logging(True)
-    quiet_dicom_warnings()
     init_distributed()
     predictor = Predictor(run, tta=tta)
     if (reason := unfinished_run(run)) is not None and current().is_main:

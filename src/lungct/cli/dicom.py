@@ -9,7 +9,6 @@ from typing import Annotated
 
 import typer
 
-from lungct.cli.options import quiet_dicom_warnings
 from lungct.contracts import DicomWindow
 
 
@@ -42,7 +41,6 @@ def predict_series_command(
     from lungct.inference import Predictor
     from lungct.inference.study import predict_series
 
-    quiet_dicom_warnings()
     series = load_series(path, force=force)
     result = predict_series(
         Predictor(run),

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from lungct.cli.options import Quiet, quiet_dicom_warnings, setup_logging
+from lungct.cli.options import Quiet, setup_logging
 from lungct.contracts import CamMethod
 from lungct.errors import LungCTError
 
@@ -45,7 +45,6 @@ def explain_command(
     from lungct.inference import expand_paths
 
     setup_logging(quiet)
-    quiet_dicom_warnings()
     files = expand_paths(paths or [])
     if from_split:
         files += held_out_paths(run, from_split, per_class)

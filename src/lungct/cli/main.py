@@ -30,6 +30,7 @@ from lungct.cli import (
     serve,
     tune,
 )
+from lungct.cli.options import quiet_dicom_warnings
 from lungct.errors import LungCTError, missing_extra
 
 app = typer.Typer(
@@ -72,6 +73,7 @@ app.add_typer(feedback.app, name="feedback")
 
 def main(argv: list[str] | None = None) -> int:
     launch.ARGV[:] = sys.argv[1:] if argv is None else list(argv)
+    quiet_dicom_warnings()  # every command that reads DICOM (predict, explain, serve, the DICOM node, ...)
     try:
         result = app(args=argv, standalone_mode=False)
     except typer.TyperException as exc:  # typer's usage errors: unknown option, missing path, bad value

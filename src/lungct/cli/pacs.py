@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from lungct.cli.options import Quiet, quiet_dicom_warnings, setup_logging
+from lungct.cli.options import Quiet, setup_logging
 from lungct.errors import LungCTError
 
 log = logging.getLogger("lungct")
@@ -54,7 +54,6 @@ def _quiet_libraries() -> None:
     import pydicom
 
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
-    quiet_dicom_warnings()  # a malformed instance's parser warnings (warnings.warn, not the logger) as well
     logging.getLogger("pydicom").setLevel(logging.ERROR)
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     logging.getLogger("dicomweb_client").setLevel(logging.WARNING)  # its DEBUG lines print request headers

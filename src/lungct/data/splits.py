@@ -119,11 +119,12 @@ def load_split(path: Path) -> list[SplitItem]:
     """split.csv's rows; a LungCTError for a file without the columns path,label,group,part (or not text)."""
     if not path.is_file():
         raise LungCTError(f"split file not found: {path}")
+    not_a_split = f"{path} is not a split file: it needs the columns path,label,group,part"
     try:
         with path.open(newline="") as fh:
             reader = csv.DictReader(fh)
             if not {"path", "label", "group", "part"} <= set(reader.fieldnames or ()):
-                raise KeyError("columns")
+                raise LungCTError(not_a_split)
             return [SplitItem(r["path"], r["label"], r["group"], r["part"]) for r in reader]
-    except (KeyError, UnicodeDecodeError, csv.Error) as exc:
-        raise LungCTError(f"{path} is not a split file: it needs the columns path,label,group,part") from exc
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise LungCTError(not_a_split) from exc

@@ -159,6 +159,7 @@ def test_a_damaged_dicom_file_is_one_line_without_pydicoms_warnings(capsys, capl
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         code, out, err = _run(capsys, "predict-series", "--run", tmp_path, series)
-    assert code == 1 and out == "" and err == "lungct: error: 1.dcm: DICOM file has no pixel data\n", err
+    hint = "nothing readable after its header: truncated or damaged?"
+    assert code == 1 and out == "" and err == f"lungct: error: 1.dcm: DICOM file has no pixel data ({hint})\n", err
     assert [str(w.message) for w in caught if "pydicom" in w.filename] == []
     assert [r.getMessage() for r in caplog.records if r.name.startswith("pydicom")] == []

@@ -160,10 +160,36 @@ def test_compressed_without_decoder_names_the_package(tmp_path):
 
 def test_corrupt_pixel_data(tmp_path):
     ds = ct_dataset(HU)
-    ds.PixelData = ds.PixelData[:5]
+    ds.PixelData = ds.PixelData[:6]
     path = write(ds, tmp_path / "a.dcm")
-    with pytest.raises(ImageReadError, match="pixel data cannot be decoded"):
+    with pytest.raises(ImageReadError, match=r"pixel data cannot be decoded: .*less than expected \(6 vs 16 bytes\)"):
         load_image(path)
+
+
+def test_an_invalid_bits_allocated_is_named(tmp_path):
+    """It said only "pixel data cannot be decoded (ValueError)"; pydicom's own check names the element."""
+    ds = ct_dataset(HU)
+    ds.BitsAllocated = 12
+    path = write(ds, tmp_path / "a.dcm")
+    with pytest.raises(ImageReadError, match=r"cannot be decoded: .*'Bits Allocated' value of '12' is invalid") as info:
+        load_image(path)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("keep", [140, 200, 400])
+def test_a_file_cut_short_before_its_pixels_says_it_may_be_truncated(tmp_path, keep):
+    """pydicom reads a truncated file without complaint; the error said only "has no pixel data"."""
+    data = write(ct_dataset(HU), tmp_path / "a.dcm").read_bytes()
+    with pytest.raises(DicomError, match=r"has no pixel data \(.*truncated"):
+        read_dataset(data[:keep], "a.dcm")
+
+
+def test_a_non_image_object_without_pixels_is_not_called_truncated(tmp_path):
+    ds = ct_dataset(HU, pixels=False)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.22"  # Enhanced SR
+    path = write(ds, tmp_path / "a.dcm")
+    with pytest.raises(DicomError, match=r"has no pixel data$"):
+        read_dataset(path, "a.dcm")
 
 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR")

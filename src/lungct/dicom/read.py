@@ -24,6 +24,7 @@ from pydicom.tag import Tag
 
 from lungct.dicom.detect import DICOM_SUFFIXES, has_dicom_preamble, is_dicom_path  # noqa: F401 (re-exported)
 from lungct.dicom.errors import DicomError
+from lungct.errors import one_line
 
 
 def slice_id(ds: Dataset, name: str | Path) -> str:
@@ -94,8 +95,7 @@ def drop_identifiers(ds: Dataset) -> None:
 
 def check_dataset(ds: Dataset, name: str | Path, force: bool = False) -> None:
     if "PixelData" not in ds:
-        kind = " (a DICOMDIR?)" if "DirectoryRecordSequence" in ds else ""
-        raise DicomError(name, f"DICOM file has no pixel data{kind}")
+        raise DicomError(name, f"DICOM file has no pixel data{_why_no_pixels(ds)}")
     modality = str(ds.get("Modality", "") or "unknown")
     if modality != "CT" and not force:
         raise DicomError(name, f"modality is {modality}, not CT (pass --force to use it anyway)")
@@ -112,6 +112,20 @@ def check_dataset(ds: Dataset, name: str | Path, force: bool = False) -> None:
             name, f"photometric interpretation {photometric[:16]}; a CT slice is greyscale (MONOCHROME1 or 2)"
         )
     check_decoder(ds, name)
+
+
+def _why_no_pixels(ds: Dataset) -> str:
+    """A hint for a file without PixelData: pydicom reads a file cut short without complaint and returns the
+    elements before the cut, so an image object (or nothing at all) without pixels is most likely truncated."""
+    if "DirectoryRecordSequence" in ds:
+        return " (a DICOMDIR?)"
+    meta = getattr(ds, "file_meta", None)
+    sop_class = ds.get("SOPClassUID") or (meta.get("MediaStorageSOPClassUID") if meta is not None else None)
+    if sop_class is None and len(ds) == 0:
+        return " (nothing readable after its header: truncated or damaged?)"
+    if sop_class is not None and "Image Storage" in getattr(sop_class, "name", ""):
+        return f" (a {sop_class.name} file: truncated?)"
+    return ""
 
 
 def _tag_value(ds: Dataset, keyword: str, name: str | Path):
@@ -178,6 +192,8 @@ def to_hu(ds: Dataset, name: str | Path = "") -> np.ndarray:
     """Pixel values in Hounsfield units (float32) via the modality LUT (RescaleSlope/RescaleIntercept)."""
     try:
         stored = ds.pixel_array
+    except ValueError as exc:  # pydicom's own checks say which element is wrong or how many bytes are missing
+        raise DicomError(name, f"pixel data cannot be decoded: {one_line(exc, 200)}") from None
     except Exception as exc:  # decoders raise many exception types for damaged data
         raise DicomError(name, f"pixel data cannot be decoded ({type(exc).__name__})") from None
     if stored.ndim != 2:

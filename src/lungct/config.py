@@ -6,6 +6,7 @@ differs. The resolved config is saved into each run directory so a run can be re
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Literal
 
@@ -17,8 +18,10 @@ from lungct.errors import LungCTError
 
 
 class _Strict(BaseModel):
-    # enum fields keep their plain string value, so configs compare, dump and print as before
-    model_config = ConfigDict(extra="forbid", use_enum_values=True)
+    # enum fields keep their plain string value, so configs compare, dump and print as before. YAML's .inf and .nan
+    # are refused: a learning rate of .inf passed "gt=0" (one AdamW step at it makes the weights inf and NaN), and an
+    # unfreeze of .nan passed both of its range checks.
+    model_config = ConfigDict(extra="forbid", use_enum_values=True, allow_inf_nan=False)
 
 
 class GroupsFile(_Strict):
@@ -159,7 +162,7 @@ class FineTuneConfig(PhaseConfig):
     def _unfreeze_amount(cls, v: object) -> int | float:
         if v == "all":
             return 1.0
-        if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
             raise ValueError(f"unfreeze {v!r}: give a layer count (an integer >= 0), a fraction (0.0 to 1.0) or 'all'")
         if isinstance(v, float) and v > 1:
             hint = f" (for a count of {int(v)} layers write {int(v)})" if v.is_integer() else ""

@@ -54,6 +54,10 @@ def _one_line_error(capsys, argv: list[str]) -> str:
         (["--out", "o", "--tls-ca", "junk.pem"], "--tls-ca needs --tls-cert and --tls-key"),
         (["--out", "o", "--forward-tls"], "--forward-tls: there is no --forward destination"),
         (["--forward", "127.0.0.1:104:PACS", "--forward-tls", "--tls-ca", "junk.pem"], "not a CA certificate file"),
+        # inf passed min=0, and a series was then never analysed (nor a result retried); the bad port makes the old
+        # code fail on another message instead of listening
+        (["--out", "o", "--port", "70000", "--series-timeout", "inf"], "Invalid value for '--series-timeout'"),
+        (["--out", "o", "--port", "70000", "--retry-max", "inf"], "Invalid value for '--retry-max'"),
     ],
 )
 def test_listen_arguments(capsys, pacs_run, tmp_path, monkeypatch, extra, needle):
@@ -88,6 +92,7 @@ def test_listen_on_a_port_in_use_is_one_line(capsys, pacs_run, tmp_path):
         ([], {"LUNGCT_DICOMWEB_TOKEN": "t", "LUNGCT_DICOMWEB_PASSWORD": "p"}, "not both"),
         (["--no-store"], {}, "results would go nowhere"),
         ([], {}, "cannot retrieve the study"),  # nothing listens on that port
+        (["--wait", "inf"], {}, "Invalid value for '--wait'"),
     ],
 )
 def test_dicomweb_arguments(capsys, pacs_run, tmp_path, monkeypatch, argv, env, needle):

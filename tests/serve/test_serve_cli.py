@@ -37,6 +37,9 @@ def test_openapi_out_writes_the_schema(tmp_path, capsys):
         (["serve", "--run", "/nonexistent/run"], "run directory not found"),
         (["serve", "--run", ".", "--max-file-mb", "-1"], "invalid serve settings: max_file_mb"),
         (["serve", "--run", ".", "--explain-max-side", "10"], "invalid serve settings: explain_max_side"),
+        # inf passed gt=0, and every batch request then failed with a 500 (int(inf) where the limit becomes bytes)
+        (["serve", "--run", ".", "--max-batch-mb", "inf"], "invalid serve settings: max_batch_mb"),
+        (["serve", "--run", ".", "--max-zip-ratio", "inf"], "invalid serve settings: max_zip_ratio"),
     ],
 )
 def test_serve_errors_are_one_line(capsys, argv, message):

@@ -41,6 +41,12 @@ def test_damaged_checkpoint_starts_afresh_with_a_warning(tiny_dataset, fake_pret
         ({"model": {"head": {"dropout": 1.5}}}, "model.head.dropout"),
         ({"train": {"phase1": {"epochs": 0}, "phase2": {"epochs": 0}}}, "train"),
         ({"train": {"phase2": {"lr": 0}}}, "train.phase2.lr"),
+        # YAML's .inf passed "greater than 0" (one AdamW step at a learning rate of .inf makes the weights inf and
+        # NaN), and .nan passed unfreeze's own range checks
+        ({"train": {"phase1": {"lr": float("inf")}}}, "train.phase1.lr"),
+        ({"train": {"weight_decay": float("inf")}}, "train.weight_decay"),
+        ({"train": {"mixup": float("inf")}}, "train.mixup"),
+        ({"train": {"phase2": {"unfreeze": float("nan")}}}, "train.phase2.unfreeze"),
     ],
 )
 def test_nonsense_config_values_are_refused_naming_the_field(raw, field):

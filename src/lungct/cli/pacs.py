@@ -41,8 +41,14 @@ Threshold = Annotated[
 ]
 SpoolLimit = Annotated[int, typer.Option("--spool-limit-mb", min=1, help="most MiB of received instances on disk")]
 QueueLimit = Annotated[int, typer.Option("--queue-limit-mb", min=1, help="most MiB of results waiting to be sent")]
-RetryInitial = Annotated[float, typer.Option("--retry-initial", min=0.01, help="seconds before the first retry")]
-RetryMax = Annotated[float, typer.Option("--retry-max", min=0.01, help="longest wait between retries, seconds")]
+# Every time option has a finite upper bound: "inf" passed min= alone, and a series or a retry was then never due.
+DAY = 86_400.0
+RetryInitial = Annotated[
+    float, typer.Option("--retry-initial", min=0.01, max=DAY, help="seconds before the first retry")
+]
+RetryMax = Annotated[
+    float, typer.Option("--retry-max", min=0.01, max=DAY, help="longest wait between retries, seconds")
+]
 PredictionLogOpt = Annotated[
     Path | None, typer.Option("--prediction-log", dir_okay=False, help="SQLite prediction log (lungct drift reads it)")
 ]
@@ -108,7 +114,9 @@ def dicom_listen_command(
     host: Annotated[str, typer.Option("--host", help="address to listen on")] = "0.0.0.0",
     series_timeout: Annotated[
         float,
-        typer.Option("--series-timeout", min=0, help="seconds without a new instance before a series is analysed"),
+        typer.Option(
+            "--series-timeout", min=0, max=DAY, help="seconds without a new instance before a series is analysed"
+        ),
     ] = 10.0,
     forward: Annotated[
         list[str] | None, typer.Option("--forward", help="C-STORE results to HOST:PORT:AET (repeatable)")
@@ -224,7 +232,7 @@ def dicomweb_command(
     out: Out = None,
     store: Annotated[bool, typer.Option("--store/--no-store", help="store the results back (STOW-RS)")] = True,
     state: State = Path("lungct-pacs"),
-    wait: Annotated[float, typer.Option("--wait", min=0, help="seconds to keep retrying the store")] = 60.0,
+    wait: Annotated[float, typer.Option("--wait", min=0, max=DAY, help="seconds to keep retrying the store")] = 60.0,
     aggregate: AggregateOpt = Aggregate.max,
     top_k: TopK = 3,
     positive_class: PositiveClass = None,

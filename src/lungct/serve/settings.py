@@ -25,7 +25,9 @@ UPLOAD = UploadLimits()  # the inference service's limits, shared with the app: 
 
 
 class ServeSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LUNGCT_SERVE_", extra="forbid")
+    # inf and nan are refused: "--max-batch-mb inf" passed gt=0 and then failed every batch request with a 500
+    # (int(inf) is an OverflowError where the limit turns into bytes)
+    model_config = SettingsConfigDict(env_prefix="LUNGCT_SERVE_", extra="forbid", allow_inf_nan=False)
 
     run: Path | None = Field(None, description="run directory (from lungct train); or model_uri")
     model_uri: str | None = Field(

@@ -7,7 +7,7 @@ import json
 import logging
 import signal
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -77,11 +77,16 @@ class PipelineOptions:
     top_k: int
     positive_class: str | None
     threshold: float | None
-    spool_mb: float
-    queue_mb: float
+    spool_limit_mb: float
+    queue_limit_mb: float
     retry_initial: float
     retry_max: float
     prediction_log: Path | None
+
+    @classmethod
+    def named(cls, options: dict) -> PipelineOptions:
+        """From a command's options (its locals()): both commands name these options as the fields are named."""
+        return cls(**{f.name: options[f.name] for f in fields(cls)})
 
 
 def _pipeline(o: PipelineOptions, destinations: list, ae_title: str = "LUNGCT", tls=None):
@@ -92,8 +97,8 @@ def _pipeline(o: PipelineOptions, destinations: list, ae_title: str = "LUNGCT", 
     from lungct.pacs.spool import Spool
 
     try:
-        spool = Spool(o.state / "spool", o.spool_mb * 2**20)
-        outbox = Outbox(o.state / "outbox", o.queue_mb * 2**20, o.retry_initial, o.retry_max)
+        spool = Spool(o.state / "spool", o.spool_limit_mb * 2**20)
+        outbox = Outbox(o.state / "outbox", o.queue_limit_mb * 2**20, o.retry_initial, o.retry_max)
         if o.out is not None:
             o.out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -188,20 +193,7 @@ def dicom_listen_command(
         raise LungCTError("results would go nowhere: give --forward HOST:PORT:AET, --stow URL and/or --out DIR")
     from lungct.pacs.listener import Listener
 
-    options = PipelineOptions(
-        run,
-        state,
-        out,
-        aggregate,
-        top_k,
-        positive_class,
-        threshold,
-        spool_limit_mb,
-        queue_limit_mb,
-        retry_initial,
-        retry_max,
-        prediction_log,
-    )
+    options = PipelineOptions.named(locals())
     pipeline = _pipeline(options, destinations, ae_title, sending_tls)
     listener = Listener(
         pipeline, pipeline.spool, ae_title, port, host, series_timeout, tuple(allow_ae or ()), ssl_context
@@ -260,20 +252,7 @@ def dicomweb_command(
     destinations = [stow_destination(url)] if store else []
     if not destinations and out is None:
         raise LungCTError("results would go nowhere: drop --no-store or give --out DIR")
-    options = PipelineOptions(
-        run,
-        state,
-        out,
-        aggregate,
-        top_k,
-        positive_class,
-        threshold,
-        spool_limit_mb,
-        queue_limit_mb,
-        retry_initial,
-        retry_max,
-        prediction_log,
-    )
+    options = PipelineOptions.named(locals())
     pipeline = _pipeline(options, destinations)
     summary = pull_study(url, study, pipeline, wait)
     typer.echo(json.dumps(asdict(summary)))

@@ -9,20 +9,22 @@ near neighbours among normal patches; a nodule should not.
 
 Patches: the default's frozen MobileNetV2 on the whole slice at 224 px, its stride-8 map (blocks[2], 32 channels)
 and its stride-16 map (blocks[4], 96 channels, upsampled), each averaged over 3x3 neighbours as PatchCore does and
-scaled to unit mean norm, joined into 128 numbers per cell of a 28x28 grid. Only cells mostly inside the body's hull
-(`lungct.data.field.body_hull`) are banked or scored, so air and table, which predict the label through acquisition
-(docs/model-quality.md, session 22), are left out.
+scaled to unit mean norm, joined into 128 numbers per cell of a 28x28 grid (56x56 at 448 px). Only cells mostly
+inside the body's hull (`lungct.data.field.body_hull`) are banked or scored, so air and table, which predict the
+label through acquisition (docs/model-quality.md, session 22), are left out.
 
 Honesty: a fold's bank holds the patches of its training part's normal slices only, and a slice is never scored
 against its own group. To make 25 folds affordable on 2 cores, the nearest distance is computed once per (patch,
 normal group) pair, and a fold takes the minimum over the normal groups its training part holds (exactly the
 distance to the fold's bank, without subsampling it). Each slice's score is then summarised (max, means of the top
 5 and 20 patches, 95th percentile, mean) and read by lungct's probe on each fold's training part, as
-nodule_candidates.py reads its rows, paired per fold against the default's `last`.
+nodule_candidates.py reads its rows, paired per fold against the default's `last`. The `margin` rows add a bank of
+the training part's benign slices (see fold_features).
 
-Written with torch matrix products rather than a nearest-neighbour library (faiss, scikit-learn) because the
-per-group minimum over a 424k x 154k distance matrix is two lines of torch and needs no index; scikit-learn's brute
-force would compute the same products.
+Written with torch matrix products rather than a nearest-neighbour library (faiss, scikit-learn) because what is
+needed is the minimum per (cell, group) pair, over a 292k x 116k distance matrix at 224 px (1.17M x 461k at 448 px),
+in blocks that fit in memory: a few lines of torch and no index. scikit-learn's brute force would compute the same
+products once per group and keep its own copies of the blocks.
 
 Usage: [PATCH_ANOMALY_SIZE=448] python benchmarks/model_quality/patch_anomaly.py [ROW ...]
 -> benchmarks/results/patch_anomaly.json (rows at 448 px are named ROW@448)
@@ -58,7 +60,7 @@ SIZE = int(os.environ.get("PATCH_ANOMALY_SIZE", "224"))  # px the slice is resiz
 GRID = SIZE // 8  # cells per side of the stride-8 map
 IN_BODY = 0.5  # share of a cell inside the body's hull for the cell to be banked or scored
 TOP = (5, 20)
-CHUNK = 32768  # query cells per distance block (32768 x a group's ~4k cells: about 0.5 GB)
+CELLS_PER_BLOCK = 2**27  # query cells x bank cells per block of distances (float32: 0.5 GB)
 SUFFIX = "" if SIZE == 224 else f"_{SIZE}"
 CACHE = ROOT / "runs" / "screen" / f"patch_anomaly{SUFFIX}.npz"
 DISTANCES = ROOT / "runs" / "screen" / f"patch_anomaly_distances{SUFFIX}.npy"
@@ -98,23 +100,35 @@ def patch_features(paths: list[str]) -> dict[str, np.ndarray]:
 @torch.inference_mode()
 def group_distances(f: dict[str, np.ndarray], banks: list[np.ndarray], path: Path) -> np.ndarray:
     """(slices, cells, banks) float16: each body cell's distance to the nearest body cell of each bank's slices (one
-    bank per group of a class; inf outside the body), cached at `path`."""
+    bank per group of a class; inf outside the body), cached at `path`. At 448 px this takes most of an hour on 2
+    cores, so the groups done so far are kept in PATH.partial.npz and a rerun goes on from there."""
     if path.exists():
         return np.load(path)
     torch.set_num_threads(2)
     body = f["body"]
     queries = torch.from_numpy(f["patches"][body].astype(np.float32))
     q2 = (queries**2).sum(1, keepdim=True)
-    dist = np.full((*body.shape, len(banks)), np.inf, dtype=np.float16)
+    partial = path.with_suffix(".partial.npz")
+    if partial.exists():
+        z = np.load(partial)
+        dist, done = z["dist"], int(z["done"])
+    else:
+        dist, done = np.full((*body.shape, len(banks)), np.inf, dtype=np.float16), 0
     t0 = time.time()
-    for g, members in enumerate(banks):
+    for g in range(done, len(banks)):
+        members = banks[g]
         bank = torch.from_numpy(f["patches"][members][body[members]].astype(np.float32))
         b2 = (bank**2).sum(1)
-        chunks = [slice(s, s + CHUNK) for s in range(0, len(queries), CHUNK)]
-        nearest = torch.cat([(q2[c] + b2 - 2 * queries[c] @ bank.T).amin(1) for c in chunks])
-        dist[..., g][body] = nearest.clamp_min(0).sqrt().numpy()
+        rows = max(256, CELLS_PER_BLOCK // len(bank))  # one block of distances at a time, about 0.5 GB
+        nearest = []
+        for c in (slice(s, s + rows) for s in range(0, len(queries), rows)):
+            block = queries[c] @ bank.T  # |q|^2 + |b|^2 - 2 q.b, in place: one block in memory, not three
+            nearest.append(block.mul_(-2).add_(q2[c]).add_(b2).amin(1))
+        dist[..., g][body] = torch.cat(nearest).clamp_min(0).sqrt().numpy()
+        np.savez(partial, dist=dist, done=g + 1)
         print(f"{path.stem}: group {g + 1}/{len(banks)}, {time.time() - t0:.0f} s", flush=True)
     np.save(path, dist)
+    partial.unlink()
     return dist
 
 

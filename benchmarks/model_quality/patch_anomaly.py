@@ -55,6 +55,8 @@ ROWS = ["anomaly", "last+anomaly", "last|anomaly"]
 # "margin": a benign bank beside the normal one (see fold_features); patch-level nearest neighbours between the two
 # classes the default confuses
 MARGIN_ROWS = ["margin", "last+margin", "last|margin"]
+# beside the best single-slice row of session 22 (default and texture probes averaged), as session 24 did for nodules
+TEXTURE_ROWS = ["last|texture|anomaly"]
 TAPS = (2, 4)  # MobileNetV2 blocks: stride 8 (32 channels) and stride 16 (96 channels)
 SIZE = int(os.environ.get("PATCH_ANOMALY_SIZE", "224"))  # px the slice is resized to (the default's 224, or 448)
 GRID = SIZE // 8  # cells per side of the stride-8 map
@@ -181,7 +183,9 @@ def fold_features(banks: dict[str, ClassBank], groups: np.ndarray, train_groups:
 def score_fold(row: str, last: np.ndarray, feats: dict[str, np.ndarray], y, groups, part, classes) -> dict:
     train, test = part == "train", part == "test"
     name = row.split("+")[-1].split("|")[-1]
-    if row == name:
+    if row in TEXTURE_ROWS:
+        members = [last, feats["texture"], feats[name]]
+    elif row == name:
         members = [feats[name]]
     elif "+" in row:  # one probe on both
         members = [np.concatenate([last[:, :1], feats[name]], -1)]
@@ -208,23 +212,25 @@ def separation(banks: dict[str, ClassBank], d) -> dict:
 
 
 def main(rows: list[str]) -> None:
-    unknown = [row for row in rows if row not in ROWS + MARGIN_ROWS]
+    known = ROWS + MARGIN_ROWS + TEXTURE_ROWS
+    unknown = [row for row in rows if row not in known]
     if unknown:
-        raise SystemExit(f"unknown rows {unknown}; choose from {ROWS + MARGIN_ROWS}")
+        raise SystemExit(f"unknown rows {unknown}; choose from {known}")
     d = pool_draws()
     f = patch_features(d.paths)
     banks = {"normal": ClassBank.of(f, d, "normal", DISTANCES)}
     if any(row in MARGIN_ROWS for row in rows):
         banks["benign"] = ClassBank.of(f, d, "benign", BENIGN_DISTANCES)
     print("leave one group out:", separation(banks, d), flush=True)
-    last = extract(d.paths)["last"]
+    cached = extract(d.paths)
+    last = cached["last"]
     default = json.loads((ROOT / "benchmarks" / "results" / "feature_levers.json").read_text())["last"]
     base = np.array(default["balanced_accuracy_per_fold"])
     per_row: dict[str, tuple[list, list]] = {row: ([], []) for row in rows}
     for parts in d.parts:
         draw_rows: dict[str, list] = {row: [] for row in rows}
         for part in parts:
-            feats = fold_features(banks, d.groups, set(d.groups[part == "train"]))
+            feats = fold_features(banks, d.groups, set(d.groups[part == "train"])) | {"texture": cached["texture"]}
             for row in rows:
                 draw_rows[row].append(score_fold(row, last, feats, d.y, d.groups, part, d.classes))
         for row in rows:

@@ -82,8 +82,9 @@ def test_dicom_upload_is_windowed_and_its_tags_stay_out_of_the_log(model, tmp_pa
         (slice_png()[:60], "cannot read this file"),  # a truncated PNG
         (b"\x00" * (MAX_UPLOAD_BYTES + 1), "larger than 50 MB"),
         (png_bytes(Image.new("L", (5000, 4000))), "too large (5000x4000 pixels)"),
+        (png_bytes(Image.new("L", (512, 512))), "cannot read this file: blank image (every pixel is 0)"),
     ],
-    ids=["empty", "not-an-image", "truncated", "too-many-bytes", "too-many-pixels"],
+    ids=["empty", "not-an-image", "truncated", "too-many-bytes", "too-many-pixels", "blank"],
 )
 def test_bad_uploads_become_one_message_and_are_not_logged(model, tmp_path, data, needle):
     result = analyse_upload(model, data, "bad.png")

@@ -1,5 +1,6 @@
 import io
 import os
+import re
 import threading
 
 import numpy as np
@@ -10,8 +11,14 @@ from lungct.data import images
 from lungct.data.images import ImageReadError, load_image, open_image
 
 
-def _png(path, size=(40, 30), mode="L"):
-    Image.fromarray(np.zeros(size[::-1], dtype=np.uint8), mode="L").convert(mode).save(path)
+def _ramp(size=(48, 36)) -> np.ndarray:
+    """A grey ramp: a slice with some structure (a blank image is refused)."""
+    w, h = size
+    return np.linspace(0, 255, w * h).reshape(h, w).astype(np.uint8)
+
+
+def _png(path, size=(48, 36), mode="L"):
+    Image.fromarray(_ramp(size), mode="L").convert(mode).save(path)
     return path
 
 
@@ -20,11 +27,11 @@ def test_grey_and_rgb_files_load_in_the_requested_mode(tmp_path):
     rgb = _png(tmp_path / "c.png", mode="RGB")
     assert load_image(grey).mode == "L" and load_image(rgb).mode == "L"
     assert load_image(grey, "rgb").mode == "RGB"
-    assert load_image(rgb).size == (40, 30)
+    assert load_image(rgb).size == (48, 36)
 
 
 def test_16_bit_images_are_rescaled_to_8_bit(tmp_path):
-    arr = np.array([[0, 1000], [2000, 4000]], dtype=np.uint16)
+    arr = np.kron(np.array([[0, 1000], [2000, 4000]], dtype=np.uint16), np.ones((16, 16), np.uint16))
     Image.fromarray(arr).save(tmp_path / "deep.png")
     out = np.asarray(load_image(tmp_path / "deep.png"))
     assert out.min() == 0 and out.max() == 255
@@ -53,18 +60,20 @@ def test_folder_and_missing_file(tmp_path):
 def test_huge_dimensions_are_refused_before_decoding(tmp_path, monkeypatch):
     monkeypatch.setattr(images, "MAX_PIXELS", 1000)
     with pytest.raises(ImageReadError, match="too large"):
-        load_image(_png(tmp_path / "big.png", size=(40, 30)))
+        load_image(_png(tmp_path / "big.png", size=(48, 36)))
 
 
 def test_bytes_from_an_upload_decode_like_files():
     buf = io.BytesIO()
-    Image.new("RGB", (8, 6), (10, 20, 30)).save(buf, format="JPEG")
+    Image.fromarray(_ramp()).convert("RGB").save(buf, format="JPEG")
     buf.seek(0)
-    assert open_image(buf, "upload.jpg").size == (8, 6)
+    assert open_image(buf, "upload.jpg").size == (48, 36)
 
 
 def _float_tiff(path, values):
-    Image.fromarray(np.asarray(values, dtype=np.float32), mode="F").save(path, format="TIFF")
+    """Each value as a 16x16 block, so that the image is large enough to be a slice."""
+    blocks = np.kron(np.asarray(values, dtype=np.float32), np.ones((16, 16), np.float32))
+    Image.fromarray(blocks, mode="F").save(path, format="TIFF")
     return path
 
 
@@ -82,7 +91,7 @@ def test_float_images_with_non_finite_pixels_are_refused(tmp_path, bad):
 def test_float_images_spanning_the_whole_float32_range_rescale(tmp_path):
     path = _float_tiff(tmp_path / "wide.tif", [[-3e38, 0.0], [1e38, 3e38]])
     out = np.asarray(load_image(path))
-    assert out.min() == 0 and out.max() == 255 and out[0, 1] in (127, 128)
+    assert out.min() == 0 and out.max() == 255 and out[0, 16] in (127, 128)
 
 
 def test_special_files_are_not_regular_files(tmp_path):
@@ -100,3 +109,46 @@ def test_special_files_are_not_regular_files(tmp_path):
         os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
     assert answers == [False]
     assert images.is_dicom_file("/dev/null") is False
+
+
+def test_images_too_small_to_be_a_slice_are_refused(tmp_path):
+    """A 1x1 image or a 4 px strip, stretched to the model's input, used to get a confident label."""
+    for size in [(1, 1), (20000, 4), (31, 64)]:
+        with pytest.raises(ImageReadError, match=rf"too small \({size[0]}x{size[1]} pixels"):
+            load_image(_png(tmp_path / "small.png", size=size))
+    assert load_image(_png(tmp_path / "edge.png", size=(32, 32))).size == (32, 32)
+
+
+@pytest.mark.parametrize("suffix", [".gif", ".tif"])
+def test_stacks_of_frames_are_refused_not_read_as_their_first_frame(tmp_path, suffix):
+    frames = [Image.fromarray(_ramp() // (k + 1)) for k in range(3)]
+    path = tmp_path / f"stack{suffix}"
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+    with pytest.raises(ImageReadError, match="3 frames in one file; give one slice per file"):
+        load_image(path)
+    frames[0].save(tmp_path / f"one{suffix}")
+    assert load_image(tmp_path / f"one{suffix}").size == (48, 36)
+
+
+@pytest.mark.parametrize(
+    ("image", "color", "shown"),
+    [
+        (Image.new("L", (64, 64), 0), "grey", "every pixel is 0"),
+        (Image.new("RGB", (64, 64), (10, 20, 30)), "rgb", "every pixel is (10, 20, 30)"),
+        (Image.new("RGB", (64, 64), (10, 20, 30)), "grey", "every pixel is 18"),
+        (Image.fromarray(np.full((64, 64), 1234, np.uint16)), "grey", "every pixel is 1234"),
+    ],
+)
+def test_blank_images_are_refused(tmp_path, image, color, shown):
+    """The demo model called a black slice malignant with probability 0.85."""
+    image.save(tmp_path / "blank.png")
+    with pytest.raises(ImageReadError, match=rf"blank image \({re.escape(shown)}\)"):
+        load_image(tmp_path / "blank.png", color)
+    grey = Image.new("L", (64, 64), 0)
+    grey.putpixel((5, 5), 1)  # one pixel of difference is a (poor) image, not a blank one
+    assert load_image(_save(grey, tmp_path / "almost.png")).getextrema() == (0, 1)
+
+
+def _save(image, path):
+    image.save(path)
+    return path

@@ -35,7 +35,7 @@ FUZZ = settings(
 )
 
 
-def _slice(size: int = 24) -> np.ndarray:
+def _slice(size: int = 32) -> np.ndarray:
     yy, xx = np.mgrid[:size, :size]
     return ((yy * 7 + xx * 3) % 256).astype(np.uint8)
 

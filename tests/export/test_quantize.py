@@ -71,11 +71,19 @@ def test_the_int8_graph_is_served_and_predicts_like_float(run, float_run):
 
 
 def test_a_broken_calibration_set_is_refused_and_nothing_is_written(run, tmp_path):
-    blank = tmp_path / "blank"  # slices with no structure at all: every activation range collapses
-    blank.mkdir()
+    flat = tmp_path / "flat"  # slices with almost no structure: every activation range collapses
+    flat.mkdir()
     for i in range(8):
-        Image.new("L", (48, 48), 60).save(blank / f"{i}.png")
+        img = Image.new("L", (48, 48), 60)
+        img.putpixel((i, i), 61)  # one pixel apart from blank (a blank image is not read at all)
+        img.save(flat / f"{i}.png")
     with pytest.raises(LungCTError, match=r"INT8 refused: balanced accuracy .* drops by"):
+        quantize_run(run, calibration_folder=flat, n_resamples=50)
+    assert not (run / INT8_ONNX_FILE).exists() and not (run / INT8_EXPORT_FILE).exists()
+    blank = tmp_path / "blank"
+    blank.mkdir()
+    Image.new("L", (48, 48), 60).save(blank / "0.png")
+    with pytest.raises(LungCTError, match="none of the INT8 calibration images could be read"):
         quantize_run(run, calibration_folder=blank, n_resamples=50)
     assert not (run / INT8_ONNX_FILE).exists() and not (run / INT8_EXPORT_FILE).exists()
     with pytest.raises(LungCTError, match=r"cannot serve INT8: no model\.int8\.onnx"):

@@ -25,6 +25,14 @@ def jpeg(seed: int = 0) -> bytes:
     return buf.getvalue()
 
 
+def animated_gif(frames: int = 3) -> bytes:
+    """A stack of slices in one file: Pillow would quietly decode only the first."""
+    buf = io.BytesIO()
+    images = [synthetic_slice(k % 3, k) for k in range(frames)]
+    images[0].save(buf, format="GIF", save_all=True, append_images=images[1:])
+    return buf.getvalue()
+
+
 def _chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 

@@ -8,6 +8,7 @@ Bounded and repeatable: at most 30 examples per operation and phase, a fixed see
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,29 @@ include-path = "/v1/feedback"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "404", "422"]
 """
 
+# Schemathesis fills a `format: binary` field with its own 1x1 PNG (or JPEG, GIF...) and arbitrary bytes. The
+# server refuses an image under 32 px a side, so without this hook no positive request would reach a prediction
+# (and Schemathesis warns of a validation mismatch). Real, small slices are drawn as often as arbitrary bytes.
+HOOKS = """\
+import io
+
+import numpy as np
+import schemathesis
+from hypothesis import strategies as st
+from PIL import Image
+
+
+def slice_png(seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    img = np.clip(rng.normal(60, 12, (48, 48)), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(img, mode="L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+schemathesis.openapi.format("binary", st.one_of(st.integers(0, 2**16).map(slice_png), st.binary(min_size=1)))
+"""
+
 
 def _schemathesis() -> str:
     exe = Path(sys.executable).parent / "schemathesis"
@@ -38,6 +62,7 @@ def _schemathesis() -> str:
 def test_the_live_server_keeps_its_openapi_contract(live, tmp_path):
     config = tmp_path / "schemathesis.toml"
     config.write_text(CONFIG)
+    (tmp_path / "lungct_contract_hooks.py").write_text(HOOKS)
     command = [
         _schemathesis(),
         "--config-file",
@@ -59,7 +84,14 @@ def test_the_live_server_keeps_its_openapi_contract(live, tmp_path):
         "120",
     ]
     try:
-        done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+        done = subprocess.run(
+            command,
+            cwd=tmp_path,
+            env={**os.environ, "SCHEMATHESIS_HOOKS": "lungct_contract_hooks", "PYTHONPATH": str(tmp_path)},
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"schemathesis did not finish in 900 s:\n{(exc.stdout or '')[-4000:]}")
     report = done.stdout + done.stderr

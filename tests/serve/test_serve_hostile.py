@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from PIL import Image
 
-from tests.serve.payloads import jpeg, make_zip, pixel_bomb, png, png_header_only, zip_bomb
+from tests.serve.payloads import animated_gif, jpeg, make_zip, pixel_bomb, png, png_header_only, zip_bomb
 
 PREDICT, BATCH, EXPLAIN = "/v1/predict", "/v1/predict/batch", "/v1/explain"
 
@@ -100,6 +101,30 @@ BAD_REQUESTS = [
         413,
         "too_many_files",
         "batch",
+    ),
+    (
+        "blank slice",  # the default model called a black slice malignant with probability 0.85
+        PREDICT,
+        {"files": {"file": ("black.png", png(Image.new("L", (64, 64))), "image/png")}},
+        422,
+        "unreadable_image",
+        "blank image (every pixel is 0)",
+    ),
+    (
+        "one pixel",
+        PREDICT,
+        {"files": {"file": ("dot.png", png(Image.new("L", (1, 1), 90)), "image/png")}},
+        422,
+        "unreadable_image",
+        "too small (1x1 pixels",
+    ),
+    (
+        "animated GIF",
+        PREDICT,
+        {"files": {"file": ("cine.gif", animated_gif(), "image/gif")}},
+        422,
+        "unreadable_image",
+        "3 frames in one file",
     ),
     (
         "broken DICOM",

@@ -11,6 +11,9 @@ from lungct.errors import MissingExtraError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".dcm"})
 MAX_PIXELS = 64_000_000  # far above any CT slice; larger files are treated as decompression bombs
+# Far below any CT slice (IQ-OTH/NCCD's are 512 px; the pneumonia set's smallest side is 123): a 1x1 image or a 4 px
+# strip, stretched to the model's input, still got a confident label.
+MIN_SIDE = 32
 
 
 class ImageReadError(Exception):
@@ -29,7 +32,8 @@ def is_image_file(path: Path) -> bool:
 def open_image(source, name: str | Path, color: str = "grey", dicom_window: str | None = None) -> Image.Image:
     """Decode an image from a path or file object into mode "L" (grey) or "RGB".
 
-    Pillow does the decoding; this wrapper only turns its many failure modes into one clear error.
+    Pillow does the decoding; this wrapper only turns its many failure modes into one clear error, and refuses
+    what decodes but is no slice: one pixel or a thin strip, a stack of frames, a blank image.
     DICOM (a .dcm name or the DICM header) goes to lungct.dicom: HU, then `dicom_window` (see there).
     """
     if _is_dicom(source, name):
@@ -41,10 +45,15 @@ def open_image(source, name: str | Path, color: str = "grey", dicom_window: str 
                 w, h = img.size
                 if w * h > MAX_PIXELS:
                     raise ImageReadError(name, f"image too large ({w}x{h} pixels)")
+                if min(w, h) < MIN_SIDE:
+                    raise ImageReadError(name, f"image too small ({w}x{h} pixels; a slice needs {MIN_SIDE} a side)")
+                frames = getattr(img, "n_frames", 1)
+                if frames > 1:  # Pillow would quietly give the first frame of a stack or an animation
+                    raise ImageReadError(name, f"{frames} frames in one file; give one slice per file")
                 img.load()
                 if img.mode in ("I;16", "I;16B", "I", "F"):
                     img = _rescale_to_8bit(img, name)
-                return img.convert("L" if color == "grey" else "RGB")
+                return _refuse_blank(img.convert("L" if color == "grey" else "RGB"), name)
     except ImageReadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -108,6 +117,16 @@ def _open_dicom(source, name: str | Path, color: str, dicom_window: str | None) 
         raise ImageReadError(name, f"unreadable DICOM file ({type(exc).__name__})") from None
 
 
+def _refuse_blank(img: Image.Image, name: str | Path) -> Image.Image:
+    """A slice of one colour has nothing to classify, yet the model gave a black one "malignant" at 0.85."""
+    extrema = img.getextrema()
+    bands = extrema if isinstance(extrema[0], tuple) else (extrema,)
+    if all(lo == hi for lo, hi in bands):
+        colour = bands[0][0] if len(bands) == 1 else tuple(lo for lo, _ in bands)
+        raise ImageReadError(name, f"blank image (every pixel is {colour})")
+    return img
+
+
 def _rescale_to_8bit(img: Image.Image, name: str | Path = "image") -> Image.Image:
     """A 16-bit, 32-bit integer or float image stretched to 0..255; NaN or infinite pixels are refused.
 
@@ -115,9 +134,12 @@ def _rescale_to_8bit(img: Image.Image, name: str | Path = "image") -> Image.Imag
     """
     import numpy as np
 
-    arr = np.asarray(img, dtype=np.float64)
+    with np.errstate(invalid="ignore"):  # a signalling NaN warns as it is widened; the check below refuses it
+        arr = np.asarray(img, dtype=np.float64)
     if not np.isfinite(arr).all():  # they used to become a blank slice that still got a confident label
         raise ImageReadError(name, "non-finite pixel values (NaN or infinity) in a floating-point image")
     lo, hi = float(arr.min()), float(arr.max())
-    scaled = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+    if hi == lo:
+        raise ImageReadError(name, f"blank image (every pixel is {lo:g})")
+    scaled = (arr - lo) / (hi - lo) * 255.0
     return Image.fromarray(scaled.astype(np.uint8), mode="L")

@@ -216,3 +216,16 @@ def test_non_numeric_file_window_is_a_clear_error(tmp_path):
     with pytest.raises(DicomError, match="WindowCenter/WindowWidth that is not a number"):
         load_dicom_image(path, "a.dcm", "grey", "file")
     assert load_dicom_image(path, "a.dcm", "grey", "lung").size == (4, 2)  # other windows do not need it
+
+
+def test_a_blank_dicom_slice_is_refused_like_a_blank_image(tmp_path):
+    """A slice of air alone (-1000 HU everywhere) windows to one grey level; the model would still label it."""
+    path = write(ct_dataset(np.full((64, 64), -1000.0)), tmp_path / "air.dcm")
+    with pytest.raises(ImageReadError, match=r"air\.dcm: blank image \(every pixel is \d+\)"):
+        load_image(path)
+    with pytest.raises(ImageReadError, match="blank image"):
+        open_image(io.BytesIO(path.read_bytes()), "upload")
+    hu = np.full((64, 64), -1000.0)
+    hu[20:30, 20:30] = 40.0  # a soft-tissue patch: a slice with something in it
+    low, high = load_image(write(ct_dataset(hu), tmp_path / "nodule.dcm")).getextrema()
+    assert low < high

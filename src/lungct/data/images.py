@@ -110,11 +110,12 @@ def _open_dicom(source, name: str | Path, color: str, dicom_window: str | None) 
     except ModuleNotFoundError as exc:
         raise MissingExtraError("dicom", exc.name, f"reading the DICOM file {name}") from None
     try:
-        return load_dicom_image(source, name, color, dicom_window)
+        image = load_dicom_image(source, name, color, dicom_window)
     except DicomError as exc:
         raise ImageReadError(name, exc.reason) from None
     except Exception as exc:  # the DICOM reader names what it knows; anything else is still an unreadable file
         raise ImageReadError(name, f"unreadable DICOM file ({type(exc).__name__})") from None
+    return _refuse_blank(image, name)
 
 
 def _refuse_blank(img: Image.Image, name: str | Path) -> Image.Image:

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+    for line in Path(f"/proc/{pid}/status").read_text(encoding="utf-8").splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError("no VmHWM")
@@ -75,7 +75,7 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(timeout=60)
-    Path(args.output).write_text(json.dumps(result, indent=2))
+    Path(args.output).write_text(json.dumps(result, indent=2), encoding="utf-8")
     print(json.dumps(result))
 
 

@@ -86,7 +86,7 @@ def main() -> None:
             for k in flipped
         ],
     }
-    Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+    Path(args.output).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(json.dumps({k: v for k, v in result.items() if k != "flipped"}))
     for row in result["flipped"]:
         print(row)

@@ -75,7 +75,7 @@ def main() -> None:
             }
             result["variants"][name] = row
             print(name, row, flush=True)
-    Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+    Path(args.output).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

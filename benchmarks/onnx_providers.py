@@ -92,7 +92,7 @@ def main() -> None:
     )
     text = json.dumps(result, indent=2)
     if args.output:
-        with open(args.output, "w") as fh:
+        with open(args.output, "w", encoding="utf-8") as fh:
             fh.write(text + "\n")
     print(text)
 

@@ -117,7 +117,7 @@ def main() -> None:
             "samples_per_s": round(args.global_batch / with_sync, 2),
             "pid": os.getpid(),
         }
-        with open(args.json, "w") as fh:
+        with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(result, fh)
     dist.destroy_process_group()
 

@@ -271,7 +271,7 @@ def wrk_load(url: str, slices: list[tuple[str, bytes]], n: int, concurrency: int
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time a process has used so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    fields = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8").rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -297,7 +297,7 @@ def load_test(url: str, run: Path, slices, n: int, concurrency: int, server_pid:
 
 def rss_mb(pid: int) -> float:
     """Resident memory of a process (Linux /proc; the kB figure the kernel reports)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+    for line in Path(f"/proc/{pid}/status").read_text(encoding="utf-8").splitlines():
         if line.startswith("VmRSS:"):
             return round(int(line.split()[1]) / 1024, 1)
     raise RuntimeError(f"no VmRSS for process {pid}")
@@ -387,7 +387,7 @@ def main() -> None:
     result["servers"] = {name: bench_server(name, b, run, opts, slices, args) for name, (b, opts) in servers.items()}
     result["load_after"] = load_average()
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+    Path(args.output).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(result, indent=2))
 
 

@@ -96,7 +96,7 @@ def main() -> None:
     for name in versions:
         rates = [r[name]["requests_per_s"] for r in result["rounds"]]
         result.setdefault("mean_requests_per_s", {})[name] = round(sum(rates) / len(rates), 1)
-    Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+    Path(args.output).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(result["mean_requests_per_s"]))
 
 

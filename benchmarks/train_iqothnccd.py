@@ -98,7 +98,7 @@ def main() -> None:
         "results": results,
     }
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(report, indent=2))
+    Path(args.output).write_text(json.dumps(report, indent=2), encoding="utf-8")
     print(f"written to {args.output}")
 
 

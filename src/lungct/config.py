@@ -250,7 +250,7 @@ def read_yaml_mapping(path: str | Path, what: str) -> dict:
     if not path.is_file():
         raise LungCTError(f"{what} file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise LungCTError(f"{what} {path} is not valid YAML: {' '.join(str(exc).split())}") from exc
     if not isinstance(raw, dict):
@@ -291,4 +291,4 @@ def parse_config(raw: dict, origin: str = "config") -> ExperimentConfig:
 
 
 def save_config(config: ExperimentConfig, path: Path) -> None:
-    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), encoding="utf-8")

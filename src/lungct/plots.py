@@ -14,7 +14,7 @@ from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 
 
 def plot_history(history_csv: Path, out: Path) -> None:
-    with history_csv.open() as fh:
+    with history_csv.open(encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     if not rows:
         return

@@ -135,7 +135,7 @@ class RunDir:
         """model.json as a ModelCard; a LungCTError naming the file when it is not one (bad JSON, types, keys)."""
         self.require_model()
         try:
-            data = json.loads(self.model_json.read_text())
+            data = json.loads(self.model_json.read_text(encoding="utf-8"))
             if not isinstance(data, dict):
                 raise TypeError(f"expected a JSON object, got {type(data).__name__}")
             return ModelCard.from_dict(data)

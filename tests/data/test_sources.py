@@ -84,3 +84,33 @@ def test_corrupt_and_empty_files_are_skipped_with_reasons(tiny_dataset):
     assert "not a readable image" in reasons["Normal case (101).png"]
     assert "corrupt or truncated" in reasons["Normal case (102).png"]
     assert len(result.samples) == len(samples) - 3 == 36
+
+
+def _groups_source(root: Path, text: str | bytes) -> SourceConfig:
+    """The tiny dataset with a groups CSV beside it (as the pneumonia set's metadata.csv names source articles)."""
+    path = root / "groups.csv"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
+    return SourceConfig(path=str(root), groups={"csv": "groups.csv", "path_column": "file", "group_column": "who"})
+
+
+def test_a_groups_file_names_each_files_group_with_any_spreadsheet_delimiter(tiny_dataset):
+    files = sorted(str(p.relative_to(tiny_dataset)) for p in tiny_dataset.rglob("*.png"))
+    for sep, bom in ((",", ""), (";", "\ufeff"), ("\t", "")):
+        rows = "".join(f"{f}{sep}patient {i % 4}\n" for i, f in enumerate(files))
+        samples = _collect(_groups_source(tiny_dataset, f"{bom}file{sep}who\n{rows}"))
+        assert {s.group for s in samples} == {f"{tiny_dataset.name}:patient {k}" for k in range(4)}, repr(sep)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("file,who\nBengin cases/Bengin case (1).png\n", r"groups\.csv line 2: no 'who' value"),  # was a traceback
+        ("file,patient\nx.png,1\n", r"groups\.csv needs columns 'file' and 'who'"),
+        ("", r"groups\.csv needs columns 'file' and 'who'"),
+        (b"file,who\nx.png,M\xfcller\n", r"groups file .*groups\.csv is not UTF-8 text"),
+    ],
+    ids=["short-row", "wrong-columns", "empty", "latin-1"],
+)
+def test_a_bad_groups_file_is_one_clear_error(tiny_dataset, text, message):
+    with pytest.raises(LungCTError, match=message):
+        _collect(_groups_source(tiny_dataset, text))

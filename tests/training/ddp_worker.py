@@ -41,7 +41,7 @@ def record_writes(log_path: str, run_dir: str) -> None:
             if isinstance(p, (str, bytes, os.PathLike)) and not isinstance(p, int):
                 real = os.path.realpath(os.fsdecode(p))
                 if real == run_dir or real.startswith(run_dir + os.sep):
-                    with open(log_path, "a") as fh:  # outside the run directory
+                    with open(log_path, "a", encoding="utf-8") as fh:  # outside the run directory
                         fh.write(f"{event} {real}\n")
 
     sys.addaudithook(hook)

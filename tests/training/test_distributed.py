@@ -104,9 +104,9 @@ def test_two_ranks_equal_one_process_only_rank0_writes_and_a_killed_worker_is_re
     history = (out / "history.csv").read_text().splitlines()
     assert len(history) == len((setup["reference"] / "history.csv").read_text().splitlines()) == 4
     # The audit hook saw rank 0 write the run (so it works) and rank 1 write nothing there, on both attempts.
-    rank0 = Path(f"{writes}.rank0").read_text()
+    rank0 = Path(f"{writes}.rank0").read_text(encoding="utf-8")
     assert "model.safetensors" in rank0 and "checkpoint" in rank0
-    assert not Path(f"{writes}.rank1").exists() or Path(f"{writes}.rank1").read_text() == ""
+    assert not Path(f"{writes}.rank1").exists() or Path(f"{writes}.rank1").read_text(encoding="utf-8") == ""
 
 
 def test_nproc_resumes_a_single_process_run_interrupted_mid_epoch(setup, monkeypatch):

@@ -49,6 +49,6 @@ def test_default_config_trains_on_real_subset(tmp_path, capsys):
 
 
 def _parts(split_csv: Path):
-    with split_csv.open() as fh:
+    with split_csv.open(encoding="utf-8") as fh:
         for row in csv.DictReader(fh):
             yield row["path"], row["part"]

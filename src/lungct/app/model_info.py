@@ -76,7 +76,7 @@ def eval_info(run_dir: str | Path, eval_dir: str | Path | None = None) -> EvalIn
         info.message = f"This run has no test metrics yet ({path} not found); {hint}"
         return info
     try:
-        metrics = json.loads(path.read_text())
+        metrics = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(metrics, dict):
             raise ValueError("not a JSON object")
         info.summary_rows, info.class_rows = summary_rows(metrics), class_rows(metrics)
@@ -99,7 +99,7 @@ def history_info(run_dir: str | Path) -> HistoryInfo:
     if not run.history.is_file():
         return HistoryInfo(message=f"This run has no training history ({run.history.name} not found).")
     try:
-        with run.history.open(newline="") as fh:
+        with run.history.open(newline="", encoding="utf-8") as fh:
             rows = [_numbers(r) for r in csv.DictReader(fh)]
     except (OSError, csv.Error, ValueError) as exc:
         return HistoryInfo(message=f"{run.history} cannot be read ({exc}).")

@@ -111,5 +111,5 @@ def run_audit(
         if coverage["audited_in_split"] == 0:
             log.warning("the split %s names none of the audited images", split_path)
     write_json(out / "audit.json", result)
-    (out / "audit.md").write_text(audit_markdown(result))
+    (out / "audit.md").write_text(audit_markdown(result), encoding="utf-8")
     return result

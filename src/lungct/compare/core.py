@@ -57,7 +57,7 @@ def shared_split(cfg: ExperimentConfig, out: Path, progress: bool) -> Path:
     path, identity_file = out / "split.csv", out / "split_config.json"
     identity = _split_identity(cfg)
     if path.is_file() and identity_file.is_file():
-        if json.loads(identity_file.read_text()) != identity:
+        if json.loads(identity_file.read_text(encoding="utf-8")) != identity:
             raise LungCTError(
                 f"{out} holds a comparison split from other data, split settings or seed; use another --out"
             )
@@ -92,8 +92,8 @@ def _evaluate(run_dir: Path, settings: CompareSettings, trained: bool) -> dict[s
         and metrics_file.stat().st_mtime >= (run_dir / "model.safetensors").stat().st_mtime
     ):
         try:
-            same = json.loads(settings_file.read_text()) == wanted
-            metrics = json.loads(metrics_file.read_text())
+            same = json.loads(settings_file.read_text(encoding="utf-8")) == wanted
+            metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
         except json.JSONDecodeError:
             same = False
         if same:

@@ -36,7 +36,7 @@ def build_row(arch: str, run: RunDir, card: ModelCard, metrics: dict[str, Any], 
     ci = metrics.get("ci95") or {}
     pos = positive_class(card, metrics)
     summary = run.read_summary()
-    with run.history.open() as fh:
+    with run.history.open(encoding="utf-8") as fh:
         epochs = sum(1 for _ in fh) - 1
     row: dict[str, Any] = {
         "arch": arch,
@@ -106,7 +106,7 @@ def ranked(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _correct(row: dict[str, Any]) -> dict[str, bool]:
-    with (Path(row["run_dir"]) / "eval" / "predictions.csv").open() as fh:
+    with (Path(row["run_dir"]) / "eval" / "predictions.csv").open(encoding="utf-8") as fh:
         return {t["path"]: t["label"] == t["predicted"] for t in csv.DictReader(fh)}
 
 
@@ -186,7 +186,7 @@ def plot_roc_overlay(rows: list[dict[str, Any]], out: Path) -> bool:
         preds = Path(r["run_dir"]) / "eval" / "predictions.csv"
         if pos == "macro average" or not preds.is_file():
             continue
-        with preds.open() as fh:
+        with preds.open(encoding="utf-8") as fh:
             table = list(csv.DictReader(fh))
         y = np.array([t["label"] == pos for t in table])
         if not 0 < y.sum() < len(y):
@@ -303,12 +303,12 @@ def write_reports(
     result["recommendations"] = recommend(rows, settings, gap)
     roc = out / "roc.png"
     result["roc"] = str(roc) if plot_roc_overlay(rows, roc) else None
-    with (out / "leaderboard.csv").open("w", newline="") as fh:
+    with (out / "leaderboard.csv").open("w", newline="", encoding="utf-8") as fh:
         flat = [_csv_row(r) for r in rows]
         writer = csv.DictWriter(fh, fieldnames=list(flat[0]))
         writer.writeheader()
         writer.writerows(flat)
-    (out / "leaderboard.md").write_text(leaderboard_markdown(result))
+    (out / "leaderboard.md").write_text(leaderboard_markdown(result), encoding="utf-8")
     return result
 
 

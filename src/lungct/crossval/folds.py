@@ -189,11 +189,11 @@ def cross_validate(
         "seconds": round(time.time() - started, 1),
     }
     write_json(out / "cv.json", result)
-    with (out / "cv.csv").open("w", newline="") as fh:
+    with (out / "cv.csv").open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    (out / "cv.md").write_text(cv_markdown(result))
+    (out / "cv.md").write_text(cv_markdown(result), encoding="utf-8")
     return result
 
 

@@ -11,6 +11,7 @@ import random
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 from lungct.config import DataConfig, SourceConfig
 from lungct.data.images import is_image_file
@@ -117,8 +118,8 @@ def read_manifest(path: Path, aliases: dict[str, str]) -> list[Sample]:
     The header is checked before the rows, so that a file that is not a manifest at all (a .txt note, a binary
     file) is named as such rather than as a manifest without rows."""
     try:
-        with path.open(newline="") as fh:
-            reader = csv.DictReader(fh)
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv_with_columns(fh, {"path", "label"})
             columns = set(reader.fieldnames or ())
             rows = list(reader)
     except UnicodeDecodeError:
@@ -154,17 +155,41 @@ def read_manifest(path: Path, aliases: dict[str, str]) -> list[Sample]:
     return samples
 
 
+def csv_with_columns(fh: TextIO, columns: set[str]) -> csv.DictReader:
+    """A reader for a CSV whose header holds `columns`, separated by commas, semicolons or tabs.
+
+    Spreadsheets save "CSV" with semicolons where the comma is the decimal mark, and tab-separated text; the
+    header tells which, so a manifest exported that way reads as it is instead of "lacks the column path".
+    Files are opened as utf-8-sig, which drops the byte-order mark Excel's "CSV UTF-8" starts with."""
+    header = fh.readline()
+    fh.seek(0)
+    for delimiter in ",;\t":
+        if columns <= {name.strip() for name in next(csv.reader([header], delimiter=delimiter), [])}:
+            return csv.DictReader(fh, delimiter=delimiter)
+    return csv.DictReader(fh)
+
+
 def _attach_groups(samples: list[Sample], root: Path, source: SourceConfig) -> list[Sample]:
     spec = source.groups
     csv_path = root / spec.csv
+    needed = {spec.path_column, spec.group_column}
     try:
-        with csv_path.open(newline="") as fh:
-            rows = list(csv.DictReader(fh))
-    except OSError as exc:
+        with csv_path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv_with_columns(fh, needed)
+            columns = set(reader.fieldnames or ())
+            rows = list(reader)
+    except UnicodeDecodeError:
+        raise LungCTError(f"groups file {csv_path} is not UTF-8 text") from None
+    except (OSError, csv.Error) as exc:
         raise LungCTError(f"cannot read groups file {csv_path}: {exc}") from exc
-    if rows and {spec.path_column, spec.group_column} - set(rows[0]):
+    if needed - columns:
         raise LungCTError(f"{csv_path} needs columns {spec.path_column!r} and {spec.group_column!r}")
-    groups = {str((root / r[spec.path_column]).resolve()): r[spec.group_column].strip() for r in rows}
+    groups = {}
+    for line, row in enumerate(rows, start=2):
+        path, group = row[spec.path_column], row[spec.group_column]
+        if path is None or group is None:  # DictReader fills a short row's missing cells with None
+            raise LungCTError(f"groups file {csv_path} line {line}: no {spec.group_column!r} value")
+        groups[str((root / path).resolve())] = group.strip()
     out = []
     for s in samples:
         group = groups.get(s.path)

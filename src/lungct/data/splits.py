@@ -121,7 +121,7 @@ def load_split(path: Path) -> list[SplitItem]:
         raise LungCTError(f"split file not found: {path}")
     not_a_split = f"{path} is not a split file: it needs the columns path,label,group,part"
     try:
-        with path.open(newline="") as fh:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             if not {"path", "label", "group", "part"} <= set(reader.fieldnames or ()):
                 raise LungCTError(not_a_split)

@@ -36,7 +36,7 @@ def finished_folds(cv_dir: Path) -> tuple[dict, list[RunDir]]:
     if not summary.is_file():
         raise LungCTError(f"{cv_dir} is not a finished `lungct cv` folder: cv.json is missing")
     try:
-        info = json.loads(summary.read_text())
+        info = json.loads(summary.read_text(encoding="utf-8"))
         folds = int(info["folds"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise LungCTError(f"{summary} is damaged: {exc}") from exc

@@ -95,10 +95,10 @@ def evaluate(
     write_json(out / "metrics.json", metrics)
     # How these figures were made, as fields: whoever reuses metrics.json (compare) decides from them.
     write_json(out / SETTINGS_FILE, {"n_bootstrap": n_bootstrap, "tta": tta, "data": metrics["data"]})
-    (out / "classification_report.txt").write_text(text_report(y, probs, classes))
+    (out / "classification_report.txt").write_text(text_report(y, probs, classes), encoding="utf-8")
     plot_confusion(metrics["confusion_matrix"]["matrix"], classes, out / "confusion_matrix.png")
     plot_roc(y, probs, classes, out / "roc.png")
-    with (out / "predictions.csv").open("w", newline="") as fh:
+    with (out / "predictions.csv").open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(["path", "label", "predicted", *[f"p_{c}" for c in classes]])
         for path, label, p in zip(paths, labels, probs, strict=True):

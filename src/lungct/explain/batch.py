@@ -93,7 +93,7 @@ def explain_to_folder(
 
 def _write_index(out: Path, rows: list[dict]) -> None:
     fields = ["path", "npy", "png", "label", "probability", "predicted", "method", "layers", "n_layers"]
-    with (out / "explanations.csv").open("w", newline="") as f:
+    with (out / "explanations.csv").open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=[*fields, "probabilities"], extrasaction="ignore")
         writer.writeheader()
         for row in rows:

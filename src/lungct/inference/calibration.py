@@ -126,7 +126,7 @@ def load_calibration(run_dir: str | Path, n_classes: int | None = None) -> Calib
     if not path.is_file():
         return None
     try:
-        calibrator = calibrator_from_dict(json.loads(path.read_text()))
+        calibrator = calibrator_from_dict(json.loads(path.read_text(encoding="utf-8")))
         if n_classes is not None and isinstance(calibrator, IsotonicCalibration) and len(calibrator.x) != n_classes:
             raise ValueError(f"{len(calibrator.x)} isotonic maps for the model's {n_classes} classes")
         return calibrator

@@ -46,7 +46,7 @@ def read_export_info(run: RunDir, info_file: str = EXPORT_FILE, graph_file: str 
     if not info_path.is_file() or not (run.path / graph_file).is_file():
         return None
     try:
-        info = json.loads(info_path.read_text())
+        info = json.loads(info_path.read_text(encoding="utf-8"))
     except (ValueError, OSError) as exc:  # ValueError: not JSON, or not UTF-8 text at all
         raise LungCTError(f"{info_path} is damaged: {one_line(exc)}") from None
     if not isinstance(info, dict):  # callers read it with .get(): a list or a number would be a traceback

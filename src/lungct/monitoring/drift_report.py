@@ -101,8 +101,8 @@ def drift_report(
         },
         "checks": checks,
     }
-    (out / "drift.json").write_text(json.dumps(report, indent=2))
-    (out / "drift.md").write_text(drift_markdown(report))
+    (out / "drift.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    (out / "drift.md").write_text(drift_markdown(report), encoding="utf-8")
     return report
 
 

@@ -48,7 +48,7 @@ def export_feedback(log_path: str | Path, out: str | Path) -> dict:
         shutil.copyfile(r["image"], target)
         lines.append({"path": str(target.relative_to(out)), "label": r["label"], "group": f"upload-{r['sha256'][:16]}"})
     unique = list({line["path"]: line for line in lines}.values())  # one slice uploaded twice: once
-    with (out / MANIFEST).open("w", newline="") as fh:
+    with (out / MANIFEST).open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=["path", "label", "group"])
         writer.writeheader()
         writer.writerows(unique)

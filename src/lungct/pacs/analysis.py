@@ -40,7 +40,7 @@ def operating_threshold(run_dir: str | Path, requested: float | None, positive_c
     if not path.is_file():
         return 0.5, "default"
     try:
-        report = json.loads(path.read_text())
+        report = json.loads(path.read_text(encoding="utf-8"))
         threshold = float(report["threshold"])
     except (OSError, ValueError, KeyError, TypeError):
         raise LungCTError(f"{path} is damaged: it has no threshold; run `lungct threshold` again") from None

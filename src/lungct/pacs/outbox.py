@@ -80,7 +80,7 @@ class Outbox:
         out = []
         for record in self.items.glob("*.json"):
             try:
-                out.append(Item(**json.loads(record.read_text())))
+                out.append(Item(**json.loads(record.read_text(encoding="utf-8"))))
             except (OSError, ValueError, TypeError):
                 continue  # removed while we read, or damaged: not an item
         return sorted(out, key=lambda i: (i.created, i.key))
@@ -114,7 +114,7 @@ class Outbox:
     def delivered(self, item: Item) -> None:
         """Forget a confirmed delivery: journal it, then remove the record, then the file."""
         with self._lock:
-            with self.journal.open("a") as fh:
+            with self.journal.open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps({"ts": round(self.clock(), 3), "key": item.key, "attempts": item.attempts + 1}))
                 fh.write("\n")
             self._record(item.key).unlink(missing_ok=True)
@@ -143,4 +143,6 @@ class Outbox:
         """Keys of every journalled delivery, in order (a key twice would be a repeated delivery)."""
         if not self.journal.is_file():
             return []
-        return [json.loads(line)["key"] for line in self.journal.read_text().splitlines() if line.strip()]
+        return [
+            json.loads(line)["key"] for line in self.journal.read_text(encoding="utf-8").splitlines() if line.strip()
+        ]

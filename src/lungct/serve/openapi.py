@@ -22,5 +22,5 @@ def openapi_text() -> str:
 def write_openapi(path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(openapi_text())
+    path.write_text(openapi_text(), encoding="utf-8")
     return path

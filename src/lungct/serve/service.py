@@ -76,7 +76,7 @@ def read_metrics(run_dir: Path) -> tuple[dict | None, str]:
     if not path.is_file():
         return None, f"absent: {path.name} not found in RUN/eval (run lungct evaluate --run RUN --out RUN/eval)"
     try:
-        metrics = json.loads(path.read_text())
+        metrics = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, OSError) as exc:
         return None, f"unreadable: {exc}"
     summary = {k: metrics[k] for k in SUMMARY_METRICS if k in metrics}

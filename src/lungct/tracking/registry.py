@@ -197,7 +197,7 @@ def _read_decision(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        decision = json.loads(path.read_text())
+        decision = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise LungCTError(f"{path} is damaged ({type(exc).__name__}): run `lungct retrain` again") from None
     champion = decision.get("champion") if isinstance(decision, dict) else None

@@ -34,7 +34,7 @@ BEST_KEYS = ("val_loss", "val_accuracy", "val_balanced_accuracy", "train_loss", 
 def read_history(path: Path) -> list[dict]:
     if not path.is_file():
         return []
-    with path.open(newline="") as fh:
+    with path.open(newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     return [{k: _number(v) for k, v in row.items()} for row in rows]
 
@@ -126,7 +126,7 @@ def log_evaluation(
     if run_dir is not None:
         _tag_run(tracker, run_dir)
     if metrics is None and (out / "metrics.json").is_file():
-        metrics = json.loads((out / "metrics.json").read_text())
+        metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     if metrics:
         tracker.log_metrics(report_metrics(metrics))
     tracker.log_artifacts(out, "eval")

@@ -127,7 +127,7 @@ def write_best_config(cfg: ExperimentConfig, best: optuna.trial.FrozenTrial, met
         f"# Parameters: {best.params}\n"
         f"# Train it: lungct train --config {path} --out runs/{tuned.name}\n"
     )
-    path.write_text(header + yaml.safe_dump(tuned.model_dump(mode="json"), sort_keys=False))
+    path.write_text(header + yaml.safe_dump(tuned.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
 
 
 def write_reports(
@@ -137,7 +137,7 @@ def write_reports(
     rows = trial_rows(study)
     states = [r["state"] for r in rows]
     if rows:
-        with (out / "results.csv").open("w", newline="") as fh:
+        with (out / "results.csv").open("w", newline="", encoding="utf-8") as fh:
             writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
@@ -169,7 +169,7 @@ def write_reports(
         "plots": plots,
         "trials": rows,
     }
-    (out / "results.md").write_text(results_markdown(result))
+    (out / "results.md").write_text(results_markdown(result), encoding="utf-8")
     return result
 
 

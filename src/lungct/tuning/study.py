@@ -41,7 +41,7 @@ def direction(metric: str) -> str:
 def read_history(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
-    with path.open(newline="") as fh:
+    with path.open(newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     return [{k: (v if k == "phase" else float(v)) for k, v in r.items()} for r in rows]
 
@@ -241,7 +241,7 @@ def tune(cfg: ExperimentConfig, settings: TuneSettings) -> dict[str, Any]:
         _keep_best_only(study)
     result = write_reports(study, cfg, settings, split_file)
     result["seconds_this_session"] = round(time.time() - started, 1)
-    (settings.study_dir / "tune.json").write_text(json.dumps(result, indent=2))
+    (settings.study_dir / "tune.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     return result
 
 

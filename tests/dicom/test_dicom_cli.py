@@ -103,6 +103,29 @@ def test_predict_series(capsys, dicom_run, study, tmp_path, as_zip):
     _assert_private(out + err)
 
 
+def test_blank_slices_are_reported_but_never_drive_the_study(capsys, dicom_run, tmp_path):
+    """A slice of one grey level (air alone) still got a label, and under `max` it could decide the study."""
+    from PIL import Image
+
+    images = [synthetic_slice(2, 9100 + i) for i in range(4)]
+    images.insert(2, Image.new("L", (48, 48), 0))
+    write_study(tmp_path / "series", images)
+    code, out, err = _run(capsys, "predict-series", "--run", dicom_run, "--aggregate", "max", tmp_path / "series")
+    assert code == 0, err
+    *slices, study_line = [json.loads(x) for x in out.splitlines()]
+    assert len(slices) == 5 and study_line["n_slices"] == 5  # every slice is still reported
+    assert study_line["blank_slices"] == [2]
+    scores = [s["probabilities"]["malignant"] for s in slices]
+    content = [i for i in range(5) if i != 2]
+    assert study_line["score"] == pytest.approx(max(scores[i] for i in content), abs=1e-5)
+    assert study_line["driving_slices"][0]["slice"] != 2
+
+    write_study(tmp_path / "air", [Image.new("L", (48, 48), 0)] * 3)
+    code, _, err = _run(capsys, "predict-series", "--run", dicom_run, tmp_path / "air")
+    assert code == 1 and "air: every slice is blank (one grey level in the lung window)" in err
+    assert len(err.strip().splitlines()) == 1
+
+
 def test_predict_series_errors_are_one_line(capsys, dicom_run, study):
     from tests.dicom.dicom_factory import ct_dataset, write
 

@@ -118,11 +118,19 @@ def _open_dicom(source, name: str | Path, color: str, dicom_window: str | None) 
     return _refuse_blank(image, name)
 
 
-def _refuse_blank(img: Image.Image, name: str | Path) -> Image.Image:
-    """A slice of one colour has nothing to classify, yet the model gave a black one "malignant" at 0.85."""
+def is_blank(img: Image.Image) -> bool:
+    """One colour throughout: nothing to classify, yet the model gave a black slice "malignant" at 0.85."""
+    return all(lo == hi for lo, hi in _bands(img))
+
+
+def _bands(img: Image.Image) -> list[tuple]:
     extrema = img.getextrema()
-    bands = extrema if isinstance(extrema[0], tuple) else (extrema,)
-    if all(lo == hi for lo, hi in bands):
+    return list(extrema) if isinstance(extrema[0], tuple) else [extrema]
+
+
+def _refuse_blank(img: Image.Image, name: str | Path) -> Image.Image:
+    if is_blank(img):
+        bands = _bands(img)
         colour = bands[0][0] if len(bands) == 1 else tuple(lo for lo, _ in bands)
         raise ImageReadError(name, f"blank image (every pixel is {colour})")
     return img

@@ -8,11 +8,13 @@ slices that drove it by hash or file name only, so no patient tag reaches the ou
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
 from lungct.contracts import Prediction
+from lungct.data.images import is_blank
 from lungct.dicom.series import Series
 from lungct.dicom.window import default_window, to_image
 from lungct.errors import LungCTError
@@ -73,13 +75,20 @@ def predict_series(
     classes = list(predictor.classes)
     positive = resolve_positive_class(classes, predictor.card.positive_class, positive_class)
     probs: list[np.ndarray] = []
+    blank: list[bool] = []
     for start in range(0, len(series.slices), batch_size):
-        chunk = series.slices[start : start + batch_size]
-        arrays = [pre.to_array(pre.apply_field(to_image(s.dataset, window, pre.color, s.name))) for s in chunk]
-        probs.append(predictor.probabilities(np.stack(arrays)))
+        images = [to_image(s.dataset, window, pre.color, s.name) for s in series.slices[start : start + batch_size]]
+        blank += [is_blank(img) for img in images]
+        probs.append(predictor.probabilities(np.stack([pre.to_array(pre.apply_field(img)) for img in images])))
     all_probs = np.concatenate(probs)
     scores = all_probs[:, classes.index(positive)]
-    score, drivers = aggregate(scores, method, top_k)
+    # A slice of one grey level (air alone, say) has nothing to classify, yet the model gives it a label (a black
+    # slice read "malignant" at 0.85), so it is reported with the others but never counted in the study's score.
+    counted = np.flatnonzero(~np.array(blank))
+    if counted.size == 0:
+        raise LungCTError(f"{Path(series.source).name}: every slice is blank (one grey level in the {window} window)")
+    score, ranked = aggregate(scores[counted], method, top_k)
+    drivers = [int(counted[i]) for i in ranked]
     predictions = [Prediction.from_probabilities(classes, p) for p in all_probs]
     slices = [
         {"slice": i, "id": s.id, **p.model_dump(mode="json", include=LINE_FIELDS)}
@@ -91,7 +100,7 @@ def predict_series(
         "order": series.order,
         "window": window,
         "positive_class": positive,
-        "aggregate": method if method != "topk" else f"top{min(top_k, len(slices))}",
+        "aggregate": method if method != "topk" else f"top{min(top_k, counted.size)}",
         "score": round(score, 6),
         "threshold": threshold,
         "label": positive if score >= threshold else f"not {positive}",
@@ -99,5 +108,6 @@ def predict_series(
             {"slice": i, "id": series.slices[i].id, "score": round(float(scores[i]), 6)} for i in drivers
         ],
         "skipped_files": len(series.skipped),
+        "blank_slices": [i for i, b in enumerate(blank) if b],
     }
     return StudyResult(slices, study)

@@ -152,3 +152,15 @@ def test_blank_images_are_refused(tmp_path, image, color, shown):
 def _save(image, path):
     image.save(path)
     return path
+
+
+def test_an_exif_orientation_is_applied_as_viewers_display_it(tmp_path):
+    """A phone photo of a viewer is stored sideways with an Orientation tag; it was classified sideways."""
+    stored = Image.fromarray(_ramp((64, 40)))  # brightness grows along the rows: the last row is the brightest
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    for name in ("photo.jpg", "photo.png"):
+        stored.save(tmp_path / name, exif=exif)
+        shown = np.asarray(load_image(tmp_path / name)).astype(int)
+        assert shown.shape == (64, 40), name  # 40 x 64 stored, 64 x 40 shown
+        assert shown[:, 0].mean() > shown[:, -1].mean() + 100, name  # the brightest row is now the left column

@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from lungct.errors import MissingExtraError
 
@@ -51,6 +51,8 @@ def open_image(source, name: str | Path, color: str = "grey", dicom_window: str 
                 if frames > 1:  # Pillow would quietly give the first frame of a stack or an animation
                     raise ImageReadError(name, f"{frames} frames in one file; give one slice per file")
                 img.load()
+                # A phone photo of a viewer, or an export that rotates by tag: the pixels as they are displayed.
+                ImageOps.exif_transpose(img, in_place=True)
                 if img.mode in ("I;16", "I;16B", "I", "F"):
                     img = _rescale_to_8bit(img, name)
                 return _refuse_blank(img.convert("L" if color == "grey" else "RGB"), name)

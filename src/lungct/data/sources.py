@@ -188,7 +188,7 @@ def _attach_groups(samples: list[Sample], root: Path, source: SourceConfig) -> l
     for line, row in enumerate(rows, start=2):
         path, group = row[spec.path_column], row[spec.group_column]
         if path is None or group is None:  # DictReader fills a short row's missing cells with None
-            raise LungCTError(f"groups file {csv_path} line {line}: no {spec.group_column!r} value")
+            raise LungCTError(f"groups file {csv_path} line {line}: fewer cells than the header names")
         groups[str((root / path).resolve())] = group.strip()
     out = []
     for s in samples:

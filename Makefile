@@ -52,6 +52,7 @@ demo: setup
 	$(VENV)/bin/lungct train --config $(CONFIG) --out $(RUN) --overwrite
 	$(VENV)/bin/lungct evaluate --run $(RUN) --out $(RUN)/eval_uncalibrated --quiet
 	$(VENV)/bin/lungct calibrate --run $(RUN)
+	$(VENV)/bin/lungct familiarity --run $(RUN)
 	$(VENV)/bin/lungct evaluate --run $(RUN) --out $(RUN)/eval
 	$(VENV)/bin/lungct explain --run $(RUN) --out $(RUN)/explain --from-split test --per-class 2
 	@echo "report: $(RUN)/eval/metrics.json, calibrated (before calibration: $(RUN)/eval_uncalibrated); Grad-CAM overlays: $(RUN)/explain"

@@ -182,6 +182,19 @@ class Prediction(BaseModel):
     latency_ms: float | None = Field(None, exclude_if=_unknown)
     model_version: str | None = Field(None, exclude_if=_unknown)
     backend: ServedBackend | None = Field(None, exclude_if=_unknown)
+    familiar: bool | None = Field(
+        None,
+        exclude_if=_unknown,
+        description="whether the input is like the model's training images (absent when the run has no familiarity "
+        "reference): false for a figure, a screenshot, an inverted slice or another modality, whose label means "
+        "little",
+    )
+    novelty: float | None = Field(
+        None,
+        exclude_if=_unknown,
+        description="distance of the input's features from the training images over the threshold; above 1 is "
+        "unfamiliar",
+    )
     prediction_id: str | None = Field(
         None,
         exclude_if=_unknown,

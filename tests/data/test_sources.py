@@ -104,7 +104,8 @@ def test_a_groups_file_names_each_files_group_with_any_spreadsheet_delimiter(tin
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("file,who\nBengin cases/Bengin case (1).png\n", r"groups\.csv line 2: fewer cells than the header names"),  # was a traceback
+        # a short row was a traceback
+        ("file,who\nBengin cases/Bengin case (1).png\n", r"groups\.csv line 2: fewer cells than the header names"),
         ("file,patient\nx.png,1\n", r"groups\.csv needs columns 'file' and 'who'"),
         ("", r"groups\.csv needs columns 'file' and 'who'"),
         (b"file,who\nx.png,M\xfcller\n", r"groups file .*groups\.csv is not UTF-8 text"),

@@ -126,6 +126,19 @@ def test_blank_slices_are_reported_but_never_drive_the_study(capsys, dicom_run, 
     assert len(err.strip().splitlines()) == 1
 
 
+def test_a_series_says_which_slices_are_unlike_the_training_images(capsys, dicom_run, study, tmp_path):
+    import shutil
+
+    run = shutil.copytree(dicom_run, tmp_path / "run")
+    assert main(["familiarity", "--run", str(run), "-q"]) == 0
+    capsys.readouterr()
+    code, out, err = _run(capsys, "predict-series", "--run", run, study)
+    assert code == 0, err
+    *slices, study_line = [json.loads(x) for x in out.splitlines()]
+    assert all(isinstance(s["familiar"], bool) and s["familiar"] == (s["novelty"] <= 1) for s in slices)
+    assert study_line["unfamiliar_slices"] == [s["slice"] for s in slices if not s["familiar"]]
+
+
 def test_predict_series_errors_are_one_line(capsys, dicom_run, study):
     from tests.dicom.dicom_factory import ct_dataset, write
 

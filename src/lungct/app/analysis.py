@@ -23,7 +23,8 @@ from lungct.run import RunDir
 # The service's limits; only the byte limit is the app's own, because Streamlit refuses larger uploads itself.
 LIMITS = UploadLimits(max_file_mb=MAX_UPLOAD_MB)
 MAX_UPLOAD_BYTES = LIMITS.max_file_bytes
-RESULT_FIELDS = {"name", "predicted", "probability", "probabilities", "sha256", "prediction_id"}  # of the Prediction
+# of the Prediction (familiar and novelty where the run has a familiarity reference)
+RESULT_FIELDS = {"name", "predicted", "probability", "probabilities", "sha256", "prediction_id", "familiar", "novelty"}
 
 
 def default_log_path(run_dir: str | Path) -> Path:

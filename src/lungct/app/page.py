@@ -60,6 +60,12 @@ def probability_chart(probabilities: dict[str, float], predicted: str, calibrate
     )
 
 
+UNFAMILIAR = (
+    "This image is unlike the CT slices the model was trained on (novelty {novelty:.1f}; above 1 is unfamiliar): "
+    "a figure, a screenshot, another modality or another rendering. Its label means little."
+)
+
+
 def correct_this(model: AppModel, result: dict) -> None:
     """A clinician's correction of one slice's prediction, recorded in the prediction log."""
     key = result.get("prediction_id") or result["sha256"]
@@ -77,6 +83,8 @@ def show_result(result: dict, calibrated: bool) -> None:
     if "error" in result:
         st.error(result["error"])
         return
+    if result.get("familiar") is False:
+        st.warning(UNFAMILIAR.format(novelty=result["novelty"]))
     left, right = st.columns([2, 3])
     with left:
         st.markdown(f"Predicted class: **{result['predicted']}**")

@@ -70,6 +70,24 @@ def cv_command(
     typer.echo(f"report written to {out}/cv.md ({result['seconds']:.0f} s)")
 
 
+def familiarity_command(
+    run: Annotated[Path, typer.Option("--run", exists=True, file_okay=False, help="run directory")],
+    percentile: Annotated[
+        float,
+        typer.Option("--percentile", help="the threshold: this percentile of the validation part's distances"),
+    ] = 99.0,
+    quiet: Quiet = False,
+) -> None:
+    """Fit the run's familiarity reference: predictions then say whether an input is like the training images."""
+    from lungct.evaluation.familiarity import familiarity_run
+
+    setup_logging(quiet)
+    report = familiarity_run(run, percentile, progress=not quiet)
+    shares = ", ".join(f"{part} {report['flagged'][part]:.1%} of {n}" for part, n in report["n"].items())
+    typer.echo(f"unfamiliar at the {percentile:g}th validation percentile: {shares}")
+    typer.echo(f"familiarity reference saved to {report['file']}")
+
+
 def calibrate_command(
     run: Annotated[Path, typer.Option("--run", exists=True, file_okay=False, help="run directory")],
     method: Annotated[

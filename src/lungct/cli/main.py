@@ -54,6 +54,7 @@ COMMANDS = {
     "dicomweb": pacs.dicomweb_command,
     "explain": explain.explain_command,
     "calibrate": evaluation.calibrate_command,
+    "familiarity": evaluation.familiarity_command,
     "threshold": evaluation.threshold_command,
     "app": app_cmd.app_command,
     "split": pipeline.split_command,

@@ -26,6 +26,7 @@ from lungct.data.images import ImageReadError, is_image_file
 from lungct.errors import LungCTError
 from lungct.files import natural_key
 from lungct.inference.calibration import load_calibration
+from lungct.inference.familiarity import load_familiarity
 from lungct.inference.onnx_runtime import PRECISIONS
 from lungct.run import RunDir, load_model, model_version
 
@@ -34,7 +35,8 @@ if TYPE_CHECKING:  # PyTorch is imported only when it answers: an exported run i
 
 BACKENDS = tuple(Backend)  # lungct.contracts.Backend is the one list
 log = logging.getLogger("lungct")
-LINE_FIELDS = {"predicted", "probabilities"}  # what a `lungct predict` line says of a prediction
+# what a `lungct predict` line says of a prediction (familiar and novelty where the run has a familiarity reference)
+LINE_FIELDS = {"predicted", "probabilities", "familiar", "novelty"}
 
 
 def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
@@ -111,6 +113,7 @@ class Predictor:
 
     backend: "auto" (ONNX Runtime when RUN/model.onnx is there and not stale, else PyTorch), "onnx" (an error
     when it cannot be used) or "torch". `.backend` says which one answers and `.backend_reason` why.
+    familiarity=False: leave out the run's familiarity reference (`lungct familiarity` fitting a new one).
     threads: ONNX Runtime's intra-op threads (default: PyTorch's thread count when torch is loaded, so both obey
     the same limit; otherwise OMP_NUM_THREADS or the cores this process may use).
     The PyTorch model (`.model`) is loaded on first use on the ONNX backend: Grad-CAM and callers that
@@ -126,6 +129,7 @@ class Predictor:
         threads: int | None = None,
         precision: str = "auto",
         int8_max_drop: float = 0.01,
+        familiarity: bool = True,
     ):
         if backend not in BACKENDS:
             raise LungCTError(f"unknown inference backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
@@ -138,6 +142,9 @@ class Predictor:
         self.batch_size = batch_size
         # The run's calibration (lungct calibrate), or None: applied to every probability we hand out.
         self.calibration = load_calibration(self.run.path, len(self.classes))
+        # The run's familiarity reference (lungct familiarity), or None: each prediction says whether its input
+        # is like the training images.
+        self.familiarity = load_familiarity(self.run.path, self.run.weights) if familiarity else None
         self._model: torch.nn.Module | None = None
         self._lock = threading.Lock()
         self._onnx = None
@@ -267,6 +274,15 @@ class Predictor:
 
         A file unreadable now (a run's split.csv names it, but the dataset moved) is a LungCTError naming it.
         """
+        chunks = self._over_paths(paths, progress, lambda batch: self.probabilities(batch, calibrated))
+        return np.concatenate(chunks) if chunks else np.zeros((0, len(self.classes)))
+
+    def features_paths_array(self, paths: list[str], progress: bool = False) -> np.ndarray:
+        """Pooled backbone features for readable files, in order, as predict_paths_array reads them."""
+        chunks = self._over_paths(paths, progress, lambda batch: self.probabilities_and_features(batch)[1])
+        return np.concatenate(chunks) if chunks else np.zeros((0, 0), dtype=np.float32)
+
+    def _over_paths(self, paths: list[str], progress: bool, model_call) -> list[np.ndarray]:
         pre = self.card.preprocess
 
         def array(path: str) -> np.ndarray:
@@ -279,15 +295,18 @@ class Predictor:
                 ) from None
 
         starts = range(0, len(paths), self.batch_size)
-        chunks = [
-            self.probabilities(np.stack([array(p) for p in paths[i : i + self.batch_size]]), calibrated)
+        return [
+            model_call(np.stack([array(p) for p in paths[i : i + self.batch_size]]))
             for i in tqdm(starts, desc="predicting", disable=not progress, leave=False)
         ]
-        return np.concatenate(chunks) if chunks else np.zeros((0, len(self.classes)))
 
-    def result(self, path: str, probs: np.ndarray) -> dict:
+    def context(self, features: np.ndarray) -> list[dict]:
+        """Each row's `familiar` and `novelty` Prediction fields; empty where the run has no reference."""
+        return self.familiarity.context(features) if self.familiarity is not None else [{} for _ in features]
+
+    def result(self, path: str, probs: np.ndarray, **context) -> dict:
         """A `lungct predict` JSON line: the file's path, then the prediction's label and probabilities."""
-        prediction = Prediction.from_probabilities(self.classes, probs)
+        prediction = Prediction.from_probabilities(self.classes, probs, **context)
         return {"path": path, **prediction.model_dump(mode="json", include=LINE_FIELDS)}
 
     def predict(self, paths: Iterable[str | Path]) -> Iterator[dict]:
@@ -311,6 +330,6 @@ class Predictor:
     def _flush(self, batch: list[tuple[str, np.ndarray]]) -> Iterator[dict]:
         if not batch:
             return
-        probs = self.probabilities(np.stack([a for _, a in batch]))
-        for (path, _), p in zip(batch, probs, strict=True):
-            yield self.result(path, p)
+        probs, features = self.probabilities_and_features(np.stack([a for _, a in batch]))
+        for (path, _), p, context in zip(batch, probs, self.context(features), strict=True):
+            yield self.result(path, p, **context)

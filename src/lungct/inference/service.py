@@ -382,10 +382,11 @@ class InferenceService:
             t0 = time.perf_counter()
             probs, features = self.predictor.probabilities_and_features(np.stack([d.array for d in chunk]))
             share = (time.perf_counter() - t0) * 1000 / len(chunk)
-            for d, p, f in zip(chunk, probs, features, strict=True):
+            for d, p, f, familiarity in zip(chunk, probs, features, self.predictor.context(features), strict=True):
                 prediction = Prediction.from_probabilities(
                     self.card.classes,
                     p,
+                    **familiarity,
                     name=d.name,
                     sha256=d.sha256,
                     latency_ms=round(d.decode_ms + share, 2),

@@ -75,11 +75,15 @@ def predict_series(
     classes = list(predictor.classes)
     positive = resolve_positive_class(classes, predictor.card.positive_class, positive_class)
     probs: list[np.ndarray] = []
+    familiarity: list[dict] = []
     blank: list[bool] = []
     for start in range(0, len(series.slices), batch_size):
         images = [to_image(s.dataset, window, pre.color, s.name) for s in series.slices[start : start + batch_size]]
         blank += [is_blank(img) for img in images]
-        probs.append(predictor.probabilities(np.stack([pre.to_array(pre.apply_field(img)) for img in images])))
+        batch = np.stack([pre.to_array(pre.apply_field(img)) for img in images])
+        batch_probs, features = predictor.probabilities_and_features(batch)
+        probs.append(batch_probs)
+        familiarity += predictor.context(features)
     all_probs = np.concatenate(probs)
     scores = all_probs[:, classes.index(positive)]
     # A slice of one grey level (air alone, say) has nothing to classify, yet the model gives it a label (a black
@@ -89,7 +93,7 @@ def predict_series(
         raise LungCTError(f"{Path(series.source).name}: every slice is blank (one grey level in the {window} window)")
     score, ranked = aggregate(scores[counted], method, top_k)
     drivers = [int(counted[i]) for i in ranked]
-    predictions = [Prediction.from_probabilities(classes, p) for p in all_probs]
+    predictions = [Prediction.from_probabilities(classes, p, **c) for p, c in zip(all_probs, familiarity, strict=True)]
     slices = [
         {"slice": i, "id": s.id, **p.model_dump(mode="json", include=LINE_FIELDS)}
         for i, (s, p) in enumerate(zip(series.slices, predictions, strict=True))
@@ -110,4 +114,6 @@ def predict_series(
         "skipped_files": len(series.skipped),
         "blank_slices": [i for i, b in enumerate(blank) if b],
     }
+    if predictor.familiarity is not None:  # slices unlike the training images: their labels, the score's, mean little
+        study["unfamiliar_slices"] = [i for i, c in enumerate(familiarity) if not c["familiar"]]
     return StudyResult(slices, study)

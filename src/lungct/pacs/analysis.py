@@ -124,6 +124,7 @@ class Analyzer:
             label=study["label"],
             driving=driving,
             probabilities=[line["probabilities"] for line in result.slices],
+            novelty=[line["novelty"] for line in result.slices] if "unfamiliar_slices" in study else None,
         )
         first = sources[0]
         seed = [

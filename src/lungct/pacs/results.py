@@ -59,6 +59,7 @@ class StudyFinding:
     label: str  # the positive class, or "not <positive class>"
     driving: list[int]  # indices into the series' slices, highest score first
     probabilities: list[dict[str, float]]  # per slice, in slice order
+    novelty: list[float] | None = None  # per slice, where the run has a familiarity reference (above 1: unfamiliar)
 
 
 def _code(value: str, meaning: str) -> CodedConcept:
@@ -70,6 +71,8 @@ def probability_concept(classes: tuple[str, ...], name: str) -> CodedConcept:
 
 
 SCORE_CONCEPT = _code("SCORE", "Study score")
+NOVELTY_CONCEPT = _code("NOVELTY", "Novelty against training images (above 1: unlike)")
+UNFAMILIAR_CONCEPT = _code("UNFAMILIAR", "Slices unlike the training images")
 DECISION_CONCEPT = _code("DECISION", "Decision at operating point")
 
 
@@ -161,6 +164,11 @@ def build_sr(
                 algorithm_id=algorithm,
             ),
             hd.sr.Measurement(name=codes.DCM.ThresholdValue, value=finding.threshold, unit=no_units),
+            *(
+                [hd.sr.Measurement(name=UNFAMILIAR_CONCEPT, value=sum(n > 1 for n in finding.novelty), unit=no_units)]
+                if finding.novelty is not None
+                else []
+            ),
         ],
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(DECISION_CONCEPT, decision_concept(classes, finding))],
     )
@@ -174,8 +182,15 @@ def build_sr(
                 algorithm_id=algorithm,
                 source_images=[hd.sr.SourceImageForMeasurementGroup(*_ref(sources[i]))],
                 measurements=[
-                    hd.sr.Measurement(name=probability_concept(classes, c), value=p, unit=no_units)
-                    for c, p in finding.probabilities[i].items()
+                    *(
+                        hd.sr.Measurement(name=probability_concept(classes, c), value=p, unit=no_units)
+                        for c, p in finding.probabilities[i].items()
+                    ),
+                    *(
+                        [hd.sr.Measurement(name=NOVELTY_CONCEPT, value=finding.novelty[i], unit=no_units)]
+                        if finding.novelty is not None
+                        else []
+                    ),
                 ],
             )
         )

@@ -155,3 +155,17 @@ def test_correct_this_records_feedback_beside_the_prediction(model, tmp_path):
     assert not ok and "no prediction with id" in message
     (row,) = open_existing_log(tmp_path / "log.sqlite").read_feedback()
     assert (row["label"], row["predicted"], row["reason"]) == (other, result["predicted"], "second reading")
+
+
+def test_with_a_familiarity_reference_the_app_result_says_whether_the_upload_is_familiar(app_run, tmp_path):
+    """The page warns when `familiar` is false (lungct.app.page.UNFAMILIAR); the result must carry it."""
+    import shutil
+
+    from lungct.cli import main
+
+    run = shutil.copytree(app_run, tmp_path / "run")
+    assert main(["familiarity", "--run", str(run), "-q"]) == 0
+    result = analyse_upload(load_app_model(run, tmp_path / "log.sqlite"), slice_png(), "slice.png")
+    assert isinstance(result["familiar"], bool) and result["familiar"] == (result["novelty"] <= 1)
+    plain = analyse_upload(load_app_model(app_run, tmp_path / "plain.sqlite"), slice_png(), "slice.png")
+    assert "familiar" not in plain and "novelty" not in plain

@@ -63,6 +63,7 @@ def test_repro_runs_once_then_skips_and_a_parameter_stales_train(tmp_path, fake_
     assert (out / "audit").is_dir() and (out / "split.csv").is_file()
     assert (out / "export" / "model.onnx").is_file() and not (out / "model" / "model.onnx").exists()
     assert (out / "calibrated" / "calibration.json").is_file() and not (out / "model" / "calibration.json").exists()
+    assert (out / "calibrated" / "familiarity.npz").is_file()  # the served model says what is unlike its training
     assert json.loads((out / "eval" / "metrics.json").read_text())["calibrated"] is True
 
     second = _dvc(project, "repro")

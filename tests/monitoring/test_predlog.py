@@ -12,7 +12,7 @@ from lungct.contracts import Prediction
 from lungct.monitoring.predlog import PredictionLog, PredictionRecord, image_stats
 
 COLUMNS = {"id", "ts", "sha256", "model_version", "label", "confidence", "probabilities", "latency_ms", "source"}
-COLUMNS |= {"stats", "embedding", "prediction_id"}
+COLUMNS |= {"stats", "embedding", "prediction_id", "novelty"}
 
 
 def test_a_log_from_before_feedback_gains_the_prediction_id_column_and_keeps_its_rows(tmp_path):
@@ -31,7 +31,7 @@ def test_a_log_from_before_feedback_gains_the_prediction_id_column_and_keeps_its
         )
     log = PredictionLog(path)
     (old,) = log.read()
-    assert old["prediction_id"] is None and old["label"] == "normal"
+    assert old["prediction_id"] is None and old["novelty"] is None and old["label"] == "normal"
     assert log.prediction("anything") is None and log.read_feedback() == []
     log.close()
 

@@ -12,6 +12,8 @@ from fastapi.testclient import TestClient
 from lungct.cli import main
 from lungct.inference import Predictor
 from lungct.inference.familiarity import FAMILIARITY_FILE
+from lungct.monitoring.drift_report import drift_report
+from lungct.monitoring.predlog import open_existing_log
 from lungct.serve import ServeSettings, create_app
 from tests.conftest import synthetic_slice
 
@@ -39,6 +41,13 @@ def test_lungct_familiarity_reaches_predict_and_the_api(onnx_run, tmp_path, caps
     with TestClient(create_app(ServeSettings(run=run, log_path=tmp_path / "log.sqlite"))) as client:
         answer = client.post("/v1/predict", files={"file": ("slice.png", image.read_bytes(), "image/png")}).json()
     assert (answer["familiar"], answer["novelty"]) == (line["familiar"], line["novelty"])
+
+    # the prediction log keeps it, and the drift report says which share of recent inputs was unfamiliar
+    log = open_existing_log(tmp_path / "log.sqlite")
+    assert [row["novelty"] for row in log.read()] == [answer["novelty"]]
+    log.close()
+    report = drift_report(run, tmp_path / "log.sqlite", tmp_path / "drift", progress=False)
+    assert report["unfamiliar"] == {"rows_with_novelty": 1, "share": 0.0 if answer["familiar"] else 1.0}
 
 
 def test_a_run_without_a_reference_says_nothing_of_familiarity(onnx_run, tmp_path, capsys):

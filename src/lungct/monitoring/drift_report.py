@@ -71,6 +71,7 @@ def drift_report(
     current = log_observations(rows, reference.classes, version, all_versions)
     checks = compare_observations(reference, current, settings)
     versions = Counter(r["model_version"] for r in rows)
+    novelty = [r["novelty"] for r in rows if r.get("novelty") is not None and r["model_version"] == version]
     report = {
         **decide(checks),
         "run": str(run.path),
@@ -100,6 +101,12 @@ def drift_report(
             "resamples": settings.resamples,
         },
         "checks": checks,
+        # Inputs unlike the training images, where the run has a familiarity reference: reported, not a verdict (a
+        # share of figures or screenshots says how the model is used, not that the data moved).
+        "unfamiliar": {
+            "rows_with_novelty": len(novelty),
+            "share": float(np.mean(np.array(novelty) > 1)) if novelty else None,
+        },
     }
     (out / "drift.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     (out / "drift.md").write_text(drift_markdown(report), encoding="utf-8")
@@ -123,8 +130,14 @@ def drift_markdown(report: dict[str, Any]) -> str:
         "(inputs against train, predictions against val/calib).",
         f"- Log `{report['log']}`: {rows['selected']} rows ({rows['first']} to {rows['last']}); "
         f"{rows['this_model_version']} of this model version, {rows['with_embedding']} with embeddings used.",
-        "",
     ]
+    unfamiliar = report["unfamiliar"]
+    if unfamiliar["share"] is not None:
+        lines.append(
+            f"- Unlike the training images (lungct familiarity): {unfamiliar['share']:.1%} of the "
+            f"{unfamiliar['rows_with_novelty']} rows of this model version that say so."
+        )
+    lines.append("")
     if report["reasons"]:
         lines += ["## Reasons", "", *[f"- {r}" for r in report["reasons"]], ""]
     for name, check in report["checks"].items():

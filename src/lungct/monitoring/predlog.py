@@ -34,7 +34,8 @@ CREATE TABLE IF NOT EXISTS predictions (
     source TEXT NOT NULL,           -- api | app | cli
     stats TEXT NOT NULL,            -- JSON, see image_stats()
     embedding BLOB,                 -- float16 pooled backbone features, or NULL
-    prediction_id TEXT              -- random id handed to the client, for feedback (NULL in older logs)
+    prediction_id TEXT,             -- random id handed to the client, for feedback (NULL in older logs)
+    novelty REAL                    -- unlike the training images above 1 (lungct familiarity), or NULL
 );
 CREATE INDEX IF NOT EXISTS predictions_ts ON predictions (ts);
 CREATE TABLE IF NOT EXISTS feedback (
@@ -48,7 +49,10 @@ CREATE TABLE IF NOT EXISTS feedback (
 CREATE INDEX IF NOT EXISTS feedback_prediction ON feedback (prediction_id);
 """
 # added after the first release of the log: existing files gain the column on open
-MIGRATIONS = {"prediction_id": "ALTER TABLE predictions ADD COLUMN prediction_id TEXT"}
+MIGRATIONS = {
+    "prediction_id": "ALTER TABLE predictions ADD COLUMN prediction_id TEXT",
+    "novelty": "ALTER TABLE predictions ADD COLUMN novelty REAL",
+}
 INDEXES = "CREATE UNIQUE INDEX IF NOT EXISTS predictions_prediction_id ON predictions (prediction_id)"
 REASON_MAX = 500  # characters of a feedback reason that are kept
 
@@ -136,6 +140,7 @@ def _row(rec: PredictionRecord) -> tuple:
         rec.source,
         json.dumps(rec.stats),
         emb,
+        rec.novelty,
     )
 
 
@@ -190,7 +195,8 @@ class PredictionLog:
             try:
                 self._db.executemany(
                     "INSERT INTO predictions (ts, prediction_id, sha256, model_version, label, confidence,"
-                    " probabilities, latency_ms, source, stats, embedding) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " probabilities, latency_ms, source, stats, embedding, novelty)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )
             except BaseException:

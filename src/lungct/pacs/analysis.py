@@ -154,7 +154,8 @@ class Analyzer:
     def _log(self, folder: Path, series, finding: StudyFinding, latency_ms: float) -> None:
         """One prediction-log row per slice: content hash, probabilities, intensity statistics; no tag."""
         color = self.color
-        for s, probs in zip(series.slices, finding.probabilities, strict=True):
+        novelty = finding.novelty or [None] * len(series.slices)
+        for s, probs, slice_novelty in zip(series.slices, finding.probabilities, novelty, strict=True):
             digest = hashlib.sha256((folder / s.name).read_bytes()).hexdigest()
             prediction = Prediction.from_probabilities(
                 list(self.classes),
@@ -162,6 +163,8 @@ class Analyzer:
                 sha256=digest,
                 model_version=self.model.version,
                 latency_ms=round(latency_ms / len(series.slices), 3),
+                novelty=slice_novelty,
+                familiar=None if slice_novelty is None else slice_novelty <= 1,
             )
             stats = self.sink.image_stats(to_image(s.dataset, self.window, color, s.name))
             self.sink.record(prediction, stats=stats, embedding=None, source="pacs")

@@ -35,7 +35,7 @@ from sklearn.metrics import roc_auc_score
 from lungct.data.images import load_image
 from lungct.data.splits import load_split
 from lungct.inference import Predictor
-from lungct.inference.familiarity import PERCENTILE, fit_familiarity
+from lungct.inference.familiarity import PERCENTILE, fit_familiarity, unfamiliar_share
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -91,13 +91,13 @@ def main() -> None:
 
     reference = fit_familiarity(train, val, predictor.run.weights, PERCENTILE)  # what `lungct familiarity` fits
     test_d = reference.novelty(test)
-    rows = {"test part (held-out patients)": {"n": len(test), "flagged": float(np.mean(test_d > 1)), "auroc": None}}
+    rows = {"test part (held-out patients)": {"n": len(test), "flagged": unfamiliar_share(test_d), "auroc": None}}
     for name, feats in others.items():
         d = reference.novelty(feats)
         labels = np.r_[np.zeros(len(test_d)), np.ones(len(d))]
         rows[name] = {
             "n": len(d),
-            "flagged": float(np.mean(d > 1)),
+            "flagged": unfamiliar_share(d),
             "auroc": float(roc_auc_score(labels, np.r_[test_d, d])) if len(d) > 1 else None,
         }
     result = {

@@ -3,6 +3,8 @@ command and the API: tests/serve/test_familiarity_api.py)"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -10,7 +12,7 @@ from lungct.errors import LungCTError
 from lungct.inference.familiarity import FAMILIARITY_FILE, fit_familiarity, load_familiarity
 
 
-def _weights(tmp_path, content: bytes = b"weights") -> object:
+def _weights(tmp_path: Path, content: bytes = b"weights") -> Path:
     path = tmp_path / "model.safetensors"
     path.write_bytes(content)
     return path

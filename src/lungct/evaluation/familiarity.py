@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from lungct.data.splits import load_split
 from lungct.errors import LungCTError
 from lungct.inference import Predictor
-from lungct.inference.familiarity import FAMILIARITY_FILE, PERCENTILE, fit_familiarity
+from lungct.inference.familiarity import FAMILIARITY_FILE, PERCENTILE, fit_familiarity, unfamiliar_share
 from lungct.run import RunDir
 
 
@@ -31,5 +29,5 @@ def familiarity_run(run_dir: str | Path, percentile: float = PERCENTILE, progres
         "file": str(run.path / FAMILIARITY_FILE),
         "percentile": percentile,
         "n": {part: len(f) for part, f in features.items()},
-        "flagged": {part: float(np.mean(reference.novelty(f) > 1.0)) for part, f in features.items()},
+        "flagged": {part: unfamiliar_share(reference.novelty(f)) for part, f in features.items()},
     }

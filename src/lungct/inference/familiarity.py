@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,16 @@ from lungct.files import atomic_write
 
 FAMILIARITY_FILE = "familiarity.npz"
 PERCENTILE = 99.0
+
+
+def is_familiar(novelty: float) -> bool:
+    """The one rule every reader of a novelty applies: at or below the threshold is like the training images."""
+    return novelty <= 1.0
+
+
+def unfamiliar_share(novelty) -> float:
+    """The share of novelties that are not familiar (`is_familiar`)."""
+    return float(np.mean([not is_familiar(n) for n in novelty]))
 
 
 def weights_sha256(weights: Path) -> str:
@@ -48,7 +58,7 @@ class Familiarity:
 
     def context(self, features: np.ndarray) -> list[dict]:
         """Each row's Prediction fields: `familiar` and `novelty`."""
-        return [{"familiar": bool(n <= 1.0), "novelty": round(float(n), 3)} for n in self.novelty(features)]
+        return [{"familiar": bool(is_familiar(n)), "novelty": round(float(n), 3)} for n in self.novelty(features)]
 
     def save(self, run_path: Path) -> None:
         buffer = io.BytesIO()
@@ -99,8 +109,8 @@ def fit_familiarity(
     if len(train_features) < 2 or len(val_features) < 1:
         raise LungCTError("familiarity needs at least 2 training and 1 validation slice")
     estimate = LedoitWolf().fit(np.asarray(train_features, dtype=np.float64))
-    reference = Familiarity(estimate.location_, estimate.precision_, 1.0, percentile, weights_sha256(weights))
-    threshold = float(np.percentile(reference.novelty(val_features), percentile))
+    unscaled = Familiarity(estimate.location_, estimate.precision_, 1.0, percentile, weights_sha256(weights))
+    threshold = float(np.percentile(unscaled.novelty(val_features), percentile))  # threshold 1: the distances
     if not threshold > 0:
         raise LungCTError("the validation slices all sit on the training mean; no threshold can be drawn")
-    return Familiarity(reference.mean, reference.precision, threshold, percentile, reference.weights_sha256)
+    return replace(unscaled, threshold=threshold)

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from lungct.files import output_folder
+from lungct.inference.familiarity import unfamiliar_share
 from lungct.monitoring.drift import (
     PSI_MODERATE,
     PSI_SIGNIFICANT,
@@ -105,7 +106,7 @@ def drift_report(
         # share of figures or screenshots says how the model is used, not that the data moved).
         "unfamiliar": {
             "rows_with_novelty": len(novelty),
-            "share": float(np.mean(np.array(novelty) > 1)) if novelty else None,
+            "share": unfamiliar_share(novelty) if novelty else None,
         },
     }
     (out / "drift.json").write_text(json.dumps(report, indent=2), encoding="utf-8")

@@ -22,6 +22,7 @@ from lungct.contracts import Prediction
 from lungct.dicom.series import load_series
 from lungct.dicom.window import default_window, to_image
 from lungct.errors import LungCTError
+from lungct.inference.familiarity import is_familiar
 from lungct.inference.study import predict_series, resolve_positive_class
 from lungct.pacs.ids import short_id
 from lungct.pacs.results import ModelInfo, StudyFinding, blend, build_overlay, build_sr
@@ -164,7 +165,7 @@ class Analyzer:
                 model_version=self.model.version,
                 latency_ms=round(latency_ms / len(series.slices), 3),
                 novelty=slice_novelty,
-                familiar=None if slice_novelty is None else slice_novelty <= 1,
+                familiar=None if slice_novelty is None else is_familiar(slice_novelty),
             )
             stats = self.sink.image_stats(to_image(s.dataset, self.window, color, s.name))
             self.sink.record(prediction, stats=stats, embedding=None, source="pacs")

@@ -22,6 +22,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 
 from lungct import __version__
+from lungct.inference.familiarity import is_familiar
 from lungct.pacs.ids import derived_uid
 
 SCHEME = "99LUNGCT"
@@ -165,7 +166,11 @@ def build_sr(
             ),
             hd.sr.Measurement(name=codes.DCM.ThresholdValue, value=finding.threshold, unit=no_units),
             *(
-                [hd.sr.Measurement(name=UNFAMILIAR_CONCEPT, value=sum(n > 1 for n in finding.novelty), unit=no_units)]
+                [
+                    hd.sr.Measurement(
+                        name=UNFAMILIAR_CONCEPT, value=sum(not is_familiar(n) for n in finding.novelty), unit=no_units
+                    )
+                ]
                 if finding.novelty is not None
                 else []
             ),

@@ -47,6 +47,10 @@ class DataConfig(_Strict):
     color: Literal["grey", "rgb"] = "grey"  # grey: every image becomes one channel replicated to three
     # Hounsfield window for DICOM input (see lungct.dicom); stack3 = lung/mediastinal/bone as 3 channels
     dicom_window: DicomWindow = DicomWindow.lung
+    # 16-bit, 32-bit or float PNG/TIFF files that store Hounsfield units plus this offset (1024 and 32768 are
+    # common exports) get the DICOM window too; None stretches such files from their darkest to brightest pixel.
+    # 8-bit files are display images already and are read as they are.
+    hu_offset: int | None = Field(None, ge=-65536, le=65536)
     # full: the whole slice; body: each slice cropped to the body's square field of view (lungct.data.field)
     field: Literal["full", "body"] = "full"
     positive_class: str | None = None  # for binary metrics and operating points
@@ -57,9 +61,13 @@ class DataConfig(_Strict):
     scan_cache: bool = True
 
     @model_validator(mode="after")
-    def _stack3_is_rgb(self) -> DataConfig:
+    def _windows(self) -> DataConfig:
         if self.dicom_window == "stack3":  # three windows are three channels, so the model takes RGB input
             self.color = "rgb"
+        if self.hu_offset is not None and self.dicom_window == "file":
+            raise ValueError(
+                "hu_offset needs a preset window (lung, mediastinal or stack3): an image file has no window of its own"
+            )
         return self
 
 

@@ -82,9 +82,9 @@ def test_scan_runs_in_workers_then_hits_the_cache_and_grouping_is_not_all_pairs(
     # makes timings flaky; benchmarks/scale.py measures the speed-up).
     decoded = []
 
-    def counting_describe(path):
+    def counting_describe(path, **kwargs):
         decoded.append(path)
-        return describe(path)
+        return describe(path, **kwargs)
 
     describe = scan.describe_or_reason
     monkeypatch.setattr(scan, "describe_or_reason", counting_describe)

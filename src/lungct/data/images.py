@@ -14,6 +14,8 @@ MAX_PIXELS = 64_000_000  # far above any CT slice; larger files are treated as d
 # Far below any CT slice (IQ-OTH/NCCD's are 512 px; the pneumonia set's smallest side is 123): a 1x1 image or a 4 px
 # strip, stretched to the model's input, still got a confident label.
 MIN_SIDE = 32
+# Pillow's modes for 16-bit and 32-bit integer and float pixels: a CT export in them holds more than a display's 8 bits
+HIGH_DEPTH_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I;16S", "I", "F"})
 
 
 class ImageReadError(Exception):
@@ -29,12 +31,16 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
-def open_image(source, name: str | Path, color: str = "grey", dicom_window: str | None = None) -> Image.Image:
+def open_image(
+    source, name: str | Path, color: str = "grey", dicom_window: str | None = None, hu_offset: int | None = None
+) -> Image.Image:
     """Decode an image from a path or file object into mode "L" (grey) or "RGB".
 
     Pillow does the decoding; this wrapper only turns its many failure modes into one clear error, and refuses
     what decodes but is no slice: one pixel or a thin strip, a stack of frames, a blank image.
     DICOM (a .dcm name or the DICM header) goes to lungct.dicom: HU, then `dicom_window` (see there).
+    A 16-bit, 32-bit or float file is stretched from its darkest to its brightest pixel, unless `hu_offset` says
+    it stores HU + hu_offset (1024 and 32768 are common): then it is windowed like DICOM (`hu_pixels_to_image`).
     """
     if _is_dicom(source, name):
         return _open_dicom(source, name, color, dicom_window)
@@ -53,7 +59,9 @@ def open_image(source, name: str | Path, color: str = "grey", dicom_window: str 
                 img.load()
                 # A phone photo of a viewer, or an export that rotates by tag: the pixels as they are displayed.
                 ImageOps.exif_transpose(img, in_place=True)
-                if img.mode in ("I;16", "I;16B", "I", "F"):
+                if img.mode in HIGH_DEPTH_MODES:
+                    if hu_offset is not None:
+                        return hu_pixels_to_image(img, hu_offset, color, dicom_window, name)
                     img = _rescale_to_8bit(img, name)
                 return _refuse_blank(img.convert("L" if color == "grey" else "RGB"), name)
     except ImageReadError:
@@ -68,7 +76,9 @@ def open_image(source, name: str | Path, color: str = "grey", dicom_window: str 
         raise ImageReadError(name, f"corrupt or unreadable image ({type(exc).__name__})") from None
 
 
-def load_image(path: str | Path, color: str = "grey", dicom_window: str | None = None) -> Image.Image:
+def load_image(
+    path: str | Path, color: str = "grey", dicom_window: str | None = None, hu_offset: int | None = None
+) -> Image.Image:
     path = Path(path)
     if not path.exists():
         raise ImageReadError(path, "file not found")
@@ -76,7 +86,7 @@ def load_image(path: str | Path, color: str = "grey", dicom_window: str | None =
         raise ImageReadError(path, "not a regular file")
     if path.stat().st_size == 0:
         raise ImageReadError(path, "empty file")
-    return open_image(path, path, color, dicom_window)
+    return open_image(path, path, color, dicom_window, hu_offset)
 
 
 def is_dicom_file(path: str | Path) -> bool:
@@ -138,8 +148,8 @@ def _refuse_blank(img: Image.Image, name: str | Path) -> Image.Image:
     return img
 
 
-def _rescale_to_8bit(img: Image.Image, name: str | Path = "image") -> Image.Image:
-    """A 16-bit, 32-bit integer or float image stretched to 0..255; NaN or infinite pixels are refused.
+def _finite_pixels(img: Image.Image, name: str | Path):
+    """float64 pixels, NaN or infinity refused (they used to become a blank slice that still got a confident label).
 
     float64 throughout: the span of a float32 image (e.g. -3e38..3e38) overflows float32 arithmetic.
     """
@@ -147,8 +157,42 @@ def _rescale_to_8bit(img: Image.Image, name: str | Path = "image") -> Image.Imag
 
     with np.errstate(invalid="ignore"):  # a signalling NaN warns as it is widened; the check below refuses it
         arr = np.asarray(img, dtype=np.float64)
-    if not np.isfinite(arr).all():  # they used to become a blank slice that still got a confident label
+    if not np.isfinite(arr).all():
         raise ImageReadError(name, "non-finite pixel values (NaN or infinity) in a floating-point image")
+    return arr
+
+
+def hu_pixels_to_image(
+    img: Image.Image, hu_offset: int, color: str, dicom_window: str | None, name: str | Path
+) -> Image.Image:
+    """A file storing HU + hu_offset, windowed as a DICOM slice of the same HU would be (lungct.dicom.hounsfield).
+
+    Before `hu_offset` existed such files were stretched from their darkest to their brightest pixel: bone and the
+    scanner's padding set the scale, so the lungs came out nearly black, unlike the lung-window slices of training.
+    """
+    from lungct.dicom.hounsfield import default_window, pixels_to_image, window_pixels
+
+    hu = _finite_pixels(img, name) - hu_offset
+    if hu.min() == hu.max():
+        raise ImageReadError(name, f"blank image (every pixel is {hu.min() + hu_offset:g})")
+    window = default_window(color, dicom_window)
+    if window == "file":
+        raise ImageReadError(name, "an image file has no window of its own; use the lung or mediastinal window")
+    pixels = window_pixels(hu, window)
+    if pixels.min() == pixels.max():  # not a blank slice: HU outside the window, most likely a wrong offset
+        raise ImageReadError(
+            name,
+            f"no pixel inside the {window} window after subtracting hu_offset {hu_offset} "
+            f"(HU {hu.min():g} to {hu.max():g}); check the data's hu_offset",
+        )
+    return pixels_to_image(pixels, window, color)
+
+
+def _rescale_to_8bit(img: Image.Image, name: str | Path = "image") -> Image.Image:
+    """A 16-bit, 32-bit integer or float image stretched to 0..255; NaN or infinite pixels are refused."""
+    import numpy as np
+
+    arr = _finite_pixels(img, name)
     lo, hi = float(arr.min()), float(arr.max())
     if hi == lo:
         raise ImageReadError(name, f"blank image (every pixel is {lo:g})")

@@ -33,7 +33,7 @@ class PreparedData:
 
 def prepare_data(cfg: ExperimentConfig, progress: bool = True) -> PreparedData:
     samples = collect_samples(cfg.data, cfg.seed)
-    scan = scan_samples(samples, progress, cfg.data.scan_workers, cfg.data.scan_cache)
+    scan = scan_samples(samples, progress, cfg.data.scan_workers, cfg.data.scan_cache, cfg.data.hu_offset)
     for skipped in scan.skipped:
         log.warning("skipped %s: %s", skipped.path, skipped.reason)
     if not scan.samples:

@@ -45,6 +45,7 @@ class Preprocess:
     color: str = "grey"
     dicom_window: str | None = None  # lungct.dicom window; None (older runs): lung, or stack3 for rgb
     field: str = "full"  # full: the whole slice; body: cropped to the body first (lungct.data.field)
+    hu_offset: int | None = None  # 16-bit/float files store HU + hu_offset (windowed); None: stretched (older runs)
 
     @property
     def resize_to(self) -> int:
@@ -52,13 +53,13 @@ class Preprocess:
 
     def load(self, path: str | Path) -> Image.Image:
         """Decode a file as this model sees it (grey/RGB, DICOM window): the one place callers get that from."""
-        return self.apply_field(load_image(path, self.color, self.dicom_window))
+        return self.apply_field(load_image(path, self.color, self.dicom_window, self.hu_offset))
 
     def load_bytes(self, data: bytes, name: str = "upload") -> Image.Image:
         """Decode uploaded bytes (API, app) exactly as `load` decodes a file; `name` only labels errors."""
         if not data:
             raise ImageReadError(name, "empty file")
-        return self.apply_field(open_image(io.BytesIO(data), name, self.color, self.dicom_window))
+        return self.apply_field(open_image(io.BytesIO(data), name, self.color, self.dicom_window, self.hu_offset))
 
     def apply_field(self, img: Image.Image) -> Image.Image:
         """The slice as the model sees it before resizing: whole, or cropped to the body."""
@@ -156,6 +157,7 @@ class Preprocess:
             d.get("color", "grey"),
             d.get("dicom_window"),
             d.get("field", "full"),
+            None if d.get("hu_offset") is None else int(d["hu_offset"]),
         )
 
 

@@ -11,6 +11,7 @@ import hashlib
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from tqdm import tqdm
 
 from lungct.data.image_info import THUMB_SIZE, ImageInfo
 from lungct.data.images import ImageReadError, load_image
-from lungct.data.scan_cache import ScanCache, file_key
+from lungct.data.scan_cache import ScanCache, cache_dir, file_key
 from lungct.data.sources import Sample
 
 __all__ = ["THUMB_SIZE", "ImageInfo", "ScanResult", "Skipped", "describe_image", "scan_samples"]
@@ -39,8 +40,8 @@ class ScanResult:
     skipped: list[Skipped]
 
 
-def describe_image(path: str | Path) -> ImageInfo:
-    grey = load_image(path, "grey")  # first, so unreadable files fail with a clear reason
+def describe_image(path: str | Path, hu_offset: int | None = None) -> ImageInfo:
+    grey = load_image(path, "grey", hu_offset=hu_offset)  # first, so unreadable files fail with a clear reason
     data = Path(path).read_bytes()
     try:
         with Image.open(path) as raw:
@@ -65,16 +66,24 @@ def default_scan_workers() -> int:
 
 
 def scan_samples(
-    samples: list[Sample], progress: bool = True, workers: int | None = None, cache: bool = True
+    samples: list[Sample],
+    progress: bool = True,
+    workers: int | None = None,
+    cache: bool = True,
+    hu_offset: int | None = None,
 ) -> ScanResult:
     """Each sample described (or skipped, with its reason), in order; from the cache where the file is unchanged,
-    otherwise on `workers` processes (default: default_scan_workers) when there are many files to read."""
+    otherwise on `workers` processes (default: default_scan_workers) when there are many files to read.
+
+    hu_offset: read 16-bit files as HU + offset, as training will (lungct.data.images); a wrong offset then skips
+    them here with its reason rather than failing mid-training. Such scans keep a cache of their own."""
     keys = [file_key(s.path) for s in samples]
-    store = ScanCache() if cache else None
+    store = ScanCache(None if hu_offset is None else cache_dir() / f"scan-hu{hu_offset}.sqlite") if cache else None
     known = store.lookup([k for k in keys if k is not None]) if store else {}
     results: list[ImageInfo | str | None] = [known.get(k.path) if k else None for k in keys]
     todo = [i for i, r in enumerate(results) if r is None]
-    fresh = _describe_all([samples[i].path for i in todo], progress, workers or default_scan_workers())
+    describe = partial(describe_or_reason, hu_offset=hu_offset)
+    fresh = _describe_all([samples[i].path for i in todo], progress, workers or default_scan_workers(), describe)
     to_store = []
     for i, (result, cacheable) in zip(todo, fresh, strict=True):
         results[i] = result
@@ -93,25 +102,25 @@ def scan_samples(
     return ScanResult(kept, infos, skipped)
 
 
-def describe_or_reason(path: str) -> tuple[ImageInfo | str, bool]:
+def describe_or_reason(path: str, hu_offset: int | None = None) -> tuple[ImageInfo | str, bool]:
     """(the image's description, or why it was skipped; whether that may be cached). A file that cannot be
     opened (permissions, a vanished mount) is not cached: fixing it does not change its size or mtime."""
     try:
-        return describe_image(path), True
+        return describe_image(path, hu_offset), True
     except ImageReadError as exc:
         return exc.reason, True
     except OSError as exc:
         return f"cannot read file ({exc.strerror or exc})", False
 
 
-def _describe_all(paths: list[str], progress: bool, workers: int) -> list[tuple[ImageInfo | str, bool]]:
+def _describe_all(paths: list[str], progress: bool, workers: int, describe) -> list[tuple[ImageInfo | str, bool]]:
     bar = {"desc": "checking images", "disable": not progress, "leave": False, "total": len(paths)}
     if workers < 2 or len(paths) < PARALLEL_MIN:
-        return [describe_or_reason(p) for p in tqdm(paths, **bar)]
+        return [describe(p) for p in tqdm(paths, **bar)]
     # fork where there is one: the workers run Pillow, numpy and hashlib only, never the parent's PyTorch thread
     # pools; spawn would import the caller's __main__ again in every worker (which fails for a notebook, stdin
     # or a script without a __main__ guard) and costs a second per worker
     method = "fork" if "fork" in get_all_start_methods() else "spawn"
     with ProcessPoolExecutor(workers, mp_context=get_context(method)) as pool:
         chunk = max(16, len(paths) // (workers * 32))
-        return list(tqdm(pool.map(describe_or_reason, paths, chunksize=chunk), **bar))
+        return list(tqdm(pool.map(describe, paths, chunksize=chunk), **bar))

@@ -10,6 +10,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "image": ["load_dicom_image"],
         "read": ["has_dicom_preamble", "is_dicom_path", "read_dataset", "read_hu", "slice_id", "to_hu"],
         "series": ["Series", "SeriesSlice", "load_series"],
-        "window": ["BONE", "LUNG", "MEDIASTINAL", "STACK3", "WINDOW_NAMES", "Window", "default_window", "to_image"],
+        "hounsfield": ["BONE", "LUNG", "MEDIASTINAL", "STACK3", "WINDOW_NAMES", "Window", "default_window"],
+        "window": ["to_image"],
     },
 )

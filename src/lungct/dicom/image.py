@@ -8,8 +8,9 @@ from typing import BinaryIO
 from PIL import Image
 
 from lungct.dicom.errors import DicomError
+from lungct.dicom.hounsfield import default_window
 from lungct.dicom.read import read_dataset
-from lungct.dicom.window import default_window, to_image
+from lungct.dicom.window import to_image
 
 
 def load_dicom_image(

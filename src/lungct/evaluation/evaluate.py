@@ -46,7 +46,7 @@ def evaluation_items(predictor: Predictor, data: list[str] | None, progress: boo
     aliases = {k: v for s in data_cfg.sources for k, v in s.aliases.items()}
     data_cfg.sources = [SourceConfig(path=d, aliases=aliases) for d in data]
     data_cfg.max_images_per_class = None
-    scan = scan_samples(collect_samples(data_cfg), progress)
+    scan = scan_samples(collect_samples(data_cfg), progress, hu_offset=predictor.card.preprocess.hu_offset)
     for s in scan.skipped:
         log.warning("skipped %s: %s", s.path, s.reason)
     if not scan.samples:

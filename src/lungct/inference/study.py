@@ -15,8 +15,9 @@ import numpy as np
 
 from lungct.contracts import Prediction
 from lungct.data.images import is_blank
+from lungct.dicom.hounsfield import default_window
 from lungct.dicom.series import Series
-from lungct.dicom.window import default_window, to_image
+from lungct.dicom.window import to_image
 from lungct.errors import LungCTError
 from lungct.inference.predictor import LINE_FIELDS
 

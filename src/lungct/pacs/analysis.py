@@ -19,8 +19,9 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from lungct.contracts import Prediction
+from lungct.dicom.hounsfield import default_window
 from lungct.dicom.series import load_series
-from lungct.dicom.window import default_window, to_image
+from lungct.dicom.window import to_image
 from lungct.errors import LungCTError
 from lungct.inference.familiarity import is_familiar
 from lungct.inference.study import predict_series, resolve_positive_class

@@ -312,7 +312,12 @@ class Trainer:
             cfg.model.arch,
             backbone.timm_name,
             classes,
-            replace(backbone.preprocess, dicom_window=cfg.data.dicom_window, field=cfg.data.field),
+            replace(
+                backbone.preprocess,
+                dicom_window=cfg.data.dicom_window,
+                field=cfg.data.field,
+                hu_offset=cfg.data.hu_offset,
+            ),
             cfg.model.head,
             backbone.pretrained,
             backbone.weights_source,

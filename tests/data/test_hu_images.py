@@ -1,0 +1,139 @@
+"""16-bit and float image files that store Hounsfield units: the data's `hu_offset` windows them like DICOM.
+
+Without it such a file is stretched from its darkest to its brightest pixel, and a CT export then reaches the model
+with another contrast than the lung-window slices it was trained on.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lungct.cli import main
+from lungct.config import parse_config
+from lungct.data.images import ImageReadError, load_image
+from lungct.data.preprocess import Preprocess
+from lungct.dicom.hounsfield import LUNG, STACK3
+from lungct.errors import LungCTError
+from lungct.run import RunDir
+from lungct.training import train
+from tests.conftest import CLASS_FOLDERS, synthetic_slice, tiny_config
+from tests.dicom.dicom_factory import ct_dataset, hu_from_grey, write
+
+
+def chest_hu(seed: int = 0, size: int = 64) -> np.ndarray:
+    """Air outside, soft tissue body, lungs inside it, a bone: what a CT export holds (HU, integers)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    hu = np.full((size, size), -1000.0)
+    hu[(yy - size / 2) ** 2 / 0.8 + (xx - size / 2) ** 2 < (size * 0.45) ** 2] = 40
+    for cx in (size * 0.32, size * 0.68):
+        hu[(yy - size / 2) ** 2 + (xx - cx) ** 2 / 0.5 < (size * 0.22) ** 2] = -850
+    hu[size // 2 - 3 : size // 2 + 3, size // 2 - 2 : size // 2 + 2] = 900
+    return np.clip(np.round(hu + rng.normal(0, 20, hu.shape)), -1024, 3071)  # a scanner's range
+
+
+def save_uint16(hu: np.ndarray, path, offset: int = 1024):
+    Image.fromarray((hu + offset).astype(np.uint16)).save(path)
+    return path
+
+
+def test_a_16bit_png_of_hu_plus_offset_reads_as_its_dicom_slice_does(tmp_path):
+    hu = chest_hu()
+    png = save_uint16(hu, tmp_path / "slice.png")
+    dcm = write(ct_dataset(hu), tmp_path / "slice.dcm")
+    windowed = np.asarray(load_image(png, hu_offset=1024))
+    assert np.array_equal(windowed, LUNG.apply(hu))
+    assert np.array_equal(windowed, np.asarray(load_image(dcm)))
+
+
+def test_without_an_offset_a_16bit_file_is_stretched_as_before(tmp_path):
+    hu = chest_hu()
+    png = save_uint16(hu, tmp_path / "slice.png")
+    stretched = np.asarray(load_image(png), dtype=np.float64)
+    raw = hu + 1024
+    assert np.abs(stretched - np.floor((raw - raw.min()) / (raw.max() - raw.min()) * 255)).max() <= 1
+    lung = (hu < -500) & (hu > -1000)
+    # the defect the offset mends: stretched, the lungs are nearly black; in the lung window they are mid-grey
+    assert stretched[lung].mean() < 40 < 60 < np.asarray(load_image(png, hu_offset=1024))[lung].mean()
+
+
+@pytest.mark.parametrize(
+    ("array", "offset"),
+    [
+        (lambda hu: (hu + 32768).astype(np.uint16), 32768),  # DeepLesion's convention
+        (lambda hu: hu.astype(np.int16), 0),  # signed HU in a TIFF (Pillow mode "I")
+        (lambda hu: hu.astype(np.float32), 0),  # float HU
+    ],
+)
+def test_other_stored_forms_give_the_same_pixels(tmp_path, array, offset):
+    hu = chest_hu()
+    path = tmp_path / "slice.tif"
+    Image.fromarray(array(hu)).save(path)
+    assert np.array_equal(np.asarray(load_image(path, hu_offset=offset)), LUNG.apply(hu))
+
+
+def test_stack3_gives_the_three_windows_as_channels(tmp_path):
+    hu = chest_hu()
+    png = save_uint16(hu, tmp_path / "slice.png")
+    img = load_image(png, "rgb", "stack3", hu_offset=1024)
+    assert img.mode == "RGB"
+    assert np.array_equal(np.asarray(img), np.stack([w.apply(hu) for w in STACK3], axis=-1))
+
+
+def test_a_wrong_offset_is_named_not_read_as_a_blank_slice(tmp_path):
+    png = save_uint16(chest_hu(), tmp_path / "slice.png", offset=0 + 32768)
+    with pytest.raises(ImageReadError) as caught:
+        load_image(png, hu_offset=0)  # HU then 31768..33668: nothing in the lung window
+    assert "no pixel inside the lung window after subtracting hu_offset 0" in caught.value.reason
+    assert "check the data's hu_offset" in caught.value.reason
+    flat = save_uint16(np.full((64, 64), -1000.0), tmp_path / "flat.png")
+    with pytest.raises(ImageReadError, match=r"blank image \(every pixel is 24\)"):
+        load_image(flat, hu_offset=1024)
+
+
+def test_an_8bit_file_is_a_display_image_and_is_read_as_it_is(tmp_path):
+    path = tmp_path / "slice.png"
+    synthetic_slice(0, 1).save(path)
+    assert np.array_equal(np.asarray(load_image(path, hu_offset=1024)), np.asarray(load_image(path)))
+
+
+def test_the_offset_is_part_of_the_config_and_of_a_runs_preprocessing():
+    with pytest.raises(LungCTError, match=r"config: data: .*hu_offset needs a preset window"):
+        parse_config({"data": {"hu_offset": 1024, "dicom_window": "file"}})
+    pre = Preprocess(224, (0.5,) * 3, (0.5,) * 3, hu_offset=1024)
+    assert Preprocess.from_dict(json.loads(json.dumps(pre.to_dict()))) == pre
+    old = {k: v for k, v in pre.to_dict().items() if k != "hu_offset"}  # a run saved before hu_offset
+    assert Preprocess.from_dict(old).hu_offset is None
+
+
+def _hu_dataset(root, per_class: int = 6):
+    """The tiny synthetic dataset as 16-bit PNGs of HU + 1024, whose lung window is the synthetic slice."""
+    for k, folder in enumerate(CLASS_FOLDERS):
+        (root / folder).mkdir(parents=True)
+        for i in range(per_class):
+            save_uint16(np.round(hu_from_grey(synthetic_slice(k, 500 + 10 * k + i))), root / folder / f"{i}.png")
+    return root
+
+
+def test_a_run_trained_with_an_offset_predicts_and_skips_with_it(tmp_path, fake_pretrained, capsys):
+    data = _hu_dataset(tmp_path / "data")
+    save_uint16(chest_hu(), data / CLASS_FOLDERS[0] / "wrong offset.png", offset=32768)  # another export
+    raw = tiny_config(data, fake_pretrained).model_dump()
+    raw["data"]["hu_offset"] = 1024
+    raw["train"]["phase1"]["epochs"] = raw["train"]["phase2"]["epochs"] = 1
+    run = train(parse_config(raw), tmp_path / "run", progress=False)
+    pre = run.card().preprocess
+    assert pre.hu_offset == 1024
+    summary = json.loads(run.summary.read_text())
+    assert [s["path"] for s in summary["skipped"]] == [str(data / CLASS_FOLDERS[0] / "wrong offset.png")]
+    assert "no pixel inside the lung window" in summary["skipped"][0]["reason"]
+    slice_png = next((data / CLASS_FOLDERS[1]).glob("*.png"))
+    seen = np.asarray(pre.load(slice_png))
+    assert np.array_equal(seen, np.asarray(load_image(slice_png, hu_offset=1024)))
+    assert main(["predict", "--run", str(run.path), str(slice_png)]) == 0
+    assert "error" not in json.loads(capsys.readouterr().out.splitlines()[0])
+    assert RunDir(run.path).card().preprocess.hu_offset == 1024

@@ -60,8 +60,22 @@ def _wait_until_up(proc: subprocess.Popen, url: str, timeout: float = 120) -> No
 
 
 @pytest.fixture
-def app_url(app_run, tmp_path):
+def familiar_run(app_run, tmp_path) -> Path:
+    """The tiny run with a familiarity reference, so the page can warn of an upload unlike its training images.
+
+    The tiny run's backbone has random weights, whose features barely tell a slice from others: the threshold at the
+    validation part's median (not the 99th percentile) is what lets a slice shrunk onto a white page be unfamiliar."""
+    from lungct.cli import main
+
+    run = shutil.copytree(app_run, tmp_path / "run")
+    assert main(["familiarity", "--run", str(run), "--percentile", "50", "-q"]) == 0
+    return run
+
+
+@pytest.fixture
+def app_url(familiar_run, tmp_path):
     """The app serving the tiny run on a free loopback port; always stopped at the end."""
+    app_run = familiar_run
     port = _free_port()
     log = tmp_path / "predictions.sqlite"
     env = {**os.environ, "HOME": str(tmp_path)}  # streamlit's ~/.streamlit stays out of the real home
@@ -88,13 +102,23 @@ def _screenshot(page, tmp_path: Path, name: str) -> None:
     shutil.copyfile(tmp_path / name, ARTIFACTS / name)
 
 
-def test_upload_shows_prediction_probabilities_and_heatmap(app_url, tmp_path):
+def test_upload_shows_prediction_probabilities_and_heatmap(app_url, familiar_run, tmp_path):
+    import numpy as np
+    from PIL import Image
     from playwright.sync_api import expect, sync_playwright
+
+    from lungct.app.page import UNFAMILIAR
+    from lungct.inference import Predictor
 
     expect.set_options(timeout=60_000)  # the first page load imports torch and loads the model
     url, log = app_url
     slice_path = tmp_path / "Patient Jane 0042.png"
     synthetic_slice(0, 5, 48).save(slice_path)
+    page_path = tmp_path / "figure.png"  # a slice shrunk onto a white page, as in an article's figure
+    Image.fromarray(np.pad(np.asarray(synthetic_slice(0, 5, 24)), 12, constant_values=255)).save(page_path)
+    slice_seen, page_seen = Predictor(familiar_run).predict([slice_path, page_path])
+    assert page_seen["familiar"] is False, page_seen  # the precondition of the warning checked below
+    warning = UNFAMILIAR.split(" (")[0]  # "This image is unlike the CT slices the model was trained on"
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
@@ -116,7 +140,13 @@ def test_upload_shows_prediction_probabilities_and_heatmap(app_url, tmp_path):
             expect(heatmap).to_be_visible()
             assert heatmap.evaluate("img => img.complete && img.naturalWidth") > 200  # the overlay, not the slice
             page.wait_for_timeout(500)  # let the bar chart finish drawing
+            expect(page.get_by_text(warning)).to_have_count(0 if slice_seen["familiar"] else 1)
             _screenshot(page, tmp_path, "app_prediction.png")
+
+            page.locator("input[type=file]").set_input_files(str(page_path))
+            expect(page.get_by_text(warning)).to_be_visible()
+            expect(page.get_by_text(warning)).to_contain_text(f"novelty {page_seen['novelty']:.1f}")
+            _screenshot(page, tmp_path, "app_unfamiliar.png")
 
             page.get_by_role("tab", name="Model").click()
             expect(page.get_by_text("Test metrics")).to_be_visible()
@@ -127,5 +157,6 @@ def test_upload_shows_prediction_probabilities_and_heatmap(app_url, tmp_path):
             browser.close()
     assert (tmp_path / "app_prediction.png").stat().st_size > 10_000
     rows = open_existing_log(log).read()
-    assert len(rows) == 1 and rows[0]["source"] == "app" and rows[0]["label"] == label
+    assert len(rows) == 2 and {r["source"] for r in rows} == {"app"} and rows[0]["label"] == label
+    assert rows[1]["novelty"] == pytest.approx(page_seen["novelty"], abs=1e-3)
     assert "Jane" not in str(rows[0]) and "0042" not in str(rows[0])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +13,14 @@ from starlette.testclient import TestClient
 
 from lungct.cli import main
 from lungct.crossval.folds import cross_validate
+from lungct.data.splits import load_split
 from lungct.ensemble import build_ensemble
 from lungct.errors import LungCTError
+from lungct.evaluation.familiarity import reference_parts
 from lungct.explain import Explainer
 from lungct.export import export_onnx
 from lungct.inference import Predictor
+from lungct.inference.familiarity import FAMILIARITY_FILE
 from lungct.run import RunDir, load_model
 from lungct.training import train
 from tests.conftest import tiny_config, write_dataset
@@ -102,7 +106,15 @@ def test_unfinished_cv_folder_is_refused(tmp_path):
         build_ensemble(tmp_path / "cv", tmp_path / "out")
 
 
-def test_probe_folds_share_one_backbone(tmp_path, fake_pretrained):
+def test_an_ensemble_of_fine_tuned_members_refuses_a_familiarity_reference(within, capsys):
+    _, _, ensemble = within
+    assert main(["familiarity", "--run", str(ensemble), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "is an ensemble of fine-tuned members" in err and len(err.strip().splitlines()) == 1
+    assert not (ensemble / FAMILIARITY_FILE).exists()
+
+
+def test_probe_folds_share_one_backbone(tmp_path, fake_pretrained, capsys):
     cfg = tiny_config(write_dataset(tmp_path / "data", per_class=14), fake_pretrained)
     cfg.train.phase1.solver = "logistic"
     cfg.train.phase1.c = 1.0
@@ -116,3 +128,18 @@ def test_probe_folds_share_one_backbone(tmp_path, fake_pretrained):
         from lungct.evaluation.evaluate import evaluate
 
         evaluate(run.path, tmp_path / "eval", progress=False)
+
+    # Its split is all training data, yet the shared frozen backbone learnt from none of it: held-out groups set
+    # the familiarity threshold, and the reference reaches its predictions.
+    assert main(["familiarity", "--run", str(run.path)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"validation: \d+% of the images, whole groups held out \(the members share one frozen", out)
+    split = load_split(run.split)
+    parts, _ = reference_parts(run, split, card)
+    fit, held = set(parts["train"]), set(parts["val"])
+    assert fit and held and not fit & held and fit | held == {i.path for i in split}
+    group_of = {i.path: i.group for i in split}
+    assert not {group_of[p] for p in fit} & {group_of[p] for p in held}  # whole groups, never a patient split
+    slice_path = split[0].path
+    line = next(Predictor(run.path, backend="torch").predict([slice_path]))
+    assert isinstance(line["familiar"], bool) and line["novelty"] >= 0

@@ -74,7 +74,11 @@ def familiarity_command(
     run: Annotated[Path, typer.Option("--run", exists=True, file_okay=False, help="run directory")],
     percentile: Annotated[
         float,
-        typer.Option("--percentile", help="the threshold: this percentile of the validation part's distances"),
+        typer.Option(
+            "--percentile",
+            help="the threshold: this percentile of the validation part's distances (an ensemble of "
+            "linear-probe folds without one: of held-out groups)",
+        ),
     ] = 99.0,
     quiet: Quiet = False,
 ) -> None:
@@ -85,6 +89,7 @@ def familiarity_command(
     report = familiarity_run(run, percentile, progress=not quiet)
     shares = ", ".join(f"{part} {report['flagged'][part]:.1%} of {n}" for part, n in report["n"].items())
     typer.echo(f"unfamiliar at the {percentile:g}th validation percentile: {shares}")
+    typer.echo(f"validation: {report['threshold_from']}")
     typer.echo(f"familiarity reference saved to {report['file']}")
 
 

@@ -48,7 +48,7 @@ def stratified_group_folds(labels: np.ndarray, groups: np.ndarray, n_splits: int
     return splitter.split(np.zeros(len(labels)), labels, groups)
 
 
-def _hold_out(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+def hold_out_groups(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """Boolean mask of a stratified, group-respecting hold-out of about `fraction` of the items."""
     n_splits = max(2, round(1.0 / fraction))
     _, held = next(stratified_group_folds(labels, groups, n_splits, seed, f"holding out {fraction:.0%} by group"))
@@ -77,13 +77,13 @@ def make_split(
         parts[:] = preset_parts
         if SplitPart.val not in set(preset_parts):
             train = np.flatnonzero(parts == SplitPart.train)
-            held = _hold_out(y[train], g[train], val_fraction, seed)
+            held = hold_out_groups(y[train], g[train], val_fraction, seed)
             parts[train[held]] = SplitPart.val.value
         return _carve_calib(parts, y, g, calib_fraction, seed)
-    test = _hold_out(y, g, test_fraction, seed)
+    test = hold_out_groups(y, g, test_fraction, seed)
     parts[test] = SplitPart.test.value
     rest = np.flatnonzero(~test)
-    val = _hold_out(y[rest], g[rest], val_fraction / (1.0 - test_fraction), seed + 1)
+    val = hold_out_groups(y[rest], g[rest], val_fraction / (1.0 - test_fraction), seed + 1)
     parts[rest[val]] = SplitPart.val.value
     return _carve_calib(parts, y, g, calib_fraction, seed)
 
@@ -94,7 +94,7 @@ def _carve_calib(parts: np.ndarray, y: np.ndarray, g: np.ndarray, fraction: floa
         share = fraction * len(parts) / max(len(train), 1)
         if share >= 0.5:
             raise LungCTError(f"calib_fraction {fraction} would take {share:.0%} of the training part")
-        held = _hold_out(y[train], g[train], share, seed + 2)
+        held = hold_out_groups(y[train], g[train], share, seed + 2)
         parts[train[held]] = SplitPart.calib.value
     return list(parts)
 

@@ -11,6 +11,7 @@ summary.json       counts, skipped files, timings, status
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -154,13 +155,30 @@ class RunDir:
             raise LungCTError(f"{self.summary} is damaged: {one_line(exc)}") from None
 
 
+@functools.lru_cache(maxsize=8)
+def _file_digest(path: str, inode: int, size: int, mtime_ns: int):
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest
+
+
+def weights_digest(weights: Path):
+    """A sha256 of the weights file, read once per version of it (a new file is another inode, size or mtime):
+    the model version and the familiarity reference's check both need it at start-up, and an ensemble's file is
+    the size of all its members. A copy, for the caller to extend or finish."""
+    stat = weights.stat()
+    return _file_digest(str(weights.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns).copy()
+
+
 def model_version(run: RunDir) -> str:
     """Names exactly what answers a request: run name, backbone, and a hash of weights plus calibration.
 
     Two servers with the same version give the same probabilities; retraining or recalibrating changes it.
     """
     card = run.card()
-    digest = hashlib.sha256(run.weights.read_bytes())
+    digest = weights_digest(run.weights)
     calibration = run.path / "calibration.json"
     if calibration.is_file():
         digest.update(calibration.read_bytes())

@@ -48,3 +48,31 @@ def test_the_reference_round_trips_and_refuses_damage_and_other_weights(tmp_path
         load_familiarity(tmp_path, weights)
     with pytest.raises(LungCTError, match="at least 2 training and 1 validation"):
         fit_familiarity(rows[:1], rows, weights)
+
+
+def test_the_weights_are_hashed_once_per_version_of_the_file(tmp_path, monkeypatch):
+    """Start-up needs the weights' hash twice (the model version and this reference's check): one read."""
+    import builtins
+    import hashlib
+
+    from lungct import run as run_module
+    from lungct.files import atomic_write
+
+    reads = []
+
+    def counting_open(path, *args, **kwargs):
+        reads.append(path)
+        return builtins.open(path, *args, **kwargs)
+
+    monkeypatch.setattr(run_module, "open", counting_open, raising=False)
+    run_module._file_digest.cache_clear()
+    weights = _weights(tmp_path, b"first weights")
+    fit_familiarity(np.eye(3), np.eye(3)[:1] * 2, weights).save(tmp_path)
+    assert load_familiarity(tmp_path, weights) is not None
+    assert run_module.weights_digest(weights).hexdigest() == hashlib.sha256(b"first weights").hexdigest()
+    assert len(reads) == 1
+    atomic_write(weights, b"other weights")  # retrained: a new file of the same size
+    assert run_module.weights_digest(weights).hexdigest() == hashlib.sha256(b"other weights").hexdigest()
+    assert len(reads) == 2
+    with pytest.raises(LungCTError, match="was fitted on other weights"):
+        load_familiarity(tmp_path, weights)

@@ -14,7 +14,6 @@ the pneumonia CT figures; slices turned by 90 degrees rank higher (AUROC 0.986) 
 
 from __future__ import annotations
 
-import hashlib
 import io
 import zipfile
 from dataclasses import dataclass, replace
@@ -24,6 +23,7 @@ import numpy as np
 
 from lungct.errors import LungCTError
 from lungct.files import atomic_write
+from lungct.run import weights_digest
 
 FAMILIARITY_FILE = "familiarity.npz"
 PERCENTILE = 99.0
@@ -40,7 +40,7 @@ def unfamiliar_share(novelty) -> float:
 
 
 def weights_sha256(weights: Path) -> str:
-    return hashlib.sha256(weights.read_bytes()).hexdigest()
+    return weights_digest(weights).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ def _run(capsys, *argv):
         (["predict", "--run", "."], "Missing argument"),
         (["train", "--out", "x", "--arch", "resnet5000"], "unknown backbone 'resnet5000'"),
         (["frobnicate"], "No such command"),
+        (["familiarity", "--run", "."], "is not a finished run: model.json is missing"),  # was: "split file not found"
         # probabilities out of [0, 1] used to be taken: every study negative, every image referred
         (["predict-series", "--run", ".", ".", "--threshold", "1.5"], "Invalid value for '--threshold'"),
         (["threshold", "--run", ".", "--out", "o", "--refer-below", "2"], "Invalid value for '--refer-below'"),
@@ -115,12 +116,22 @@ def test_a_train_without_readable_images_removes_the_out_folder_it_made(capsys, 
     assert (tmp_path / "r").exists() is existed
 
 
-def test_evaluate_on_a_folder_that_is_not_a_run_fails_before_tracking(capsys, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    ("files", "needle"),
+    [
+        ({}, "not a finished run: model.json is missing"),
+        # it passed the presence check, then tracking began and the report folder was made before it was read
+        ({"model.json": '{"arch": 5', "model.safetensors": "x"}, "notarun/model.json is damaged"),
+    ],
+)
+def test_evaluate_on_a_folder_that_is_not_a_run_fails_before_tracking(capsys, tmp_path, monkeypatch, files, needle):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LUNGCT_TRACKING", "on")  # so that a tracked run started too early would leave mlruns/
     (tmp_path / "notarun").mkdir()
+    for name, text in files.items():
+        (tmp_path / "notarun" / name).write_text(text)
     code, _, err = _run(capsys, "evaluate", "--run", "notarun", "--out", "o")
-    assert code == 1 and "not a finished run" in err and len(err.strip().splitlines()) == 1, err
+    assert code == 1 and needle in err and len(err.strip().splitlines()) == 1, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notarun"]  # no mlruns/, no report folder
 
 

@@ -57,5 +57,5 @@ def check_run(run: Path, log: Path) -> None:
         raise LungCTError(f"run directory not found: {run}")
     if not run.is_dir():
         raise LungCTError(f"not a run directory: {run}")
-    RunDir(run).require_model()
+    RunDir(run).card()  # a damaged model.json is named here, not by a page that fails to load in the browser
     PredictionLog(log).close()

@@ -144,7 +144,7 @@ def evaluate_command(
     from lungct.run import RunDir
     from lungct.tracking import log_evaluation, run_config, tracked_run
 
-    RunDir(run).require_model()  # before tracking: a folder that is not a run leaves no MLflow run behind
+    RunDir(run).card()  # before tracking: a folder that is not a run, or a damaged model.json, leaves no MLflow run
     dist = init_distributed()  # under torchrun: each rank predicts a shard, rank 0 reports
     if dist.is_main:
         output_folder(out, "--out")

@@ -25,7 +25,7 @@ def promote_command(
     if (run is None) == (not rollback):
         raise LungCTError("give --run RUN to promote, or --rollback (not both)")
     if run is not None:
-        RunDir(run).require_model()  # before the registry: a wrong --run creates no store
+        RunDir(run).card()  # before the registry: a wrong --run or a damaged model.json creates no store
     registry = Registry(tracking_uri, model)
     result = registry.rollback() if rollback else registry.promote(run)
     typer.echo(json.dumps({**result, "registry": registry.status()}))

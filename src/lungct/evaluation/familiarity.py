@@ -22,7 +22,8 @@ def familiarity_run(run_dir: str | Path, percentile: float = PERCENTILE, progres
     if not 50 <= percentile < 100:
         raise LungCTError(f"--percentile must be at least 50 and below 100, got {percentile:g}")
     run = RunDir(run_dir)
-    parts, threshold_from = reference_parts(run, load_split(run.split), run.card())
+    card = run.card()  # first: a folder that is not a run is named as such, not by its missing split.csv
+    parts, threshold_from = reference_parts(run, load_split(run.split), card)
     predictor = Predictor(run.path, familiarity=False)  # an old reference, stale or not, is replaced
     features = {part: predictor.features_paths_array(paths, progress) for part, paths in parts.items() if paths}
     reference = fit_familiarity(features["train"], features["val"], run.weights, percentile)

@@ -158,3 +158,28 @@ def test_cli_audit_split_that_is_not_a_split_file_is_one_line(crafted, tmp_path,
     err = capsys.readouterr().err
     assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert f"{bad} is not a split file: it needs the columns path,label,group,part" in err
+
+
+def test_with_hu_offset_the_audit_reads_16bit_files_as_training_does(tmp_path, capsys):
+    """The audit judges the pixels the model will see: a file another export wrote (another offset) is skipped with
+    training's reason, where a stretch would have read it as any other slice."""
+    from tests.conftest import CLASS_FOLDERS
+    from tests.data.test_hu_images import chest_hu, save_uint16
+
+    data = tmp_path / "data"
+    for k, folder in enumerate(CLASS_FOLDERS[:2]):
+        (data / folder).mkdir(parents=True)
+        for i in range(4):
+            save_uint16(chest_hu(seed=10 * k + i), data / folder / f"{i}.png")
+    save_uint16(chest_hu(seed=99), data / CLASS_FOLDERS[0] / "other export.png", offset=32768)
+    plain = run_audit([data], tmp_path / "plain", progress=False, background=False)
+    assert plain["skipped"] == [] and plain["hu_offset"] is None
+    argv = ["audit", "--out", str(tmp_path / "hu"), "--hu-offset", "1024", "--no-background", "-q", str(data)]
+    assert main(argv) == 0
+    audit = json.loads((tmp_path / "hu" / "audit.json").read_text())
+    assert audit["hu_offset"] == 1024 and audit["counts"]["total"] == 8
+    (skipped,) = audit["skipped"]
+    assert skipped["path"].endswith("other export.png") and "check the data's hu_offset" in skipped["reason"]
+    assert "read as HU + 1024" in (tmp_path / "hu" / "audit.md").read_text()
+    assert main(["audit", "--out", str(tmp_path / "x"), "--hu-offset", "70000", str(data)]) == 2
+    assert "--hu-offset" in capsys.readouterr().err

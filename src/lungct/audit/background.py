@@ -45,7 +45,9 @@ def background_features(img) -> np.ndarray:
     return lbp_and_histogram(np.asarray(img.convert("L")), ~body_hull(img))
 
 
-def background_check(paths: list[str], labels: list[str], groups: list[str], seed: int = 0) -> dict:
+def background_check(
+    paths: list[str], labels: list[str], groups: list[str], seed: int = 0, hu_offset: int | None = None
+) -> dict:
     """Balanced accuracy of predicting the label from outside the body alone, over group folds, against chance."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import balanced_accuracy_score
@@ -59,7 +61,7 @@ def background_check(paths: list[str], labels: list[str], groups: list[str], see
     x, y, g = [], [], []
     for path, label, group in zip(paths, labels, groups, strict=True):
         try:
-            x.append(background_features(load_image(path, "grey")))
+            x.append(background_features(load_image(path, "grey", hu_offset=hu_offset)))
         except ImageReadError as exc:  # the scan read it a moment ago; a file changed meanwhile is left out
             log.warning("background check: %s", exc)
             continue

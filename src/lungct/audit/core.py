@@ -54,28 +54,32 @@ def run_audit(
     max_hamming: int = MAX_HAMMING,
     min_correlation: float = MIN_CORRELATION,
     background: bool = True,
+    hu_offset: int | None = None,
 ) -> dict:
     """Audit the images under `data` (dataset roots or CSV manifests); with `split`, check it for leaks.
 
-    `background`: also run the background check (lungct.audit.background), which reads every image once more."""
+    `background`: also run the background check (lungct.audit.background), which reads every image once more.
+    `hu_offset`: 16-bit files store HU + hu_offset, read with the DICOM window as training reads them
+    (lungct.data.images); without it they are stretched, and the audit would judge other pixels than the model sees."""
     if not data:
         raise LungCTError("no data given: pass one or more dataset folders or CSV manifests")
     cfg = DataConfig(sources=[SourceConfig(path=str(Path(d).expanduser().resolve())) for d in data])
     listed = collect_samples(cfg)
     out = output_folder(out, "--out")  # before reading every image: a bad --out is found at once
-    scan = scan_samples(listed, progress)
+    scan = scan_samples(listed, progress, hu_offset=hu_offset)
     samples, infos = scan.samples, scan.infos
     if not samples:
         raise LungCTError("no readable images in the data given")
     split_cfg = SplitConfig()  # the same look-alike thresholds training uses by default
     groups = lookalike_groups(samples, infos, split_cfg.neighbour_similarity, split_cfg.duplicate_similarity)
-    hashes = perceptual_hashes([s.path for s in samples])
+    hashes = perceptual_hashes([s.path for s in samples], hu_offset)
     duplicates = find_duplicates(samples, infos, hashes, max_hamming, min_correlation)
     shortcuts, properties = find_shortcuts(samples, infos)
     labels = [s.label for s in samples]
     exact = [d for d in duplicates if d["kind"] == "exact"]
     result: dict = {
         "data": [str(d) for d in data],
+        "hu_offset": hu_offset,
         "counts": counts_section(labels, [s.source for s in samples]),
         "skipped": [{"path": s.path, "reason": s.reason} for s in scan.skipped],
         "duplicates": duplicates,
@@ -97,7 +101,7 @@ def run_audit(
         "shortcuts": shortcuts,
         "properties": properties,
         "source_differences": source_differences(samples, infos),
-        "background": background_check([s.path for s in samples], labels, groups)
+        "background": background_check([s.path for s in samples], labels, groups, hu_offset=hu_offset)
         if background
         else {"ran": False, "reason": "not asked for (--no-background)"},
         "split": None,

@@ -24,11 +24,11 @@ MAX_HAMMING = 8
 MIN_CORRELATION = 0.97
 
 
-def perceptual_hashes(paths: list[str]) -> np.ndarray:
+def perceptual_hashes(paths: list[str], hu_offset: int | None = None) -> np.ndarray:
     """64-bit phash of each (already readable) image as a uint64 array."""
     out = np.empty(len(paths), dtype=np.uint64)
     for i, path in enumerate(paths):
-        bits = imagehash.phash(load_image(path, "grey")).hash.ravel()
+        bits = imagehash.phash(load_image(path, "grey", hu_offset=hu_offset)).hash.ravel()
         out[i] = int("".join("1" if b else "0" for b in bits), 2)
     return out
 

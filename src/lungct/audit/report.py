@@ -14,7 +14,10 @@ def _name(path: str) -> str:
 
 def audit_markdown(a: dict) -> str:
     c = a["counts"]
-    lines = ["# Data audit", "", f"Data: {', '.join(a['data'])}", "", "## Counts", ""]
+    lines = ["# Data audit", "", f"Data: {', '.join(a['data'])}", ""]
+    if a.get("hu_offset") is not None:
+        lines += [f"16-bit and float files read as HU + {a['hu_offset']}, in the lung window (--hu-offset).", ""]
+    lines += ["## Counts", ""]
     lines += [f"- {k}: {v}" for k, v in c["per_class"].items()]
     lines += [f"- total {c['total']}, imbalance ratio (largest/smallest class) {c['imbalance_ratio']}"]
     if len(c["per_source"]) > 1:

@@ -20,13 +20,22 @@ def audit_command(
         bool,
         typer.Option("--background/--no-background", help="check whether the label shows outside the body"),
     ] = True,
+    hu_offset: Annotated[
+        int | None,
+        typer.Option(
+            "--hu-offset",
+            min=-65536,
+            max=65536,
+            help="16-bit/float files store HU + this offset (the config's data.hu_offset): read with the lung window",
+        ),
+    ] = None,
     quiet: Quiet = False,
 ) -> None:
     """Audit a dataset: duplicates, look-alike groups, leaks in a split, shortcuts, class balance."""
     from lungct.audit.core import run_audit
 
     setup_logging(quiet)
-    a = run_audit(data, out, split, progress=not quiet, background=background)
+    a = run_audit(data, out, split, progress=not quiet, background=background, hu_offset=hu_offset)
     d = a["duplicate_summary"]
     typer.echo(f"images: {a['counts']['total']} {a['counts']['per_class']} imbalance {a['counts']['imbalance_ratio']}")
     typer.echo(

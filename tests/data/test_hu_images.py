@@ -137,3 +137,27 @@ def test_a_run_trained_with_an_offset_predicts_and_skips_with_it(tmp_path, fake_
     assert main(["predict", "--run", str(run.path), str(slice_png)]) == 0
     assert "error" not in json.loads(capsys.readouterr().out.splitlines()[0])
     assert RunDir(run.path).card().preprocess.hu_offset == 1024
+
+
+def test_predict_hu_offset_lets_a_model_of_8bit_slices_read_a_16bit_export(tmp_path, fake_pretrained, capsys):
+    """A model trained on display images (8-bit, lung window) given the same slice as 16-bit HU + 1024: with
+    --hu-offset it sees the very pixels of the 8-bit slice; without, a stretched other picture."""
+    from tests.conftest import write_dataset
+
+    cfg = tiny_config(write_dataset(tmp_path / "data", per_class=6), fake_pretrained)
+    cfg.train.phase1.epochs = cfg.train.phase2.epochs = 1
+    run = train(cfg, tmp_path / "run", progress=False).path
+    hu = chest_hu(seed=3)
+    save_uint16(hu, tmp_path / "export.png")
+    Image.fromarray(LUNG.apply(hu)).save(tmp_path / "display.png")
+
+    def predicted(*argv) -> dict:
+        assert main(["predict", "--run", str(run), *argv]) == 0
+        return json.loads(capsys.readouterr().out.strip())["probabilities"]
+
+    display = predicted(str(tmp_path / "display.png"))
+    assert predicted("--hu-offset", "1024", str(tmp_path / "export.png")) == display
+    assert predicted(str(tmp_path / "export.png")) != display  # stretched: the run has no hu_offset of its own
+    assert main(["predict", "--run", str(run), "--hu-offset", "32768", str(tmp_path / "export.png")]) == 0
+    line = json.loads(capsys.readouterr().out.strip())
+    assert "check the data's hu_offset" in line["error"]  # all air and below for a file of HU + 1024: said

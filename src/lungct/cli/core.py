@@ -177,6 +177,15 @@ def predict_command(
     out: Annotated[
         Path | None, typer.Option("--out", dir_okay=False, help="write the JSON lines to this file, not stdout")
     ] = None,
+    hu_offset: Annotated[
+        int | None,
+        typer.Option(
+            "--hu-offset",
+            min=-65536,
+            max=65536,
+            help="the files are 16-bit/float CT storing HU + this offset: window them (default: the run's own)",
+        ),
+    ] = None,
 ) -> None:
     """Predict image files or folders; one JSON line per file on stdout (or --out).
 
@@ -190,7 +199,7 @@ def predict_command(
 
     setup_logging(True)
     init_distributed()
-    predictor = Predictor(run, tta=tta)
+    predictor = Predictor(run, tta=tta, hu_offset=hu_offset)
     if (reason := unfinished_run(run)) is not None and current().is_main:
         typer.echo(f"lungct: warning: {reason}", err=True)
     files = [str(p) for p in expand_paths(paths)]

@@ -13,6 +13,7 @@ import os
 import sys
 import threading
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -114,6 +115,8 @@ class Predictor:
     backend: "auto" (ONNX Runtime when RUN/model.onnx is there and not stale, else PyTorch), "onnx" (an error
     when it cannot be used) or "torch". `.backend` says which one answers and `.backend_reason` why.
     familiarity=False: leave out the run's familiarity reference (`lungct familiarity` fitting a new one).
+    hu_offset: the inputs are 16-bit or float files storing HU + hu_offset (lungct.data.images), whatever the run
+    was trained on: a model trained on 8-bit lung-window slices then sees such a file in the lung window too.
     threads: ONNX Runtime's intra-op threads (default: PyTorch's thread count when torch is loaded, so both obey
     the same limit; otherwise OMP_NUM_THREADS or the cores this process may use).
     The PyTorch model (`.model`) is loaded on first use on the ONNX backend: Grad-CAM and callers that
@@ -130,6 +133,7 @@ class Predictor:
         precision: str = "auto",
         int8_max_drop: float = 0.01,
         familiarity: bool = True,
+        hu_offset: int | None = None,
     ):
         if backend not in BACKENDS:
             raise LungCTError(f"unknown inference backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
@@ -138,6 +142,8 @@ class Predictor:
         self.run = RunDir(run_dir)
         self.tta = tta
         self.card = self.run.card()
+        if hu_offset is not None:
+            self.card = replace(self.card, preprocess=replace(self.card.preprocess, hu_offset=hu_offset))
         self.classes = self.card.classes
         self.batch_size = batch_size
         # The run's calibration (lungct calibrate), or None: applied to every probability we hand out.

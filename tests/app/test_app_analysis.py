@@ -169,3 +169,18 @@ def test_with_a_familiarity_reference_the_app_result_says_whether_the_upload_is_
     assert isinstance(result["familiar"], bool) and result["familiar"] == (result["novelty"] <= 1)
     plain = analyse_upload(load_app_model(app_run, tmp_path / "plain.sqlite"), slice_png(), "slice.png")
     assert "familiar" not in plain and "novelty" not in plain
+
+
+def test_with_hu_offset_the_app_reads_a_16bit_export_as_its_lung_window_rendering(app_run, tmp_path):
+    """`lungct app --hu-offset 1024`: a 16-bit HU upload is the slice the model was trained to read."""
+    from lungct.dicom.hounsfield import LUNG
+    from tests.data.test_hu_images import chest_hu, save_uint16
+
+    hu = chest_hu(seed=5)
+    export = save_uint16(hu, tmp_path / "export.png").read_bytes()
+    display = png_bytes(Image.fromarray(LUNG.apply(hu)))
+    windowed = load_app_model(app_run, tmp_path / "hu.sqlite", hu_offset=1024)
+    plain = load_app_model(app_run, tmp_path / "plain.sqlite")
+    as_display = analyse_upload(windowed, display, "display.png")["probabilities"]
+    assert analyse_upload(windowed, export, "export.png")["probabilities"] == as_display
+    assert analyse_upload(plain, export, "export.png")["probabilities"] != as_display

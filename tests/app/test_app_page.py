@@ -92,6 +92,11 @@ def test_streamlit_command_line(tmp_path):
     assert flags["--server.headless"] == "true" and flags["--browser.gatherUsageStats"] == "false"
     assert flags["--server.port"] == "8765" and flags["--server.address"] == "127.0.0.1"
     assert argv[argv.index("--") :] == ["--", "--run", str(tmp_path / "run"), "--log", str(tmp_path / "log.sqlite")]
+    # the page reads what the launcher passes after "--"
+    from lungct.app.page import parse_args
+
+    argv = streamlit_argv(tmp_path / "run", tmp_path / "log.sqlite", hu_offset=1024)
+    assert parse_args(argv[argv.index("--") + 1 :]).hu_offset == 1024
 
 
 def test_app_command_execs_streamlit_on_the_page(monkeypatch, capsys, app_run, tmp_path):
@@ -99,8 +104,8 @@ def test_app_command_execs_streamlit_on_the_page(monkeypatch, capsys, app_run, t
     command = importlib.import_module("lungct.cli.app")  # not `lungct.cli.app`: lungct.cli binds `app` to its Typer
     monkeypatch.setattr(command.os, "execv", lambda exe, argv: calls.append((exe, argv)))
     log = tmp_path / "logs" / "p.sqlite"
-    assert main(["app", "--run", str(app_run), "--log", str(log), "--port", "8765"]) == 0
-    assert calls == [(sys.executable, streamlit_argv(app_run.resolve(), log.resolve(), 8765))]
+    assert main(["app", "--run", str(app_run), "--log", str(log), "--port", "8765", "--hu-offset", "1024"]) == 0
+    assert calls == [(sys.executable, streamlit_argv(app_run.resolve(), log.resolve(), 8765, hu_offset=1024))]
     assert log.is_file()  # created (and so known to be writable) before the server starts
     assert "http://127.0.0.1:8765" in capsys.readouterr().out
 

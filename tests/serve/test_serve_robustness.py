@@ -451,6 +451,7 @@ NOT_LIMITS = {
     "port",
     "backend",
     "tta",
+    "hu_offset",
     "precision",
     "batching",
     "log_path",

@@ -57,8 +57,10 @@ class AppModel:
         return self.service.calibrated
 
 
-def load_app_model(run_dir: str | Path, log_path: str | Path | None = None) -> AppModel:
+def load_app_model(run_dir: str | Path, log_path: str | Path | None = None, hu_offset: int | None = None) -> AppModel:
     """Load the run (LungCTError with a clear message if it is missing or unfinished) and open its log.
+
+    hu_offset: uploads are 16-bit CT storing HU + hu_offset (lungct.data.images), whatever the run's own.
 
     A log that cannot be opened does not stop the app: predictions still work and the page says why they
     are not being logged.
@@ -78,6 +80,7 @@ def load_app_model(run_dir: str | Path, log_path: str | Path | None = None) -> A
             explanation, preprocess, max_side=max_side
         ),
         explain_concurrency=1,
+        hu_offset=hu_offset,
     )
     service.preload_explainer()  # the Grad-CAM model loads with the page, not on the first upload
     log_error = None

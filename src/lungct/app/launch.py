@@ -12,7 +12,12 @@ MAX_UPLOAD_MB = 50  # Streamlit refuses larger uploads itself; lungct.app.analys
 
 
 def streamlit_argv(
-    run: Path, log: Path, port: int = 8501, address: str = "127.0.0.1", eval_dir: Path | None = None
+    run: Path,
+    log: Path,
+    port: int = 8501,
+    address: str = "127.0.0.1",
+    eval_dir: Path | None = None,
+    hu_offset: int | None = None,
 ) -> list[str]:
     """The `streamlit run` command line; everything after `--` is read by the page itself."""
     argv = [
@@ -45,6 +50,8 @@ def streamlit_argv(
     ]
     if eval_dir is not None:
         argv += ["--eval", str(eval_dir)]
+    if hu_offset is not None:
+        argv += ["--hu-offset", str(hu_offset)]
     return argv
 
 

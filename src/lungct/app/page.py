@@ -31,13 +31,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--run", default=None)
     parser.add_argument("--log", default=None)
     parser.add_argument("--eval", default=None)
+    parser.add_argument("--hu-offset", type=int, default=None)
     args, _ = parser.parse_known_args(argv)
     return args
 
 
 @st.cache_resource(show_spinner="Loading the model…")
-def cached_model(run: str, log: str) -> AppModel:
-    return load_app_model(run, log)
+def cached_model(run: str, log: str, hu_offset: int | None = None) -> AppModel:
+    return load_app_model(run, log, hu_offset)
 
 
 def probability_chart(probabilities: dict[str, float], predicted: str, calibrated: bool) -> alt.Chart:
@@ -174,7 +175,7 @@ def main() -> None:
         st.stop()
     run = Path(args.run)
     try:
-        model = cached_model(str(run), str(args.log or default_log_path(run)))
+        model = cached_model(str(run), str(args.log or default_log_path(run)), args.hu_offset)
     except LungCTError as exc:
         st.error(f"The model cannot be loaded: {exc}")
         st.stop()

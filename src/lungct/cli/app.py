@@ -25,6 +25,15 @@ def app_command(
     address: Annotated[
         str, typer.Option("--address", help="address to listen on (0.0.0.0 for other machines)")
     ] = "127.0.0.1",
+    hu_offset: Annotated[
+        int | None,
+        typer.Option(
+            "--hu-offset",
+            min=-65536,
+            max=65536,
+            help="uploads are 16-bit CT storing HU + this offset: windowed (default: the run's own)",
+        ),
+    ] = None,
 ) -> None:
     """Start the web app: upload CT slices, see prediction, probabilities, Grad-CAM and the model's metrics."""
     log = log or run / "predictions.sqlite"
@@ -33,4 +42,4 @@ def app_command(
     typer.echo(f"lungct app: http://{address}:{port}  (run {run}, prediction log {log}; Ctrl-C stops it)")
     sys.stdout.flush()
     # Become streamlit (exec, not a child process): Ctrl-C and `kill` reach the server itself, nothing is orphaned.
-    os.execv(sys.executable, streamlit_argv(run.resolve(), log.resolve(), port, address, eval_dir))
+    os.execv(sys.executable, streamlit_argv(run.resolve(), log.resolve(), port, address, eval_dir, hu_offset))

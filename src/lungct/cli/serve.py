@@ -28,6 +28,10 @@ def serve_command(
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="port (0 picks a free one)")] = 8000,
     backend: Annotated[Backend | None, typer.Option("--backend", help="ONNX Runtime, PyTorch, or auto")] = None,
     tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="average with the mirrored slice")] = None,
+    hu_offset: Annotated[
+        int | None,
+        typer.Option("--hu-offset", help="uploads are 16-bit/float CT storing HU + this offset (default: the run's)"),
+    ] = None,
     precision: Annotated[
         Precision | None, typer.Option("--precision", help="auto: the run's checked INT8 graph when there is one")
     ] = None,
@@ -109,6 +113,7 @@ def serve_command(
     options = {
         "backend": backend.value if backend else None,
         "tta": tta,
+        "hu_offset": hu_offset,
         "precision": precision.value if precision else None,
         "int8_max_drop": int8_max_drop,
         "batching": batching,

@@ -247,6 +247,7 @@ class InferenceService:
         batch_calls: int = 1,
         model_batch_size: int = 32,
         keep_feedback_images: Path | None = None,
+        hu_offset: int | None = None,
     ):
         run = Path(run)
         if not run.is_dir():
@@ -261,6 +262,7 @@ class InferenceService:
             precision=precision,
             int8_max_drop=int8_max_drop,
             batch_size=model_batch_size,
+            hu_offset=hu_offset,  # how the uploads store HU, when they are 16-bit exports (lungct.data.images)
         )
         self.version = self.predictor.model_version
         self.card = self.predictor.card

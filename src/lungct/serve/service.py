@@ -46,6 +46,7 @@ def open_service(settings: ServeSettings) -> InferenceService:
         limits=settings.limits,
         backend=settings.backend,
         tta=settings.tta,
+        hu_offset=settings.hu_offset,
         threads=settings.model_threads,
         source="api",
         keep_uploads=settings.keep_uploads,

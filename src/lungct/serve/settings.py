@@ -62,6 +62,12 @@ class ServeSettings(BaseSettings):
         4, ge=1, le=256, description="most slices in one model call; larger batches run in calls of this size"
     )
     tta: bool = False
+    hu_offset: int | None = Field(
+        None,
+        ge=-65536,
+        le=65536,
+        description="uploads are 16-bit or float CT storing HU + this offset: windowed as DICOM (default: the run's)",
+    )
     max_file_mb: float = Field(UPLOAD.max_file_mb, gt=0, description="largest single upload (and unpacked zip member)")
     max_batch_files: int = Field(200, ge=1, description="most images per batch request, zip members included")
     max_batch_mb: float = Field(200.0, gt=0, description="largest batch request, and largest unpacked total")

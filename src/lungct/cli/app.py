@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from lungct.app.launch import check_run, streamlit_argv
+from lungct.cli.options import HuOffset
 from lungct.cli.ports import listen_socket
 
 
@@ -25,15 +26,7 @@ def app_command(
     address: Annotated[
         str, typer.Option("--address", help="address to listen on (0.0.0.0 for other machines)")
     ] = "127.0.0.1",
-    hu_offset: Annotated[
-        int | None,
-        typer.Option(
-            "--hu-offset",
-            min=-65536,
-            max=65536,
-            help="uploads are 16-bit CT storing HU + this offset: windowed (default: the run's own)",
-        ),
-    ] = None,
+    hu_offset: HuOffset = None,
 ) -> None:
     """Start the web app: upload CT slices, see prediction, probabilities, Grad-CAM and the model's metrics."""
     log = log or run / "predictions.sqlite"

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from lungct.cli.options import Quiet, setup_logging
+from lungct.cli.options import HuOffset, Quiet, setup_logging
 
 
 def audit_command(
@@ -20,15 +20,7 @@ def audit_command(
         bool,
         typer.Option("--background/--no-background", help="check whether the label shows outside the body"),
     ] = True,
-    hu_offset: Annotated[
-        int | None,
-        typer.Option(
-            "--hu-offset",
-            min=-65536,
-            max=65536,
-            help="16-bit/float files store HU + this offset (the config's data.hu_offset): read with the lung window",
-        ),
-    ] = None,
+    hu_offset: HuOffset = None,
     quiet: Quiet = False,
 ) -> None:
     """Audit a dataset: duplicates, look-alike groups, leaks in a split, shortcuts, class balance."""

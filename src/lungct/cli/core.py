@@ -11,6 +11,7 @@ import typer
 from lungct.cli.options import (
     ConfigFile,
     ExistingPaths,
+    HuOffset,
     NoTrack,
     Quiet,
     SplitMode,
@@ -177,15 +178,7 @@ def predict_command(
     out: Annotated[
         Path | None, typer.Option("--out", dir_okay=False, help="write the JSON lines to this file, not stdout")
     ] = None,
-    hu_offset: Annotated[
-        int | None,
-        typer.Option(
-            "--hu-offset",
-            min=-65536,
-            max=65536,
-            help="the files are 16-bit/float CT storing HU + this offset: window them (default: the run's own)",
-        ),
-    ] = None,
+    hu_offset: HuOffset = None,
 ) -> None:
     """Predict image files or folders; one JSON line per file on stdout (or --out).
 

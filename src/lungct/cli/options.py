@@ -23,6 +23,17 @@ TrackingUri = Annotated[
         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlruns/mlflow.db)",
     ),
 ]
+# The config's data.hu_offset, given for the files at hand (lungct.data.images): it describes them, not the model
+HuOffset = Annotated[
+    int | None,
+    typer.Option(
+        "--hu-offset",
+        min=-65536,
+        max=65536,
+        help="the images are 16-bit/float CT storing HU + this offset (1024 is common): windowed like DICOM "
+        "(default: the run's own; without one they are stretched)",
+    ),
+]
 NoTrack = Annotated[bool, typer.Option("--no-track", help="do not log this run to MLflow (or LUNGCT_TRACKING=off)")]
 
 

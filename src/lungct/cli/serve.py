@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from lungct.cli.options import TrackingUri, setup_logging
+from lungct.cli.options import HuOffset, TrackingUri, setup_logging
 from lungct.cli.ports import listen_socket
 from lungct.contracts import Backend
 from lungct.errors import LungCTError
@@ -28,10 +28,7 @@ def serve_command(
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="port (0 picks a free one)")] = 8000,
     backend: Annotated[Backend | None, typer.Option("--backend", help="ONNX Runtime, PyTorch, or auto")] = None,
     tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="average with the mirrored slice")] = None,
-    hu_offset: Annotated[
-        int | None,
-        typer.Option("--hu-offset", help="uploads are 16-bit/float CT storing HU + this offset (default: the run's)"),
-    ] = None,
+    hu_offset: HuOffset = None,
     precision: Annotated[
         Precision | None, typer.Option("--precision", help="auto: the run's checked INT8 graph when there is one")
     ] = None,

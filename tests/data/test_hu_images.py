@@ -139,13 +139,14 @@ def test_a_run_trained_with_an_offset_predicts_and_skips_with_it(tmp_path, fake_
     assert RunDir(run.path).card().preprocess.hu_offset == 1024
 
 
-def test_predict_hu_offset_lets_a_model_of_8bit_slices_read_a_16bit_export(tmp_path, fake_pretrained, capsys):
+def test_hu_offset_lets_a_model_of_8bit_slices_predict_evaluate_and_explain_exports(tmp_path, fake_pretrained, capsys):
     """A model trained on display images (8-bit, lung window) given the same slice as 16-bit HU + 1024: with
     --hu-offset it sees the very pixels of the 8-bit slice; without, a stretched other picture."""
     from tests.conftest import write_dataset
 
     cfg = tiny_config(write_dataset(tmp_path / "data", per_class=6), fake_pretrained)
     cfg.train.phase1.epochs = cfg.train.phase2.epochs = 1
+    cfg.model.input_size = 64  # Grad-CAM (explain, below) needs a 2x2 last block
     run = train(cfg, tmp_path / "run", progress=False).path
     hu = chest_hu(seed=3)
     save_uint16(hu, tmp_path / "export.png")
@@ -161,3 +162,27 @@ def test_predict_hu_offset_lets_a_model_of_8bit_slices_read_a_16bit_export(tmp_p
     assert main(["predict", "--run", str(run), "--hu-offset", "32768", str(tmp_path / "export.png")]) == 0
     line = json.loads(capsys.readouterr().out.strip())
     assert "check the data's hu_offset" in line["error"]  # all air and below for a file of HU + 1024: said
+
+    # evaluate --data and explain take the option too: the exports score and look exactly as their renderings
+    for k, folder in enumerate(CLASS_FOLDERS):
+        for i in range(2):
+            hu = chest_hu(seed=40 + 10 * k + i)
+            save_uint16(hu, _mkdir(tmp_path / "exports" / folder) / f"{i}.png")
+            Image.fromarray(LUNG.apply(hu)).save(_mkdir(tmp_path / "displays" / folder) / f"{i}.png")
+    for name, extra in (("displays", []), ("exports", ["--hu-offset", "1024"])):
+        argv = ["evaluate", "--run", str(run), "--data", str(tmp_path / name), "--out", str(tmp_path / f"eval_{name}")]
+        assert main([*argv, "--no-track", "-q", *extra]) == 0
+        argv = ["explain", "--run", str(run), "--out", str(tmp_path / f"cam_{name}"), str(tmp_path / name), "-q"]
+        assert main([*argv, *extra]) == 0
+    capsys.readouterr()
+    tables = [(tmp_path / f"eval_{n}" / "predictions.csv").read_text() for n in ("displays", "exports")]
+    assert tables[0].replace("displays", "exports") == tables[1] and tables[0].count("\n") == 7
+    cams = [sorted((tmp_path / f"cam_{n}").rglob("*.npy")) for n in ("displays", "exports")]
+    assert len(cams[0]) == len(cams[1]) == 6
+    for display_cam, export_cam in zip(*cams, strict=True):
+        np.testing.assert_array_equal(np.load(display_cam), np.load(export_cam))
+
+
+def _mkdir(path):
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -135,6 +135,7 @@ def evaluate_command(
         list[Path] | None, typer.Option("--data", exists=True, help="labelled data instead of the run's test part")
     ] = None,
     tta: Annotated[bool, typer.Option("--tta", help="average each slice with its mirror image")] = False,
+    hu_offset: HuOffset = None,
     tracking_uri: TrackingUri = None,
     no_track: NoTrack = False,
     quiet: Quiet = False,
@@ -154,7 +155,7 @@ def evaluate_command(
     track = not no_track and dist.is_main
     with tracked_run("evaluate", name, config=run_config(run), tracking_uri=tracking_uri, enabled=track) as t:
         data_args = [str(d) for d in data] if data else None
-        m = run_evaluation(run, out, data_args, progress=not quiet and dist.is_main, tta=tta)
+        m = run_evaluation(run, out, data_args, progress=not quiet and dist.is_main, tta=tta, hu_offset=hu_offset)
         if not dist.is_main:
             return
         log_evaluation(t, out, m, run_dir=run)

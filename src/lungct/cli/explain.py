@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from lungct.cli.options import Quiet, setup_logging
+from lungct.cli.options import HuOffset, Quiet, setup_logging
 from lungct.contracts import CamMethod
 from lungct.errors import LungCTError
 
@@ -36,6 +36,7 @@ def explain_command(
     ] = None,
     per_class: Annotated[int, typer.Option("--per-class", min=1, help="slices per class with --from-split")] = 2,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="images per forward pass")] = 8,
+    hu_offset: HuOffset = None,
     quiet: Quiet = False,
 ) -> None:
     """Heatmaps (Grad-CAM, Grad-CAM++, EigenCAM, Score-CAM) and overlay PNGs for image files or folders."""
@@ -50,7 +51,7 @@ def explain_command(
         files += held_out_paths(run, from_split, per_class)
     if not files:
         raise LungCTError("nothing to explain: give image paths or --from-split PART")
-    explainer = Explainer(run, batch_size=batch_size)
+    explainer = Explainer(run, batch_size=batch_size, hu_offset=hu_offset)
     result = explain_to_folder(
         explainer, files, out, method.value, layer, layers.value if layers else None, target, progress=not quiet
     )

@@ -68,9 +68,11 @@ def evaluate(
     progress: bool = True,
     n_bootstrap: int = N_RESAMPLES,
     tta: bool = False,
+    hu_offset: int | None = None,
 ) -> dict:
-    """metrics.json, report, plots and predictions.csv for the run's test part (or `data`); `tta` mirrors too."""
-    predictor = Predictor(run_dir, tta=tta)
+    """metrics.json, report, plots and predictions.csv for the run's test part (or `data`); `tta` mirrors too.
+    `hu_offset`: the images are 16-bit CT exports storing HU + hu_offset (lungct.data.images), whatever the run's."""
+    predictor = Predictor(run_dir, tta=tta, hu_offset=hu_offset)
     out = output_folder(out_dir, "--out")
     paths, labels, skipped = evaluation_items(predictor, data, progress)
     classes = predictor.classes

@@ -54,10 +54,11 @@ class Explanation:
 
 
 class Explainer:
-    def __init__(self, run_dir: str | Path, batch_size: int = 8):
+    def __init__(self, run_dir: str | Path, batch_size: int = 8, hu_offset: int | None = None):
+        """hu_offset: the files are 16-bit CT exports storing HU + hu_offset (lungct.inference.Predictor)."""
         from lungct.inference import Predictor
 
-        self.predictor = Predictor(run_dir, batch_size=batch_size)
+        self.predictor = Predictor(run_dir, batch_size=batch_size, hu_offset=hu_offset)
         self.run = self.predictor.run
         self.model = self.predictor.model
         self.card = self.predictor.card

@@ -139,12 +139,16 @@ def test_mutated_images_decode_or_raise_image_read_error():
     seen: list[int] = []
 
     @FUZZ
-    @given(case=mutated_images(), color=st.sampled_from(["grey", "rgb"]))
-    def check(case: tuple[str, bytes], color: str) -> None:
+    @given(
+        case=mutated_images(),
+        color=st.sampled_from(["grey", "rgb"]),
+        hu_offset=st.sampled_from([None, None, 0, 1024, 32768]),  # 16-bit and float files windowed as HU + offset
+    )
+    def check(case: tuple[str, bytes], color: str, hu_offset: int | None) -> None:
         seen.append(1)
         name, data = case
         try:
-            img = open_image(io.BytesIO(data), name, color)
+            img = open_image(io.BytesIO(data), name, color, hu_offset=hu_offset)
         except ImageReadError as exc:
             _check_error(exc)
             assert exc.path == name

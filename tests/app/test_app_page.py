@@ -85,6 +85,14 @@ def test_app_command_fails_fast_with_one_line(capsys, tmp_path):
     assert code == 1 and err.strip() == f"lungct: error: run directory not found: {tmp_path / 'missing'}"
 
 
+def test_the_page_takes_every_file_type_lungct_reads():
+    """It took PNG, JPEG and DICOM only, where the API and predict take TIFF (16-bit exports) and BMP as well."""
+    from lungct.app.page import UPLOAD_TYPES
+    from lungct.data.images import IMAGE_EXTENSIONS
+
+    assert {f".{t}" for t in UPLOAD_TYPES} >= IMAGE_EXTENSIONS and {"tif", "tiff", "dicom"} <= set(UPLOAD_TYPES)
+
+
 def test_streamlit_command_line(tmp_path):
     argv = streamlit_argv(tmp_path / "run", tmp_path / "log.sqlite", port=8765)
     assert argv[1:5] == ["-m", "streamlit", "run", str(PAGE)]

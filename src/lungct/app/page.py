@@ -16,6 +16,7 @@ import streamlit as st
 
 from lungct.app.analysis import AppModel, analyse_upload, default_log_path, load_app_model, record_feedback
 from lungct.app.model_info import card_rows, eval_info, history_info
+from lungct.data.images import IMAGE_EXTENSIONS
 from lungct.errors import LungCTError
 
 CAUTION = (
@@ -23,7 +24,8 @@ CAUTION = (
     "mistakes. Its output is a probability for each class, not a finding: a radiologist must read the scan, "
     "and no clinical decision should rest on this page."
 )
-UPLOAD_TYPES = ["png", "jpg", "jpeg", "dcm", "dicom"]
+# what lungct reads anywhere else (16-bit TIFF exports included, with --hu-offset); "dicom" is DICOM's other suffix
+UPLOAD_TYPES = sorted({ext.lstrip(".") for ext in IMAGE_EXTENSIONS} | {"dicom"})
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -108,7 +110,7 @@ def predict_tab(model: AppModel) -> None:
     if model.log_error:
         st.warning(f"Predictions are not being logged: {model.log_error}")
     uploads = st.file_uploader(
-        "CT slices (PNG, JPEG or DICOM)", type=UPLOAD_TYPES, accept_multiple_files=True, key="uploads"
+        "CT slices (PNG, JPEG, TIFF, BMP or DICOM)", type=UPLOAD_TYPES, accept_multiple_files=True, key="uploads"
     )
     if not uploads:
         st.info("Upload one or more CT slices to see the predicted class and where the model looked.")

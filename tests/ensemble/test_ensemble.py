@@ -133,7 +133,7 @@ def test_probe_folds_share_one_backbone(tmp_path, fake_pretrained, capsys):
     # the familiarity threshold, and the reference reaches its predictions.
     assert main(["familiarity", "--run", str(run.path)]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"validation: \d+% of the images, whole groups held out \(the members share one frozen", out)
+    assert re.search(r"threshold from \d+% of the images, whole groups held out \(the members share one frozen", out)
     split = load_split(run.split)
     parts, _ = reference_parts(run, split, card)
     fit, held = set(parts["train"]), set(parts["val"])

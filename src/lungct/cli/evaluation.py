@@ -89,7 +89,7 @@ def familiarity_command(
     report = familiarity_run(run, percentile, progress=not quiet)
     shares = ", ".join(f"{part} {report['flagged'][part]:.1%} of {n}" for part, n in report["n"].items())
     typer.echo(f"unfamiliar at the {percentile:g}th validation percentile: {shares}")
-    typer.echo(f"validation: {report['threshold_from']}")
+    typer.echo(f"threshold from {report['threshold_from']}")
     typer.echo(f"familiarity reference saved to {report['file']}")
 
 

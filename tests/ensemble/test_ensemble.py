@@ -143,3 +143,28 @@ def test_probe_folds_share_one_backbone(tmp_path, fake_pretrained, capsys):
     slice_path = split[0].path
     line = next(Predictor(run.path, backend="torch").predict([slice_path]))
     assert isinstance(line["familiar"], bool) and line["novelty"] >= 0
+
+
+def test_a_probe_ensemble_calibrates_on_its_own_folds_predictions(tmp_path, fake_pretrained, caplog, monkeypatch):
+    """No validation part: refused before any prediction; its own cv folder's out-of-fold predictions (each image
+    scored by the member that did not see it) fit it, without a warning that the folds are another recipe's."""
+    import logging
+
+    from lungct.evaluation import calibrate as calibrate_module
+
+    cfg = tiny_config(write_dataset(tmp_path / "data", per_class=14), fake_pretrained)
+    cfg.train.phase1.solver = "logistic"
+    cfg.train.phase2.epochs = 0
+    cross_validate(cfg, 2, tmp_path / "cv", progress=False, n_bootstrap=20)
+    run = build_ensemble(tmp_path / "cv", tmp_path / "ens")
+    predicted = []
+    original = calibrate_module.raw_part
+    monkeypatch.setattr(calibrate_module, "raw_part", lambda *a: predicted.append(a[1]) or original(*a))
+    with pytest.raises(LungCTError, match="has no val part to fit the calibration on"):
+        calibrate_module.calibrate_run(run.path, progress=False)
+    assert predicted == []  # refused before predicting anything
+    with caplog.at_level(logging.INFO, logger="lungct"):
+        report = calibrate_module.calibrate_run(run.path, progress=False, from_cv=tmp_path / "cv")
+    assert report["cross_fitted"] and report["n_fit"] == len(load_split(run.split))
+    assert "this ensemble's own folds" in caplog.text and "not within this run" not in caplog.text
+    assert (run.path / "calibration.json").is_file()

@@ -110,8 +110,14 @@ def cross_fitted(predictor: Predictor, cv_dir: str | Path) -> tuple[np.ndarray, 
             f"{leaked} of the out-of-fold images in {cv_dir} are in the run's test part; "
             f"make the folds with `lungct cv --within {predictor.run.path}`"
         )
-    if oof.within_run != str(predictor.run.path.resolve()):
-        log.warning("%s was made within %s, not within this run; check it used the same recipe", cv_dir, oof.within_run)
+    ensemble_of = (getattr(predictor.run.read_summary(), "ensemble", None) or {}).get("cv")
+    if ensemble_of == str(Path(cv_dir).resolve()):
+        # the ensemble's own folds: each image scored by the one member that did not train on it; the ensemble's
+        # mean is a little less confident than one member, so this temperature is if anything on the soft side
+        log.info("%s holds this ensemble's own folds: each image scored by the member that did not see it", cv_dir)
+    elif oof.within_run != str(predictor.run.path.resolve()):
+        made = f"within {oof.within_run}" if oof.within_run else "without --within"
+        log.warning("%s was made %s, not within this run; check it used the same recipe", cv_dir, made)
     y = np.array([predictor.classes.index(label) for label in oof.labels], dtype=int)
     return y, oof.probs
 
@@ -128,8 +134,13 @@ def calibrate_run(
     """
     check_method(method)  # before minutes of prediction
     predictor = Predictor(run_dir)
-    fit_part = tuning_part(load_split(predictor.run.split))
-    parts = {p: raw_part(predictor, p, progress) for p in dict.fromkeys([fit_part, SplitPart.val, SplitPart.test])}
+    items = load_split(predictor.run.split)
+    fit_part = tuning_part(items)
+    present = {i.part for i in items}
+    if from_cv is None and fit_part not in present:  # before predicting the parts there are
+        raise LungCTError(f"{predictor.run.split} has no {fit_part} part to fit the calibration on")
+    wanted = dict.fromkeys([fit_part, SplitPart.val, SplitPart.test])
+    parts = {p: raw_part(predictor, p, progress) for p in wanted if p in present}
     if from_cv is not None:
         y_fit, p_fit = cross_fitted(predictor, from_cv)
         fit_part = f"out-of-fold predictions of {from_cv}"

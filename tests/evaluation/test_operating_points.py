@@ -54,3 +54,12 @@ def test_threshold_command_on_a_tiny_run(tmp_path, fake_pretrained, capsys):
     capsys.readouterr()
     assert main([*argv, "--positive", "tumour", "-q"]) == 1
     assert "not one of the model's classes" in capsys.readouterr().err
+
+    # a split without a test part (a fold ensemble's): one line, before any folder is made or slice predicted
+    split = run.split.read_text().splitlines()
+    run.split.write_text("\n".join(line for line in split if not line.endswith(",test")) + "\n")
+    argv[argv.index("--out") + 1] = str(tmp_path / "none")
+    assert main([*argv, "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "has no test part: the threshold is chosen on the val part and measured on the test part" in err
+    assert not (tmp_path / "none").exists()

@@ -101,16 +101,21 @@ def operating_points(
     if not 0 < target_sensitivity <= 1:
         raise LungCTError(f"target sensitivity must be in (0, 1], got {target_sensitivity}")
     k = classes.index(positive_class)
+    items = load_split(predictor.run.split)
+    fit_part = tuning_part(items)
+    for part in (fit_part, SplitPart.test):  # before the output folder and any prediction
+        if not any(i.part == part for i in items):
+            raise LungCTError(
+                f"{predictor.run.split} has no {part} part: the threshold is chosen on the {fit_part} part and "
+                "measured on the test part"
+            )
     out = output_folder(out_dir, "--out")  # before predicting the two parts
     calibrator = predictor.calibration
     parts = {}
-    fit_part = tuning_part(load_split(predictor.run.split))
     for part in (fit_part, SplitPart.test):
         y, raw, _ = raw_part(predictor, part, progress)
         parts[part] = (y, raw if calibrator is None else calibrator.apply(raw))
     (y_val, p_val), (y_test, p_test) = parts[fit_part], parts[SplitPart.test]
-    if len(y_test) == 0:
-        raise LungCTError(f"{predictor.run.split} has no test part")
     threshold = threshold_for_sensitivity(y_val == k, p_val[:, k], target_sensitivity)
     curve = coverage_curve(y_test, p_test)
     report: dict = {

@@ -168,3 +168,19 @@ def test_a_probe_ensemble_calibrates_on_its_own_folds_predictions(tmp_path, fake
     assert report["cross_fitted"] and report["n_fit"] == len(load_split(run.split))
     assert "this ensemble's own folds" in caplog.text and "not within this run" not in caplog.text
     assert (run.path / "calibration.json").is_file()
+
+    # Nor has it a val part for the drift reference's confidence and class mix: its folds' predictions stand in,
+    # calibrated as the ensemble's own are, and `lungct drift` runs on it.
+    from lungct.evaluation.oof import load_oof
+    from lungct.monitoring.drift_reference import OUT_OF_FOLD, PREDICTION_PARTS, build_reference
+
+    reference = build_reference(run.path, progress=False)
+    oof = load_oof(tmp_path / "cv")
+    stand_in = reference.select(PREDICTION_PARTS)
+    assert set(stand_in.parts.tolist()) == {OUT_OF_FOLD} and len(stand_in) == len(oof.paths) == len(
+        load_split(run.split)
+    )
+    calibrated = Predictor(run.path).calibration.apply(oof.probs)
+    train_paths = [i.path for i in load_split(run.split)]
+    np.testing.assert_allclose(stand_in.probabilities, calibrated[[oof.paths.index(p) for p in train_paths]], atol=1e-6)
+    assert not np.allclose(stand_in.probabilities, reference.select(["train"]).probabilities, atol=1e-3)

@@ -41,9 +41,13 @@ log = logging.getLogger("lungct")
 REFERENCE_FILE = "drift_reference.npz"
 STAT_KEYS = ("mean", "std", "p5", "p50", "p95", "width", "height")
 INPUT_PARTS = (SplitPart.train,)  # intensity and embedding reference
+# A fold ensemble built without --within has no val or calib part: every image trained some member. Its own cv
+# folder's out-of-fold predictions (each image as the member that did not train on it scored it) stand in for them.
+OUT_OF_FOLD = "out-of-fold"
 PREDICTION_PARTS = (
     SplitPart.val,
     SplitPart.calib,
+    OUT_OF_FOLD,
 )  # confidence and class-mix reference: images the model was not fitted on
 
 
@@ -128,8 +132,9 @@ def build_reference(run_dir: str | Path, progress: bool = True) -> Observations:
     run = RunDir(run_dir)
     run.require_model()
     items = [i for i in load_split(run.split) if i.part in INPUT_PARTS + PREDICTION_PARTS]
+    oof = None if any(i.part in PREDICTION_PARTS for i in items) else ensemble_out_of_fold(run)
     for parts in (INPUT_PARTS, PREDICTION_PARTS):
-        if not any(i.part in parts for i in items):
+        if not any(i.part in parts for i in items) and not (parts == PREDICTION_PARTS and oof is not None):
             raise LungCTError(f"{run.split} has no {' or '.join(parts)} part to build a drift reference from")
     predictor = Predictor(run.path)
     kept: list[SplitItem] = []
@@ -139,7 +144,45 @@ def build_reference(run_dir: str | Path, progress: bool = True) -> Observations:
     obs.model_version = model_version(run)
     obs.parts = np.array([i.part for i in kept])
     obs.groups = np.array([i.group for i in kept])
-    return obs
+    return obs if oof is None else with_out_of_fold(obs, [i.path for i in kept], oof, predictor)
+
+
+def ensemble_out_of_fold(run: RunDir):
+    """The out-of-fold predictions of the cv folder a fold ensemble was built from, or None (not an ensemble, or
+    its cv folder is gone or of other classes)."""
+    from lungct.evaluation.oof import load_oof
+
+    cv = (getattr(run.read_summary(), "ensemble", None) or {}).get("cv")
+    if not cv:
+        return None
+    try:
+        oof = load_oof(cv)
+    except LungCTError as exc:
+        log.warning("drift reference: the ensemble's cv folder cannot stand in for a validation part: %s", exc)
+        return None
+    return oof if oof.classes == run.card().classes else None
+
+
+def with_out_of_fold(obs: Observations, paths: list[str], oof, predictor: Predictor) -> Observations:
+    """`obs` plus, for each of its images that has an out-of-fold prediction, that prediction (calibrated as the
+    run's are) as an OUT_OF_FOLD row: the confidence and class-mix reference of an ensemble without a val part."""
+    where = {p: k for k, p in enumerate(oof.paths)}
+    rows = [n for n, p in enumerate(paths) if p in where]
+    if not rows:
+        raise LungCTError("none of the ensemble's images has an out-of-fold prediction in its cv folder")
+    probs = oof.probs[[where[paths[n]] for n in rows]]
+    if predictor.calibration is not None:
+        probs = predictor.calibration.apply(probs)
+    extra = obs.take(np.array(rows))
+    return Observations(
+        np.concatenate([obs.stats, extra.stats]),
+        np.concatenate([obs.embeddings, extra.embeddings]),
+        np.concatenate([obs.probabilities, np.asarray(probs, dtype=obs.probabilities.dtype)]),
+        obs.classes,
+        obs.model_version,
+        np.concatenate([obs.parts, np.full(len(rows), OUT_OF_FOLD)]),
+        np.concatenate([obs.groups, extra.groups]),
+    )
 
 
 def save_reference(obs: Observations, path: Path) -> None:

@@ -70,6 +70,18 @@ def test_the_int8_graph_is_served_and_predicts_like_float(run, float_run):
     assert (a.argmax(1) == b.argmax(1)).mean() >= 0.9 and np.abs(a - b).max() < 0.5
 
 
+def test_a_run_without_a_held_out_part_is_refused_before_the_float_export(run, capsys):
+    """A fold ensemble made without --within has no test or val part: the INT8 check has nothing to run on, so
+    `export --quantize int8` says so first (it exported float, then failed)."""
+    (run / "model.onnx").unlink()
+    split = (run / "split.csv").read_text().splitlines()
+    (run / "split.csv").write_text("\n".join(line for line in split if line.endswith((",train", ",part"))) + "\n")
+    assert main(["export", "--run", str(run), "--quantize", "int8"]) == 1
+    err = capsys.readouterr().err
+    assert "has no test or validation part in split.csv to check an INT8 model on" in err
+    assert len(err.strip().splitlines()) == 1 and not (run / "model.onnx").exists()
+
+
 def test_a_broken_calibration_set_is_refused_and_nothing_is_written(run, tmp_path):
     flat = tmp_path / "flat"  # slices with almost no structure: every activation range collapses
     flat.mkdir()

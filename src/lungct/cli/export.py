@@ -55,6 +55,10 @@ def export_command(
     from lungct.export.onnx_export import export_onnx
 
     setup_logging(True)
+    if quantize is not None:
+        from lungct.export.quantize import check_quantizable
+
+        check_quantizable(run)
     info = export_onnx(run, fmt.lower(), opset, samples)
     diff = info["check"]["max_abs_diff"]
     cal = info["calibration"]

@@ -177,7 +177,15 @@ def _test_items(run: RunDir) -> tuple[str, list[SplitItem]]:
         chosen = [i for i in items if i.part == part]
         if chosen:
             return str(part), chosen
-    raise LungCTError(f"{run.path} has no test or validation part in split.csv to check an INT8 model on")
+    raise LungCTError(
+        f"{run.path} has no test or validation part in split.csv to check an INT8 model on (a fold ensemble made "
+        "without `lungct cv --within RUN` has none: every image trained some member)"
+    )
+
+
+def check_quantizable(run_dir: str | Path) -> None:
+    """Refuse, before the float export's minutes, a run that has no held-out part to check its INT8 model on."""
+    _test_items(RunDir(run_dir))
 
 
 def _predict(model: OnnxModel, batch: np.ndarray, temperature_in_graph: bool) -> np.ndarray:

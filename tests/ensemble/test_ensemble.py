@@ -147,7 +147,8 @@ def test_probe_folds_share_one_backbone(tmp_path, fake_pretrained, capsys):
 
 def test_a_probe_ensemble_calibrates_on_its_own_folds_predictions(tmp_path, fake_pretrained, caplog, monkeypatch):
     """No validation part: refused before any prediction; its own cv folder's out-of-fold predictions (each image
-    scored by the member that did not see it) fit it, without a warning that the folds are another recipe's."""
+    scored by the member that did not see it) fit it, with the warning this study measured, not one that the
+    folds are another recipe's."""
     import logging
 
     from lungct.evaluation import calibrate as calibrate_module
@@ -166,7 +167,8 @@ def test_a_probe_ensemble_calibrates_on_its_own_folds_predictions(tmp_path, fake
     with caplog.at_level(logging.INFO, logger="lungct"):
         report = calibrate_module.calibrate_run(run.path, progress=False, from_cv=tmp_path / "cv")
     assert report["cross_fitted"] and report["n_fit"] == len(load_split(run.split))
-    assert "this ensemble's own folds" in caplog.text and "not within this run" not in caplog.text
+    assert "holds this ensemble's own folds, scored by single members" in caplog.text  # with what it measured
+    assert "not within this run" not in caplog.text
     assert (run.path / "calibration.json").is_file()
 
     # Nor has it a val part for the drift reference's confidence and class mix: its folds' predictions stand in,

@@ -132,6 +132,10 @@ class RunDir:
             if not f.is_file():
                 raise LungCTError(f"{self.path} is not a finished run: {f.name} is missing")
 
+    def ensemble_source(self) -> str | None:
+        """The cv folder a fold ensemble was built from (`lungct ensemble`, summary.json), or None for other runs."""
+        return (getattr(self.read_summary(), "ensemble", None) or {}).get("cv")
+
     def card(self) -> ModelCard:
         """model.json as a ModelCard; a LungCTError naming the file when it is not one (bad JSON, types, keys)."""
         self.require_model()

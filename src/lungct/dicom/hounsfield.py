@@ -29,9 +29,6 @@ class Window:
         scaled = np.clip((hu.astype(np.float64) - lo) / self.width, 0.0, 1.0) * 255.0
         return np.floor(scaled + 0.5).astype(np.uint8)
 
-    def __str__(self) -> str:
-        return f"W{self.width:g}/L{self.level:g}"
-
 
 LUNG = Window(1500, -600)
 MEDIASTINAL = Window(350, 50)

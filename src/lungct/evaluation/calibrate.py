@@ -110,8 +110,7 @@ def cross_fitted(predictor: Predictor, cv_dir: str | Path) -> tuple[np.ndarray, 
             f"{leaked} of the out-of-fold images in {cv_dir} are in the run's test part; "
             f"make the folds with `lungct cv --within {predictor.run.path}`"
         )
-    ensemble_of = (getattr(predictor.run.read_summary(), "ensemble", None) or {}).get("cv")
-    if ensemble_of == str(Path(cv_dir).resolve()):
+    if predictor.run.ensemble_source() == str(Path(cv_dir).resolve()):
         # the ensemble's own folds: each image scored by the one member that did not train on it. Averaging already
         # softens the members' probabilities, and this temperature softens them again (docs/model-quality.md,
         # Ensembles: test ECE rose in 5 of 5 outer folds for the default's probe ensemble, in 4 of 5 for LP-FT's)

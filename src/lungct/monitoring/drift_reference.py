@@ -133,9 +133,10 @@ def build_reference(run_dir: str | Path, progress: bool = True) -> Observations:
     run.require_model()
     items = [i for i in load_split(run.split) if i.part in INPUT_PARTS + PREDICTION_PARTS]
     oof = None if any(i.part in PREDICTION_PARTS for i in items) else ensemble_out_of_fold(run)
-    for parts in (INPUT_PARTS, PREDICTION_PARTS):
-        if not any(i.part in parts for i in items) and not (parts == PREDICTION_PARTS and oof is not None):
-            raise LungCTError(f"{run.split} has no {' or '.join(parts)} part to build a drift reference from")
+    if not any(i.part in INPUT_PARTS for i in items):
+        raise LungCTError(f"{run.split} has no {' or '.join(INPUT_PARTS)} part to build a drift reference from")
+    if oof is None and not any(i.part in PREDICTION_PARTS for i in items):
+        raise LungCTError(f"{run.split} has no val or calib part to build a drift reference from")
     predictor = Predictor(run.path)
     kept: list[SplitItem] = []
     obs = describe_images(predictor, _readable(predictor, items, kept, progress))
@@ -152,7 +153,7 @@ def ensemble_out_of_fold(run: RunDir):
     its cv folder is gone or of other classes)."""
     from lungct.evaluation.oof import load_oof
 
-    cv = (getattr(run.read_summary(), "ensemble", None) or {}).get("cv")
+    cv = run.ensemble_source()
     if not cv:
         return None
     try:

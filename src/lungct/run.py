@@ -161,11 +161,8 @@ class RunDir:
 
 @functools.lru_cache(maxsize=8)
 def _file_digest(path: str, inode: int, size: int, mtime_ns: int):
-    digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest
+        return hashlib.file_digest(fh, "sha256")
 
 
 def weights_digest(weights: Path):

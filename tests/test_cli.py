@@ -179,6 +179,14 @@ def test_train_evaluate_predict_through_the_cli(capsys, tiny_dataset, fake_pretr
     assert len(lines) == 13
     assert set(lines[0]) == {"path", "label", "probabilities"}
     assert lines[-1] == {"path": str(tmp_path / "empty.png"), "error": "empty file"}
+    assert "1 of 13 files could not be predicted" in err, err
+    # nothing predicted: every line is still written, and the exit code says so
+    code, out, err = _run(capsys, "predict", "--run", run, tmp_path / "empty.png", "--out", tmp_path / "lines.jsonl")
+    assert (
+        code == 1
+        and err.strip() == "lungct: error: could not predict the file; each line names the reason under 'error'"
+    )
+    assert json.loads((tmp_path / "lines.jsonl").read_text()) == lines[-1]
 
     # an --out that cannot be written is found before predicting, and for evaluate before tracking
     (tmp_path / "a_file").write_text("not a folder")

@@ -19,6 +19,7 @@ from lungct.cli.options import (
     log,
     setup_logging,
 )
+from lungct.errors import LungCTError
 from lungct.files import output_folder
 
 
@@ -209,6 +210,21 @@ def predict_command(
             typer.echo(line)
     else:
         atomic_write(out, "".join(f"{line}\n" for line in lines).encode())
+    _report_failures(lines)
+
+
+def _report_failures(lines: list[str]) -> None:
+    """Say on stderr how many files failed; exit 1 when none was predicted, so that a script notices.
+
+    A partial batch keeps exit code 0, as its answer is still useful: each failed file has its own line with
+    "error", as in the API's batch answer."""
+    failed = sum("error" in json.loads(line) for line in lines)
+    if failed == 0:
+        return
+    if failed == len(lines):
+        what = "the file" if failed == 1 else f"any of the {failed} files"
+        raise LungCTError(f"could not predict {what}; each line names the reason under 'error'")
+    typer.echo(f"lungct: warning: {failed} of {len(lines)} files could not be predicted (lines with 'error')", err=True)
 
 
 def _named(result: dict) -> dict:

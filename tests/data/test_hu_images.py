@@ -101,6 +101,21 @@ def test_an_8bit_file_is_a_display_image_and_is_read_as_it_is(tmp_path):
     assert np.array_equal(np.asarray(load_image(path, hu_offset=1024)), np.asarray(load_image(path)))
 
 
+def test_a_16bit_colour_file_is_refused_with_an_offset_not_read_as_its_top_8_bits(tmp_path):
+    import tifffile  # scikit-image's TIFF library: Pillow cannot write 16 bits per colour channel
+
+    raw = np.repeat((chest_hu() + 1024).astype(np.uint16)[..., None], 3, -1)
+    tif = tmp_path / "rgb48.tif"
+    tifffile.imwrite(tif, raw, photometric="rgb")
+    assert np.asarray(Image.open(tif)).max() <= raw.max() >> 8  # what Pillow gives: the top 8 bits, nearly black
+    with pytest.raises(ImageReadError, match="16-bit colour image: only its top 8 bits can be read"):
+        load_image(tif, hu_offset=1024)
+    assert load_image(tif).mode == "L"  # without an offset it is a display image, read as Pillow reads it
+    grey = tmp_path / "grey16.tif"
+    tifffile.imwrite(grey, raw[..., 0])
+    assert np.array_equal(np.asarray(load_image(grey, hu_offset=1024)), LUNG.apply(chest_hu()))
+
+
 def test_the_offset_is_part_of_the_config_and_of_a_runs_preprocessing():
     with pytest.raises(LungCTError, match=r"config: data: .*hu_offset needs a preset window"):
         parse_config({"data": {"hu_offset": 1024, "dicom_window": "file"}})

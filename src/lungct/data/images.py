@@ -56,6 +56,12 @@ def open_image(
                 frames = getattr(img, "n_frames", 1)
                 if frames > 1:  # Pillow would quietly give the first frame of a stack or an animation
                     raise ImageReadError(name, f"{frames} frames in one file; give one slice per file")
+                if hu_offset is not None and _deep_colour(img):
+                    raise ImageReadError(
+                        name,
+                        "a 16-bit colour image: only its top 8 bits can be read, so hu_offset cannot apply; "
+                        "save the slice as 16-bit greyscale",
+                    )
                 img.load()
                 # A phone photo of a viewer, or an export that rotates by tag: the pixels as they are displayed.
                 ImageOps.exif_transpose(img, in_place=True)
@@ -74,6 +80,21 @@ def open_image(
         raise ImageReadError(name, f"corrupt or truncated image ({exc})") from None
     except Exception as exc:  # decoders raise other types too (struct.error, IndexError, ...) for damaged files
         raise ImageReadError(name, f"corrupt or unreadable image ({type(exc).__name__})") from None
+
+
+def _deep_colour(img: Image.Image) -> bool:
+    """16 bits per colour channel (a 48- or 64-bit PNG or TIFF), which Pillow decodes to their top 8 bits only.
+
+    Read as 8 bits, a slice storing HU + 1024 in three equal channels comes out nearly black (1064 -> 4) and still
+    gets a label, so with `hu_offset` such a file is refused rather than guessed at.
+    """
+    if img.mode not in ("RGB", "RGBA"):
+        return False
+    for tile in img.tile:  # (codec, extents, offset, args): args starts with the raw mode, e.g. "RGB;16B"
+        args = tile[3] if isinstance(tile[3], tuple) else (tile[3],)
+        if args and isinstance(args[0], str) and ";16" in args[0]:
+            return True
+    return False
 
 
 def load_image(

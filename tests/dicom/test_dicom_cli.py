@@ -18,7 +18,7 @@ from lungct.config import parse_config
 from lungct.run import RunDir
 from lungct.training import train
 from tests.conftest import CLASS_FOLDERS, IQ_OTH, needs_shared, synthetic_slice, tiny_config
-from tests.dicom.dicom_factory import PRIVATE_VALUES, write_study
+from tests.dicom.dicom_factory import PRIVATE_VALUES, ct_dataset, hu_from_grey, write, write_study
 
 N_SLICES = 6
 
@@ -199,3 +199,56 @@ def test_a_damaged_dicom_file_is_one_line_without_pydicoms_warnings(capsys, capl
     assert code == 1 and out == "" and err == f"lungct: error: 1.dcm: DICOM file has no pixel data ({hint})\n", err
     assert [str(w.message) for w in caught if "pydicom" in w.filename] == []
     assert [r.getMessage() for r in caplog.records if r.name.startswith("pydicom")] == []
+
+
+def test_a_folder_of_16bit_slices_is_a_series_in_file_name_order(capsys, dicom_run, tmp_path):
+    """Research archives share a study as one 16-bit PNG of HU + 32768 per slice (DeepLesion); predict-series
+    takes such a folder with --hu-offset, orders it as the names count, and reads each slice as its DICOM twin."""
+    from PIL import Image
+
+    hus = [np.round(hu_from_grey(synthetic_slice(k % 3, 9300 + k))) for k in range(4)]
+    names = ["1.png", "2.png", "10.png", "11.png"]  # natural order: 10 after 2
+    folder, twins = tmp_path / "export", tmp_path / "twins"
+    folder.mkdir()
+    for name, hu in zip(names, hus, strict=True):
+        Image.fromarray((hu + 32768).astype(np.uint16)).save(folder / name)  # the lung window reaches -1350 HU
+        write(ct_dataset(hu), twins / f"{name}.dcm")
+    (folder / "3.png").write_bytes(b"")  # a damaged export of one slice
+    Image.fromarray(np.full((48, 48), 31768, np.uint16)).save(folder / "4.png")  # air alone: one grey level
+    code, out, err = _run(capsys, "predict-series", "--run", dicom_run, "--hu-offset", "32768", folder)
+    assert code == 0, err
+    *slices, study_line = [json.loads(x) for x in out.splitlines()]
+    assert [s["id"] for s in slices] == ["1.png", "2.png", "3.png", "4.png", "10.png", "11.png"]
+    assert slices[2] == {"slice": 2, "id": "3.png", "error": "empty file"}
+    assert slices[3]["slice"] == 3 and slices[3]["error"].startswith("blank image")
+    assert study_line["order"] == "name" and study_line["window"] == "lung" and study_line["n_slices"] == 6
+    assert study_line["unreadable_slices"] == [2, 3]
+    code, out, err = _run(capsys, "predict", "--run", dicom_run, *(twins / f"{n}.dcm" for n in names))
+    assert code == 0, err
+    twin = {json.loads(x)["file"]: json.loads(x)["probabilities"] for x in out.splitlines()}
+    read = [s for s in slices if "error" not in s]
+    for s in read:
+        assert s["probabilities"] == pytest.approx(twin[f"{s['id']}.dcm"], abs=1e-6)
+    scores = [s["probabilities"]["malignant"] for s in read]
+    assert study_line["score"] == pytest.approx(max(scores), abs=1e-5)
+    assert study_line["driving_slices"][0]["id"] == read[int(np.argmax(scores))]["id"]
+
+    # display slices (8-bit) need no offset and have no window; --window would mean nothing for them
+    display = tmp_path / "display"
+    display.mkdir()
+    for k in range(3):
+        synthetic_slice(k, 9400 + k).save(display / f"{k}.png")
+    code, out, err = _run(capsys, "predict-series", "--run", dicom_run, display)
+    assert code == 0, err
+    assert json.loads(out.splitlines()[-1])["window"] is None
+    code, _, err = _run(capsys, "predict-series", "--run", dicom_run, "--window", "lung", display)
+    assert code == 1 and "--window applies to DICOM series and to image files read as HU" in err
+
+    # one-line refusals: an offset for DICOM slices, and a folder where no slice can be read
+    code, _, err = _run(capsys, "predict-series", "--run", dicom_run, "--hu-offset", "1024", twins)
+    assert code == 1 and "DICOM slices carry their own rescale" in err and len(err.strip().splitlines()) == 1
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "1.png").write_bytes(b"")
+    code, _, err = _run(capsys, "predict-series", "--run", dicom_run, broken)
+    assert code == 1 and err.strip() == "lungct: error: broken: no slice could be read (1.png: empty file)"

@@ -1,4 +1,5 @@
-"""`lungct predict-series`: one series (folder or zip) -> per-slice JSON lines and a study JSON line."""
+"""`lungct predict-series`: one series (a DICOM folder or zip, or a folder of image slices) -> per-slice JSON lines
+and a study JSON line."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from lungct.cli.options import HuOffset
 from lungct.contracts import DicomWindow
 
 
@@ -20,7 +22,9 @@ class AggregateChoice(StrEnum):
 
 def predict_series_command(
     run: Annotated[Path, typer.Option("--run", exists=True, file_okay=False, help="run directory")],
-    path: Annotated[Path, typer.Argument(exists=True, help="a folder or zip holding one DICOM series")],
+    path: Annotated[
+        Path, typer.Argument(exists=True, help="a folder or zip holding one DICOM series, or a folder of image slices")
+    ],
     aggregate: Annotated[AggregateChoice, typer.Option("--aggregate", help="study score from slices")] = (
         AggregateChoice.max
     ),
@@ -35,15 +39,23 @@ def predict_series_command(
         DicomWindow | None, typer.Option("--window", help="Hounsfield window (default: the model's)")
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="accept modalities other than CT")] = False,
+    hu_offset: HuOffset = None,
 ) -> None:
-    """Predict one DICOM series: per-slice JSON lines in slice order, then one study-level JSON line."""
-    from lungct.dicom.series import load_series
-    from lungct.inference import Predictor
-    from lungct.inference.study import predict_series
+    """Predict one series: per-slice JSON lines in slice order, then one study-level JSON line.
 
-    series = load_series(path, force=force)
+    A folder without DICOM files is a series of image files (one slice each, e.g. 16-bit PNG exports with
+    --hu-offset) in natural file-name order.
+    """
+    from lungct.dicom.series import load_series
+    from lungct.errors import LungCTError
+    from lungct.inference import Predictor
+    from lungct.inference.study import ImageSeries, image_series, predict_series
+
+    series = image_series(path) or load_series(path, force=force)
+    if hu_offset is not None and not isinstance(series, ImageSeries):
+        raise LungCTError("--hu-offset is for image files; DICOM slices carry their own rescale to HU")
     result = predict_series(
-        Predictor(run),
+        Predictor(run, hu_offset=hu_offset),
         series,
         aggregate.value,
         top_k,

@@ -11,7 +11,7 @@ import io
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from lungct.errors import LungCTError
@@ -31,6 +31,28 @@ def output_folder(path: str | Path, what: str = "output folder") -> Path:
         where = "" if exc.filename in (None, str(path)) else f" ({exc.filename})"
         raise LungCTError(f"{what} {path} cannot be used: {reason}{where}") from None
     return path
+
+
+def replaceable_output(
+    path: str | Path, what: str, kind: str, looks_like: Callable[[bytes], bool], inputs: Iterable[Path] = ()
+) -> None:
+    """Refuse an output file that would destroy something: one of the command's `inputs`, a file of a run folder
+    (a run's split.csv or model.json, replaced, quietly changes what the run is), or an existing file that is not
+    an earlier output of this `kind` (`looks_like` judges its first 4 kB). A config or an image given as --out was
+    replaced without a word before."""
+    path = Path(path)
+    target = path.resolve()
+    if any(target == Path(p).resolve() for p in inputs):
+        raise LungCTError(f"{what} {path} is one of the command's inputs; write to another file")
+    if not path.exists():
+        return
+    if (path.parent / "model.json").is_file():
+        raise LungCTError(f"{what} {path} is a file of the run in {path.parent}; write to another file")
+    if path.is_file():
+        with path.open("rb") as fh:
+            head = fh.read(4096)
+        if head and not looks_like(head):
+            raise LungCTError(f"{what} {path} exists and is not {kind}; refusing to replace it")
 
 
 def atomic_write(path: Path, data: bytes) -> None:

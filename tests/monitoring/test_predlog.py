@@ -135,3 +135,37 @@ def test_another_programs_sqlite_database_is_refused_and_left_untouched(tmp_path
         open_existing_log(damaged)
     PredictionLog(tmp_path / "served.sqlite").close()  # a log the server made, with no rows yet, still opens
     assert len(open_existing_log(tmp_path / "served.sqlite")) == 0
+
+
+def test_since_is_read_as_an_instant_and_nonsense_is_refused(tmp_path):
+    """`since` used to be compared as text: "garbage" selected nothing (and silenced --fail-on-drift), and a time
+    with another offset than UTC selected the wrong rows."""
+    from lungct.errors import LungCTError
+
+    log = PredictionLog(tmp_path / "log.sqlite")
+    for hour in (5, 6, 7):
+        log.append(
+            PredictionRecord(
+                ts=f"2026-12-05T0{hour}:00:00.000+00:00",
+                sha256="ab" * 32,
+                model_version="v1",
+                label="normal",
+                probabilities={"normal": 0.9, "benign": 0.1},
+                latency_ms=1.0,
+                stats={},
+                source="api",
+            )
+        )
+
+    def hours(rows: list[dict]) -> list[str]:
+        return [r["ts"][11:13] for r in rows]
+
+    assert hours(log.read(since="2026-12-05T10:30:00+05:00")) == ["06", "07"]  # 05:30 UTC
+    assert hours(log.read(since="2026-12-05T06:00:00Z")) == ["06", "07"]
+    assert hours(log.read(since="2026-12-05T06:00")) == ["06", "07"]  # no offset: UTC
+    assert hours(log.read(since="2026-12-05")) == ["05", "06", "07"]
+    assert hours(log.read(limit=10**20)) == ["05", "06", "07"]  # more than SQLite can count: every row
+    for bad in ("garbage", "2020-13-45T99:99", "05/12/2025"):
+        with pytest.raises(LungCTError, match=f"--since '{bad}' is not an ISO date or time"):
+            log.read(since=bad)
+    log.close()

@@ -20,7 +20,7 @@ from lungct.cli.options import (
     setup_logging,
 )
 from lungct.errors import LungCTError
-from lungct.files import output_folder
+from lungct.files import output_folder, replaceable_output
 
 
 def train_command(
@@ -200,6 +200,7 @@ def predict_command(
     files = [str(p) for p in expand_paths(paths)]
     if out is not None and current().is_main:
         output_folder(out.parent, "the folder of --out")  # before predicting, not after
+        replaceable_output(out, "--out", "a file of prediction lines", _prediction_lines, [*files, *paths])
     lines = map_shards(
         files, lambda part: [json.dumps(_named(r)) for r in predictor.predict(part)], predictor.batch_size
     )
@@ -225,6 +226,15 @@ def _report_failures(lines: list[str]) -> None:
         what = "the file" if failed == 1 else f"any of the {failed} files"
         raise LungCTError(f"could not predict {what}; each line names the reason under 'error'")
     typer.echo(f"lungct: warning: {failed} of {len(lines)} files could not be predicted (lines with 'error')", err=True)
+
+
+def _prediction_lines(head: bytes) -> bool:
+    """An earlier `lungct predict --out`: JSON lines, the first naming its file ("path" or "file")."""
+    try:
+        first = json.loads(head.decode("utf-8").splitlines()[0])
+    except (UnicodeDecodeError, ValueError, IndexError):
+        return False
+    return isinstance(first, dict) and ("path" in first or "file" in first)
 
 
 def _named(result: dict) -> dict:

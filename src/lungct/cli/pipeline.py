@@ -8,6 +8,13 @@ from typing import Annotated
 import typer
 
 from lungct.cli.options import ConfigFile, Quiet, setup_logging
+from lungct.files import replaceable_output
+
+
+def _split_header(head: bytes) -> bool:
+    """An earlier split.csv: its first line names the columns path,label,group,part."""
+    first = head.decode("utf-8-sig", errors="replace").splitlines()[0] if head.strip() else ""
+    return {c.strip() for c in first.split(",")} >= {"path", "label", "group", "part"}
 
 
 def split_command(
@@ -24,6 +31,7 @@ def split_command(
     from lungct.pipeline.split import write_split
 
     setup_logging(quiet)
+    replaceable_output(out, "--out", "a split file", _split_header, [p for p in (config, params) if p])
     items, skipped = write_split(load_config_with_params(config, params), out, progress=not quiet)
     for part, counts in part_counts(items).items():
         if not counts:

@@ -72,6 +72,7 @@ def explain_to_folder(
 ) -> BatchResult:
     """Write <name>.npy (heatmap, float32 HxW in [0,1]) and <name>.png (overlay) per readable file."""
     paths = [Path(p) for p in paths]
+    _refuse_out_holding_inputs(Path(out), paths)
     out = output_folder(out, "--out")
     result, used = BatchResult(), set()
     bar = tqdm(total=len(paths), desc=f"explaining ({method})", unit="img", disable=not progress, leave=False)
@@ -89,6 +90,19 @@ def explain_to_folder(
     bar.close()
     _write_index(out, result.written)
     return result
+
+
+def _refuse_out_holding_inputs(out: Path, paths: list[Path]) -> None:
+    """An --out that holds the slices being explained would get overlays written over them (x.png for x.png),
+    and the next scan of that folder would take the overlays for slices."""
+    if not out.is_dir():
+        return
+    where = out.resolve()
+    inside = next((p for p in paths if where in p.resolve().parents), None)
+    if inside is not None:
+        raise LungCTError(
+            f"--out {out} holds the images being explained ({shown_path(str(inside))}); write to another folder"
+        )
 
 
 def _write_index(out: Path, rows: list[dict]) -> None:

@@ -144,6 +144,27 @@ def _row(rec: PredictionRecord) -> tuple:
     )
 
 
+SQLITE_MAX_INT = 2**63 - 1
+
+
+def utc_timestamp(since: str | datetime) -> str:
+    """`since` as the log stores times (ISO, UTC, milliseconds), so that comparing the strings compares the instants.
+
+    The log's `ts` is text; a `since` compared as given made "garbage" select nothing (and silence --fail-on-drift)
+    and read 10:00+05:00 as later than 06:00 UTC. A time without an offset is UTC, as the option's help says.
+    """
+    if isinstance(since, str):
+        try:
+            since = datetime.fromisoformat(since.strip())
+        except ValueError:
+            raise LungCTError(
+                f"--since {since!r} is not an ISO date or time (e.g. 2026-12-01 or 2026-12-01T08:00:00+01:00)"
+            ) from None
+    if since.tzinfo is None:
+        since = since.replace(tzinfo=UTC)
+    return since.astimezone(UTC).isoformat(timespec="milliseconds")
+
+
 class PredictionLog:
     """Append-only log; thread-safe, so API worker threads can share one instance.
 
@@ -209,13 +230,13 @@ class PredictionLog:
         query, args = "SELECT * FROM predictions WHERE 1=1", []
         if since:
             query += " AND ts >= ?"
-            args.append(since)
+            args.append(utc_timestamp(since))
         if model_version:
             query += " AND model_version = ?"
             args.append(model_version)
         if limit:  # the newest `limit` rows, still returned oldest first
             query = f"SELECT * FROM ({query} ORDER BY id DESC LIMIT ?)"
-            args.append(int(limit))
+            args.append(min(int(limit), SQLITE_MAX_INT))  # more rows than SQLite can count: all of them
         query += " ORDER BY id"
         with self._lock:
             cur = self._db.execute(query, args)

@@ -106,6 +106,13 @@ def test_unfinished_cv_folder_is_refused(tmp_path):
         build_ensemble(tmp_path / "cv", tmp_path / "out")
 
 
+def test_an_ensemble_run_given_as_cv_folder_is_named_as_a_run(within, tmp_path):
+    _, _, ensemble = within
+    assert (ensemble / "cv.json").is_file()  # it keeps its folds' record, which made it look like a cv folder
+    with pytest.raises(LungCTError, match=f"{ensemble} is a run, not a `lungct cv` folder"):
+        build_ensemble(ensemble, tmp_path / "again")
+
+
 def test_an_ensemble_of_fine_tuned_members_refuses_a_familiarity_reference(within, capsys):
     _, _, ensemble = within
     assert main(["familiarity", "--run", str(ensemble), "-q"]) == 1

@@ -54,6 +54,17 @@ def test_auc_is_none_for_a_class_missing_from_the_data():
     assert m["macro_auc"] == pytest.approx(1.0)
 
 
+def test_data_of_one_class_is_scored_without_sklearns_warning(recwarn):
+    """A screening set of normal slices only: balanced accuracy is that class's recall, and nothing warns."""
+    y = np.array([2, 2, 2, 2])
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8], [0.2, 0.2, 0.6], [0.1, 0.3, 0.6]])
+    m = compute_metrics(y, probs, ["a", "b", "c"])
+    assert m["balanced_accuracy"] == pytest.approx(0.75) and m["macro_auc"] is None
+    assert [str(w.message) for w in recwarn] == []
+    assert compute_metrics(y, np.tile([0.1, 0.1, 0.8], (4, 1)), ["a", "b", "c"])["balanced_accuracy"] == 1.0
+    assert [str(w.message) for w in recwarn] == []  # every slice right: one label in truth and prediction alike
+
+
 def test_ece_is_zero_when_confidence_equals_accuracy():
     y = np.array([0, 1, 0, 0])  # confidence 0.75 everywhere, 3 of 4 right
     probs = np.tile([0.75, 0.25], (4, 1))

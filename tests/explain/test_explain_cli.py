@@ -143,3 +143,12 @@ def test_a_dicom_slice_is_indexed_by_its_file_name_only(capsys, tiny_run, tmp_pa
     rows = list(csv.DictReader((tmp_path / "out" / "explanations.csv").open()))
     assert [r["path"] for r in rows] == [dicom.name, str(slices[0])]  # a JPEG keeps its path as given
     assert "Doe_Janet" not in (tmp_path / "out" / "explanations.csv").read_text()
+
+
+def test_scorecam_under_quiet_prints_no_progress_bar(capsys, tiny_run, tmp_path):
+    """pytorch-grad-cam's Score-CAM draws a bar of its own per image; `-q` promises none."""
+    run, data = tiny_run
+    one = next((data / "Normal cases").glob("*.png"))
+    code, out, err = _run(capsys, "explain", "--run", run, "--out", tmp_path / "o", "--method", "scorecam", "-q", one)
+    assert code == 0, err
+    assert err == "" and out.startswith("1 heatmaps")

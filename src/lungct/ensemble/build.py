@@ -32,6 +32,8 @@ MUST_MATCH = ("arch", "classes", "preprocess", "global_pool", "tiles")
 
 
 def finished_folds(cv_dir: Path) -> tuple[dict, list[RunDir]]:
+    if (cv_dir / "model.json").is_file():  # an ensemble run keeps its folds' cv.json, but not the folds
+        raise LungCTError(f"{cv_dir} is a run, not a `lungct cv` folder; give --cv the folder `lungct cv --out` wrote")
     summary = cv_dir / "cv.json"
     if not summary.is_file():
         raise LungCTError(f"{cv_dir} is not a finished `lungct cv` folder: cv.json is missing")

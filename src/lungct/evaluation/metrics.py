@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import warnings
 
 import numpy as np
 from sklearn.metrics import (
@@ -85,6 +86,15 @@ def _auc(y_bin: np.ndarray, score: np.ndarray) -> float | None:
     return float(roc_auc_score(y_bin, score)) if 0 < y_bin.sum() < len(y_bin) else None
 
 
+def _balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """The mean recall of the classes in y_true. Data holding some of the model's classes only (a screening set of
+    normal slices) is legitimate; sklearn's warning that y_pred has other classes says nothing the report does not."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "y_pred contains classes not in y_true", UserWarning)
+        warnings.filterwarnings("ignore", "A single label was found in 'y_true' and 'y_pred'", UserWarning)
+        return float(balanced_accuracy_score(y_true, y_pred))
+
+
 def binary_positive(classes: list[str], positive_class: str | None) -> str:
     """The class a two-class run's sensitivity and specificity are of: the configured one, else the second."""
     return positive_class if positive_class in classes else classes[1]
@@ -116,7 +126,7 @@ def compute_metrics(
     result = {
         "n": len(y_true),
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
+        "balanced_accuracy": _balanced_accuracy(y_true, y_pred),
         "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
         "macro_auc": float(np.mean(aucs)) if aucs else None,
         "ece": expected_calibration_error(y_true, probs),

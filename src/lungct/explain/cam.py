@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from functools import partial
+from types import SimpleNamespace
+
 import numpy as np
+import pytorch_grad_cam.score_cam
 import torch
+import tqdm
 from PIL import Image
 from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, ScoreCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -27,6 +32,9 @@ METHOD_TITLES = {
     CamMethod.eigencam: "EigenCAM",
     CamMethod.scorecam: "Score-CAM",
 }
+# Score-CAM draws a progress bar of its own for every image, with no switch to turn it off: under `-q`, in the server's
+# log and in the app's. lungct shows one bar per batch of images where progress is wanted, so the library's is silenced.
+pytorch_grad_cam.score_cam.tqdm = SimpleNamespace(tqdm=partial(tqdm.tqdm, disable=True))
 SCORECAM_MAX_CHANNELS = 4096  # Score-CAM runs one forward pass per channel: groups of layers would take hours
 
 

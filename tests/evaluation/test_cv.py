@@ -107,3 +107,17 @@ def test_cv_cli_rejects_bad_folds_before_tracking_or_writing(
     err = capsys.readouterr().err
     assert code == 1 and needle in err and len(err.strip().splitlines()) == 1, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml", "data"]  # no mlruns/, no cv folder
+
+
+@pytest.mark.parametrize(
+    ("holds", "message"),
+    [("notes", r"holds files but no lungct cv \(no cv.json or fold_1\)"), ("run", "is a trained run")],
+)
+def test_cv_refuses_an_out_folder_holding_something_else(tiny_dataset, tmp_path, holds, message):
+    """train refused such a folder; cv wrote fold_1/, fold_2/ and cv.* into it."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ("important.txt" if holds == "notes" else "model.json")).write_text("keep me")
+    with pytest.raises(LungCTError, match=message):
+        cross_validate(tiny_config(tiny_dataset), 2, out, progress=False)
+    assert [p.name for p in out.iterdir()] == ["important.txt" if holds == "notes" else "model.json"]

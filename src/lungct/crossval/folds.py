@@ -133,6 +133,20 @@ def summarise(rows: list[dict[str, float | None]]) -> dict[str, dict[str, float 
     return out
 
 
+def _refuse_foreign_folder(out: Path) -> None:
+    """cv writes fold_k/ runs and cv.* into --out and resumes a folder it wrote before; a folder holding other files
+    (a trained run, someone's notes) would get folds mixed into it, as `train` already refuses for its --out."""
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if (out / "model.json").is_file():
+        raise LungCTError(f"--out {out} is a trained run; give cv a new or empty folder")
+    if not (out / "cv.json").is_file() and not any(out.glob("fold_[0-9]*")):
+        raise LungCTError(
+            f"--out {out} holds files but no lungct cv (no cv.json or fold_1), which cv would write into; "
+            "choose a new or empty folder"
+        )
+
+
 def cross_validate(
     cfg: ExperimentConfig,
     folds: int,
@@ -148,6 +162,7 @@ def cross_validate(
     `plan`: `plan_folds(cfg, folds, within=within)` when the caller drew it already (the CLI does, before tracking).
     """
     started = time.time()
+    _refuse_foreign_folder(Path(out))
     plan = plan or plan_folds(cfg, folds, progress, within)
     if len(plan.splits) != folds:
         raise ValueError(f"the fold plan holds {len(plan.splits)} folds, not {folds}")

@@ -16,6 +16,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from lungct.contracts import DicomWindow
 from lungct.errors import LungCTError
 
+SEED_MAX = 2**32 - 1  # numpy's and scikit-learn's seeds are 0 to 2**32 - 1; torch takes them too
+
+
+def _check_seed(v: int | None) -> int | None:
+    """A seed the split (scikit-learn) and training (numpy, torch) all accept, refused here rather than as their
+    traceback after the data scan."""
+    if v is not None and not 0 <= v <= SEED_MAX:
+        raise ValueError(f"must be between 0 and {SEED_MAX}, got {v}")
+    return v
+
 
 class _Strict(BaseModel):
     # enum fields keep their plain string value, so configs compare, dump and print as before. YAML's .inf and .nan
@@ -234,6 +244,11 @@ class TrainConfig(_Strict):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     channels_last: bool = False
 
+    @field_validator("seed")
+    @classmethod
+    def _seed_range(cls, v: int | None) -> int | None:
+        return _check_seed(v)
+
     @model_validator(mode="after")
     def _something_trains(self) -> TrainConfig:
         if self.phase1.solver == "gradient" and self.phase1.epochs + self.phase2.epochs == 0:
@@ -250,6 +265,11 @@ class ExperimentConfig(_Strict):
     split: SplitConfig = Field(default_factory=SplitConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_range(cls, v: int | None) -> int | None:
+        return _check_seed(v)
 
 
 def read_yaml_mapping(path: str | Path, what: str) -> dict:

@@ -174,7 +174,7 @@ def test_hu_offset_lets_a_model_of_8bit_slices_predict_evaluate_and_explain_expo
     display = predicted(str(tmp_path / "display.png"))
     assert predicted("--hu-offset", "1024", str(tmp_path / "export.png")) == display
     assert predicted(str(tmp_path / "export.png")) != display  # stretched: the run has no hu_offset of its own
-    assert main(["predict", "--run", str(run), "--hu-offset", "32768", str(tmp_path / "export.png")]) == 0
+    assert main(["predict", "--run", str(run), "--hu-offset", "32768", str(tmp_path / "export.png")]) == 1  # none read
     line = json.loads(capsys.readouterr().out.strip())
     assert "check the data's hu_offset" in line["error"]  # all air and below for a file of HU + 1024: said
 

@@ -152,3 +152,20 @@ def test_scorecam_under_quiet_prints_no_progress_bar(capsys, tiny_run, tmp_path)
     code, out, err = _run(capsys, "explain", "--run", run, "--out", tmp_path / "o", "--method", "scorecam", "-q", one)
     assert code == 0, err
     assert err == "" and out.startswith("1 heatmaps")
+
+
+def test_a_file_name_that_is_not_utf8_is_explained_and_indexed_printably(capsys, tiny_run, tmp_path):
+    """matplotlib's title and explanations.csv take text only: such a name failed after its heatmap was written."""
+    import os
+    import shutil
+
+    run, data = tiny_run
+    folder = tmp_path / "in"
+    folder.mkdir()
+    name = os.fsdecode(b"slice \xff.png")  # bytes that are not UTF-8, as Python passes them on
+    shutil.copy(next((data / "Normal cases").glob("*.png")), folder / name)
+    code, _, err = _run(capsys, "explain", "--run", run, "--out", tmp_path / "o", "-q", folder)
+    assert code == 0 and "Traceback" not in err, err
+    (row,) = list(csv.DictReader((tmp_path / "o" / "explanations.csv").open(encoding="utf-8")))
+    assert row["path"].endswith("slice \\xff.png") and row["png"] == "slice_\\xff.png"
+    assert (tmp_path / "o" / row["png"]).is_file() and (tmp_path / "o" / row["npy"]).is_file()

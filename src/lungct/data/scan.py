@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -29,8 +30,39 @@ __all__ = ["THUMB_SIZE", "ImageInfo", "ScanResult", "Skipped", "describe_image",
 
 @dataclass
 class Skipped:
-    path: str
+    path: str  # as shown to the user: a name that is not text has its undecodable bytes as \xNN escapes
     reason: str
+
+
+NOT_UTF8 = "file name is not valid UTF-8; rename it"
+
+
+def name_problem(path: str) -> str | None:
+    """Why a path cannot be kept, or None. A name whose bytes do not decode reaches Python with surrogate
+    escapes, which no UTF-8 text (the scan cache, split.csv, summary.json) can hold: such a file is skipped here,
+    with its reason, so that nothing later meets it."""
+    try:
+        path.encode("utf-8")
+        return None
+    except UnicodeEncodeError:
+        pass
+    try:
+        os.fsencode(path).decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return NOT_UTF8
+    # valid UTF-8 bytes, decoded with a non-UTF-8 locale's codec (LC_ALL=C with Python's UTF-8 mode off)
+    return (
+        f"file name is not {sys.getfilesystemencoding()} text (the locale's encoding); "
+        "run with PYTHONUTF8=1 or a UTF-8 locale such as LANG=C.UTF-8, or rename it"
+    )
+
+
+def printable_path(path: str) -> str:
+    """The path as text for messages and reports, whatever bytes its name holds."""
+    try:
+        return os.fsencode(path).decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return path.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 @dataclass
@@ -77,10 +109,13 @@ def scan_samples(
 
     hu_offset: read 16-bit files as HU + offset, as training will (lungct.data.images); a wrong offset then skips
     them here with its reason rather than failing mid-training. Such scans keep a cache of their own."""
-    keys = [file_key(s.path) for s in samples]
+    problems = [name_problem(s.path) for s in samples]
+    keys = [None if problem else file_key(s.path) for s, problem in zip(samples, problems, strict=True)]
     store = ScanCache(None if hu_offset is None else cache_dir() / f"scan-hu{hu_offset}.sqlite") if cache else None
     known = store.lookup([k for k in keys if k is not None]) if store else {}
-    results: list[ImageInfo | str | None] = [known.get(k.path) if k else None for k in keys]
+    results: list[ImageInfo | str | None] = [
+        problem or (known.get(k.path) if k else None) for k, problem in zip(keys, problems, strict=True)
+    ]
     todo = [i for i, r in enumerate(results) if r is None]
     describe = partial(describe_or_reason, hu_offset=hu_offset)
     fresh = _describe_all([samples[i].path for i in todo], progress, workers or default_scan_workers(), describe)
@@ -98,7 +133,7 @@ def scan_samples(
             kept.append(sample)
             infos.append(result)
         else:
-            skipped.append(Skipped(sample.path, str(result)))
+            skipped.append(Skipped(printable_path(sample.path), str(result)))
     return ScanResult(kept, infos, skipped)
 
 

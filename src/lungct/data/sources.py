@@ -7,6 +7,7 @@ list, so a new dataset layout is one new reader here and nothing else.
 from __future__ import annotations
 
 import csv
+import logging
 import random
 from collections import defaultdict
 from dataclasses import dataclass
@@ -18,6 +19,28 @@ from lungct.data.images import is_image_file
 from lungct.data.labels import normalise_label
 from lungct.errors import LungCTError
 from lungct.files import natural_key
+
+log = logging.getLogger("lungct")
+
+# Files only lungct writes, each into the folder a command makes: a run (train, ensemble, cv's folds, compare's and
+# tune's trials: model.json, summary.json), an evaluation (metrics.json, evaluation.json), cv (cv.json), audit,
+# drift, compare (leaderboard.json), tune (tune.json), threshold (operating_points.json) and explain
+# (explanations.csv). A folder inside a dataset that holds one is such an output, written there by an --out
+# inside the data, and its plots (curves.png, roc.png, overlays) are not slices: the folder and everything under
+# it is left out of the scan. Any one file suffices, as an interrupted command may not have written the others.
+OUTPUT_MARKERS = (
+    "model.json",
+    "summary.json",
+    "metrics.json",
+    "evaluation.json",
+    "cv.json",
+    "audit.json",
+    "drift.json",
+    "leaderboard.json",
+    "tune.json",
+    "operating_points.json",
+    "explanations.csv",
+)
 
 SPLIT_DIR_NAMES = {
     "train": "train",
@@ -81,31 +104,60 @@ def read_source(source: SourceConfig) -> list[Sample]:
     return samples
 
 
+class OutputFolders:
+    """Which folders of a dataset are lungct outputs (OUTPUT_MARKERS), each looked at once and reported once."""
+
+    def __init__(self) -> None:
+        self.marker: dict[Path, str | None] = {}
+
+    def check(self, folder: Path) -> bool:
+        """True for an output folder; the first time, a warning names it and the file that marks it."""
+        if folder not in self.marker:
+            found = next((name for name in OUTPUT_MARKERS if (folder / name).is_file()), None)
+            self.marker[folder] = found
+            if found:
+                log.warning("skipped folder %s: it holds %s, a lungct output, not data", folder, found)
+        return self.marker[folder] is not None
+
+    def inside(self, file: Path, top: Path) -> bool:
+        """True when a folder between `top` (excluded) and `file` is an output folder."""
+        folder = top
+        for name in file.relative_to(top).parts[:-1]:
+            folder = folder / name
+            if self.check(folder):
+                return True
+        return False
+
+
 def read_folder_tree(root: Path, aliases: dict[str, str]) -> list[Sample]:
+    outputs = OutputFolders()
     subdirs = sorted(
-        (d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")), key=lambda d: natural_key(d.name)
+        (d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and not outputs.check(d)),
+        key=lambda d: natural_key(d.name),
     )
     split_dirs = [d for d in subdirs if d.name.lower() in SPLIT_DIR_NAMES]
     if split_dirs and len(split_dirs) == len(subdirs):
         samples = []
         for split_dir in split_dirs:
             part = SPLIT_DIR_NAMES[split_dir.name.lower()]
-            samples += _read_class_dirs(split_dir, aliases, part, root.name)
+            samples += _read_class_dirs(split_dir, aliases, part, root.name, outputs)
     else:
-        samples = _read_class_dirs(root, aliases, None, root.name)
+        samples = _read_class_dirs(root, aliases, None, root.name, outputs)
     if not samples:
         raise LungCTError(f"{root}: no images in class folders (expected ROOT/<class>/<image>)")
     return samples
 
 
-def _read_class_dirs(root: Path, aliases: dict[str, str], part: str | None, source: str) -> list[Sample]:
+def _read_class_dirs(
+    root: Path, aliases: dict[str, str], part: str | None, source: str, outputs: OutputFolders
+) -> list[Sample]:
     samples = []
     for class_dir in sorted(root.iterdir(), key=lambda d: natural_key(d.name)):
-        if not class_dir.is_dir() or class_dir.name.startswith("."):
+        if not class_dir.is_dir() or class_dir.name.startswith(".") or outputs.check(class_dir):
             continue
         label = normalise_label(class_dir.name, aliases)
         files = sorted(
-            (p for p in class_dir.rglob("*") if p.is_file() and is_image_file(p)),
+            (p for p in class_dir.rglob("*") if p.is_file() and is_image_file(p) and not outputs.inside(p, class_dir)),
             key=lambda p: natural_key(str(p.relative_to(class_dir))),
         )
         samples += [Sample(str(p.resolve()), label, None, part, source) for p in files]
@@ -136,6 +188,8 @@ def read_manifest(path: Path, aliases: dict[str, str]) -> list[Sample]:
     if not rows:
         raise LungCTError(f"manifest {path} has no rows")
     samples = []
+    first_line: dict[str, int] = {}
+    repeats: list[tuple[int, int, str]] = []  # (first line, repeating line, path)
     for i, row in enumerate(rows, start=2):
         if not row.get("path") or not row.get("label"):
             raise LungCTError(f"manifest {path} line {i}: empty path or label")
@@ -143,16 +197,34 @@ def read_manifest(path: Path, aliases: dict[str, str]) -> list[Sample]:
         file = file if file.is_absolute() else path.parent / file
         group = (row.get("group") or "").strip() or None
         part = SPLIT_DIR_NAMES.get((row.get("split") or "").strip().lower())
-        samples.append(
-            Sample(
-                str(file.resolve()),
-                normalise_label(row["label"], aliases),
-                f"{path.stem}:{group}" if group else None,
-                part,
-                path.stem,
-            )
+        sample = Sample(
+            str(file.resolve()),
+            normalise_label(row["label"], aliases),
+            f"{path.stem}:{group}" if group else None,
+            part,
+            path.stem,
         )
+        if sample.path in first_line:
+            repeats.append((first_line[sample.path], i, sample.path))
+        else:
+            first_line[sample.path] = i
+        samples.append(sample)
+    if repeats:
+        raise LungCTError(_repeated_rows(path, rows, samples, repeats))
     return samples
+
+
+def _repeated_rows(path: Path, rows: list[dict], samples: list[Sample], repeats: list[tuple[int, int, str]]) -> str:
+    """The refusal of a manifest that lists a file twice: a random split can put the two rows in two parts (the
+    image is then trained on and scored as unseen), and two labels would score one image against two truths.
+    Labels are compared as lungct reads them (normalised) and named as the manifest writes them."""
+    a, b, file = repeats[0]
+    differ = samples[a - 2].label != samples[b - 2].label
+    labels = (
+        f" with two labels, {rows[a - 2]['label'].strip()!r} and {rows[b - 2]['label'].strip()!r}" if differ else ""
+    )
+    more = f" ({len(repeats) - 1} more repeated rows)" if len(repeats) > 1 else ""
+    return f"manifest {path} lines {a} and {b} list {file} twice{labels}{more}; list each image once"
 
 
 def csv_with_columns(fh: TextIO, columns: set[str]) -> csv.DictReader:

@@ -7,6 +7,7 @@ so the two modes differ only in what counts as a group, and their results can be
 from __future__ import annotations
 
 import csv
+import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
+from lungct.config import SEED_MAX
 from lungct.contracts import SplitPart
 from lungct.errors import LungCTError
 from lungct.files import atomic_csv
@@ -32,9 +34,17 @@ class SplitItem:
     part: str
 
 
+def derived_seed(seed: int, k: int) -> int:
+    """The seed of the split's k-th further draw, kept within SEED_MAX so that the largest valid seed works too."""
+    return (seed + k) % (SEED_MAX + 1)
+
+
 def stratified_group_folds(labels: np.ndarray, groups: np.ndarray, n_splits: int, seed: int, purpose: str):
     """scikit-learn's StratifiedGroupKFold splits, its refusals turned into one clear LungCTError first: too few
-    groups, or (as sklearn judges it) every class smaller than the number of folds."""
+    groups, or (as sklearn judges it) every class smaller than the number of folds, or a seed it cannot take (the
+    config checks its own; a seed set in code or from the command line arrives here unchecked)."""
+    if not 0 <= seed <= SEED_MAX:
+        raise LungCTError(f"seed {seed} is out of range: it must be between 0 and {SEED_MAX}")
     n_groups = len(set(np.asarray(groups).tolist()))
     if n_groups < n_splits:
         raise LungCTError(f"only {n_groups} groups: too few for {purpose} ({n_splits} group folds)")
@@ -83,7 +93,7 @@ def make_split(
     test = hold_out_groups(y, g, test_fraction, seed)
     parts[test] = SplitPart.test.value
     rest = np.flatnonzero(~test)
-    val = hold_out_groups(y[rest], g[rest], val_fraction / (1.0 - test_fraction), seed + 1)
+    val = hold_out_groups(y[rest], g[rest], val_fraction / (1.0 - test_fraction), derived_seed(seed, 1))
     parts[rest[val]] = SplitPart.val.value
     return _carve_calib(parts, y, g, calib_fraction, seed)
 
@@ -94,7 +104,7 @@ def _carve_calib(parts: np.ndarray, y: np.ndarray, g: np.ndarray, fraction: floa
         share = fraction * len(parts) / max(len(train), 1)
         if share >= 0.5:
             raise LungCTError(f"calib_fraction {fraction} would take {share:.0%} of the training part")
-        held = hold_out_groups(y[train], g[train], share, seed + 2)
+        held = hold_out_groups(y[train], g[train], share, derived_seed(seed, 2))
         parts[train[held]] = SplitPart.calib.value
     return list(parts)
 
@@ -125,6 +135,32 @@ def load_split(path: Path) -> list[SplitItem]:
             reader = csv.DictReader(fh)
             if not {"path", "label", "group", "part"} <= set(reader.fieldnames or ()):
                 raise LungCTError(not_a_split)
-            return [SplitItem(r["path"], r["label"], r["group"], r["part"]) for r in reader]
+            rows = [(reader.line_num, SplitItem(r["path"], r["label"], r["group"], r["part"])) for r in reader]
     except (UnicodeDecodeError, csv.Error) as exc:
         raise LungCTError(not_a_split) from exc
+    check_listed_once(rows, path)
+    return [item for _, item in rows]
+
+
+def check_listed_once(rows: list[tuple[int, SplitItem]], path: Path) -> None:
+    """Refuse a split that lists one image twice: in two parts it is a leak (trained on, then scored as unseen);
+    in one part it counts twice. rows: (line number, item) as read from `path`. Paths are compared made absolute
+    (as training opens them), so a.png and ./a.png are one image."""
+    first: dict[str, tuple[int, SplitItem]] = {}
+    repeats: list[tuple[int, SplitItem, int, SplitItem]] = []
+    for line, item in rows:
+        if not item.path:  # an empty or short row: the split's readers report it in their terms
+            continue
+        key = os.path.abspath(item.path)
+        if key in first:
+            repeats.append((*first[key], line, item))
+        else:
+            first[key] = (line, item)
+    if not repeats:
+        return
+    line_a, a, line_b, b = repeats[0]
+    where = f"in both {a.part} and {b.part}" if a.part != b.part else f"twice in {a.part}"
+    more = f" ({len(repeats) - 1} more repeated rows)" if len(repeats) > 1 else ""
+    raise LungCTError(
+        f"{path} lines {line_a} and {line_b} list {a.path} {where}{more}; each image belongs once in one part"
+    )

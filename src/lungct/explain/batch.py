@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from lungct.contracts import SplitPart
 from lungct.data.images import ImageReadError, shown_path
+from lungct.data.scan import printable_path
 from lungct.data.splits import load_split
 from lungct.errors import LungCTError
 from lungct.explain.explainer import Explainer
@@ -52,7 +53,8 @@ def held_out_paths(run_dir: str | Path, part: str = SplitPart.test, per_class: i
 
 
 def _unique_stem(path: Path, used: set[str]) -> str:
-    stem = path.stem.replace(" ", "_") or "image"
+    # printable: a name whose bytes are not UTF-8 would otherwise fail in explanations.csv, after its heatmap
+    stem = printable_path(path.stem).replace(" ", "_") or "image"
     name, k = stem, 2
     while name in used:
         name, k = f"{stem}-{k}", k + 1
@@ -85,7 +87,7 @@ def explain_to_folder(
         np.save(out / f"{name}.npy", item.heatmap)
         save_overlay(item, out / f"{name}.png", explainer.card.preprocess)
         row = item.to_dict()
-        row.update(npy=f"{name}.npy", png=f"{name}.png", path=row["path"] and shown_path(row["path"]))
+        row.update(npy=f"{name}.npy", png=f"{name}.png", path=row["path"] and printable_path(shown_path(row["path"])))
         result.written.append(row)
     bar.close()
     _write_index(out, result.written)

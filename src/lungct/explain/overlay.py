@@ -16,6 +16,7 @@ from matplotlib.figure import Figure  # not pyplot: no global state, safe in the
 from matplotlib.patches import Rectangle
 from PIL import Image
 
+from lungct.data.scan import printable_path
 from lungct.data.transforms import Preprocess
 from lungct.explain.cam import METHOD_TITLES, crop_box
 from lungct.explain.explainer import Explanation
@@ -108,7 +109,7 @@ def render_overlay(
         layers = f"{layers} layers ({len(explanation.layers)}, averaged)"
     elif layers == "default":
         layers = explanation.layers[0].removeprefix("backbone.")
-    title = Path(explanation.path).name if explanation.path else ""
+    title = printable_path(Path(explanation.path).name) if explanation.path else ""  # matplotlib takes text only
     ax.set_title(f"{title}\nlayer: {layers}", fontsize=9)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight")

@@ -31,9 +31,7 @@ def write_split(cfg: ExperimentConfig, out: str | Path, progress: bool = True) -
     data = prepare_data(cfg, progress)
     items = split_items(data, cfg)
     save_split(items, out)
-    for s in data.skipped:
-        log.warning("skipped %s: %s", s.path, s.reason)
-    return items, data.skipped
+    return items, data.skipped  # prepare_data has logged each skipped file
 
 
 def read_split_file(path: str | Path) -> list[SplitItem]:

@@ -68,7 +68,7 @@ def pruning_callback(trial: optuna.Trial, metric: str):
 
 def _sampler(settings: TuneSettings, cfg: ExperimentConfig, n_existing: int) -> optuna.samplers.BaseSampler:
     # The seed moves on with the study, so a resumed random or TPE search does not repeat its first draws.
-    seed = cfg.seed + n_existing
+    seed = (cfg.seed + n_existing) % 2**32  # the samplers take numpy seeds, at most 2**32 - 1
     if settings.sampler == "grid":
         return optuna.samplers.GridSampler(grid_space(cfg), seed=seed)
     if settings.sampler == "random":

@@ -236,3 +236,12 @@ def test_an_unforeseen_file_system_error_is_one_line_naming_the_path(capsys, mon
     monkeypatch.setattr(cli_main, "app", raising(ConnectionResetError(104, "Connection reset by peer")))
     with pytest.raises(ConnectionResetError):  # no path to name: not a user's file problem, so not hidden
         cli_main.main(["train"])
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**32)])
+def test_a_seed_out_of_numpys_range_is_a_usage_error_before_the_scan(capsys, tmp_path, seed):
+    code, out, err = _run(capsys, "train", "--data", tmp_path, "--seed", seed, "--out", tmp_path / "run")
+    assert code == 2 and out == "" and "Traceback" not in err, err
+    assert err.startswith("lungct: error: Invalid value for '--seed'") and (
+        "4294967295" in err or ">= 0" in err or "greater than or equal to 0" in err
+    )

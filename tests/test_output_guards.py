@@ -100,3 +100,16 @@ def test_explain_out_never_writes_over_the_slices_it_explains(capsys, tiny_run, 
     code, _, err = _run(capsys, "explain", "--run", run, slices, "--out", tmp_path / "heatmaps", "-q")
     assert code == 0, err
     assert sorted(p.name for p in (tmp_path / "heatmaps").glob("*.png")) == ["0.png", "1.png"]
+
+
+def test_evaluate_on_data_of_one_class_says_what_the_figures_cover(capsys, tiny_run, tmp_path):
+    run, data = tiny_run
+    shutil.copytree(data / "Normal cases", tmp_path / "screening" / "Normal cases")
+    code, _, err = _run(
+        capsys, "evaluate", "--run", run, "--data", tmp_path / "screening", "--out", tmp_path / "e", "-q"
+    )
+    assert code == 0, err
+    assert err.strip() == (
+        "lungct: warning: the data holds 1 of the model's 3 classes (normal): "
+        "balanced accuracy and AUC cover those only"
+    )

@@ -6,12 +6,15 @@ file system is atomic, so a kill at any moment leaves either the old file or the
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
 import re
+import signal
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from lungct.errors import LungCTError
@@ -55,13 +58,42 @@ def replaceable_output(
             raise LungCTError(f"{what} {path} exists and is not {kind}; refusing to replace it")
 
 
+@contextlib.contextmanager
+def sigint_deferred() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) until the block ends, then deliver it to the handler it was meant for.
+
+    A KeyboardInterrupt in the middle of a write (torch.save, a fsync) leaves a .tmp file, and torch's writer
+    answers it with a second, unrelated traceback; a write of a few hundred milliseconds is better finished.
+    Only the main thread may set signal handlers, and a SIGINT that is ignored or left to the OS is not Python's
+    to defer: there the block runs as it is.
+    """
+    previous = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
+    if not callable(previous):
+        yield
+        return
+    received: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:  # the block finished: now the interrupt it held (KeyboardInterrupt, for Python's own handler)
+        previous(signal.SIGINT, None)
+
+
 def atomic_write(path: Path, data: bytes) -> None:
+    """Write `data` to `path` whole or not at all; Ctrl-C waits for the write (sigint_deferred)."""
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    with sigint_deferred():
+        try:
+            with tmp.open("wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 def atomic_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence]) -> None:

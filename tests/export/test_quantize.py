@@ -82,6 +82,19 @@ def test_a_run_without_a_held_out_part_is_refused_before_the_float_export(run, c
     assert len(err.strip().splitlines()) == 1 and not (run / "model.onnx").exists()
 
 
+def test_a_calibration_folder_without_images_is_refused_before_the_float_export(run, tmp_path, capsys):
+    """It was found out only after the float export had rewritten model.onnx."""
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / "slice.webp").write_bytes(b"RIFF")
+    before = (run / "model.onnx").read_bytes()
+    argv = ["export", "--run", str(run), "--quantize", "int8", "--int8-calibration-folder", str(odd)]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert captured.err.strip() == f"lungct: error: no images in the calibration folder {odd}" and captured.out == ""
+    assert (run / "model.onnx").read_bytes() == before
+
+
 def test_a_broken_calibration_set_is_refused_and_nothing_is_written(run, tmp_path):
     flat = tmp_path / "flat"  # slices with almost no structure: every activation range collapses
     flat.mkdir()

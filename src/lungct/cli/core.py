@@ -18,6 +18,7 @@ from lungct.cli.options import (
     TrackingUri,
     log,
     setup_logging,
+    warn_if_unfinished,
 )
 from lungct.errors import LungCTError
 from lungct.files import output_folder, replaceable_output
@@ -34,7 +35,7 @@ def train_command(
     ] = None,
     arch: Annotated[str | None, typer.Option("--arch", help="backbone name (see `lungct backbones`)")] = None,
     split: Annotated[SplitMode | None, typer.Option("--split", help="split mode")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="random seed")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", min=0, max=2**32 - 1, help="random seed")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a finished run in --out")] = False,
     params: Annotated[
         Path | None, typer.Option("--params", exists=True, dir_okay=False, help="params.yaml laid over the config")
@@ -151,6 +152,7 @@ def evaluate_command(
     dist = init_distributed()  # under torchrun: each rank predicts a shard, rank 0 reports
     if dist.is_main:
         output_folder(out, "--out")
+        warn_if_unfinished(run)
     setup_logging(quiet or not dist.is_main)
     name = f"{run.resolve().name}-eval"
     track = not no_track and dist.is_main
@@ -164,6 +166,13 @@ def evaluate_command(
         f"n={m['n']} accuracy={m['accuracy']:.3f} balanced_accuracy={m['balanced_accuracy']:.3f} "
         f"macro_f1={m['macro_f1']:.3f} macro_auc={m['macro_auc'] or float('nan'):.3f} ece={m['ece']:.3f}"
     )
+    present = [name for name, c in m["classes"].items() if c["support"]]
+    if len(present) < len(m["classes"]):
+        typer.echo(
+            f"lungct: warning: the data holds {len(present)} of the model's {len(m['classes'])} classes "
+            f"({', '.join(present)}): balanced accuracy and AUC cover those only",
+            err=True,
+        )
     floor = m.get("ece_consistency")
     if floor:
         typer.echo(
@@ -190,13 +199,13 @@ def predict_command(
     """
     from lungct.distributed import current, init_distributed, map_shards
     from lungct.files import atomic_write
-    from lungct.inference import Predictor, expand_paths, unfinished_run
+    from lungct.inference import Predictor, expand_paths
 
     setup_logging(True)
     init_distributed()
     predictor = Predictor(run, tta=tta, hu_offset=hu_offset)
-    if (reason := unfinished_run(run)) is not None and current().is_main:
-        typer.echo(f"lungct: warning: {reason}", err=True)
+    if current().is_main:
+        warn_if_unfinished(run)
     files = [str(p) for p in expand_paths(paths)]
     if out is not None and current().is_main:
         output_folder(out.parent, "the folder of --out")  # before predicting, not after

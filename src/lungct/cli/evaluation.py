@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from lungct.cli.options import ConfigFile, NoTrack, Quiet, TrackingUri, setup_logging
+from lungct.cli.options import ConfigFile, NoTrack, Quiet, TrackingUri, setup_logging, warn_if_unfinished
 from lungct.contracts import CalibrationMethod
 from lungct.files import output_folder
 
@@ -113,6 +113,7 @@ def calibrate_command(
     from lungct.evaluation.calibrate import calibrate_run
 
     setup_logging(quiet)
+    warn_if_unfinished(run)
     report = calibrate_run(run, method.value, progress=not quiet, from_cv=from_cv)
     if method == "temperature":
         images = "" if report["cross_fitted"] else " images"

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from lungct.cli.options import setup_logging
+from lungct.cli.options import setup_logging, warn_if_unfinished
 
 
 class Quantize(StrEnum):
@@ -55,10 +55,11 @@ def export_command(
     from lungct.export.onnx_export import export_onnx
 
     setup_logging(True)
+    warn_if_unfinished(run)
     if quantize is not None:
         from lungct.export.quantize import check_quantizable
 
-        check_quantizable(run)
+        check_quantizable(run, calibration_folder, calibration_images)
     info = export_onnx(run, fmt.lower(), opset, samples)
     diff = info["check"]["max_abs_diff"]
     cal = info["calibration"]

@@ -6,7 +6,10 @@ Library packages never import this package; the import-linter contract in pyproj
 
 from __future__ import annotations
 
+import functools
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import typer
 
@@ -67,9 +70,60 @@ COMMANDS = {
     "retrain": retrain.retrain_command,
     "promote": promote.promote_command,
 }
+INTERRUPTED = "lungct: interrupted; run the same command again to resume"
+
+
+class Interrupted(Exception):
+    """Ctrl-C inside a command, carried past typer: typer turns a KeyboardInterrupt into a silent exit 130 (even
+    with standalone_mode=False), so main() could never say what happened. An Exception, not a BaseException, so
+    that typer and click let it through untouched."""
+
+
+def _caused_by_interrupt(exc: BaseException | None) -> bool:
+    """Whether `exc` is a KeyboardInterrupt or was raised while one was handled: an extension module being
+    imported turns Ctrl-C into "ImportError: initialization failed", and a writer interrupted mid-file may
+    fail again in its clean-up."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _reporting_interrupts(function: Callable[..., Any]) -> Callable[..., Any]:
+    """`function` with Ctrl-C raised as Interrupted (functools.wraps keeps the signature typer reads)."""
+    if getattr(function, "_reports_interrupts", False):
+        return function
+
+    @functools.wraps(function)
+    def command(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except (KeyboardInterrupt, Exception) as exc:
+            if _caused_by_interrupt(exc):
+                raise Interrupted from exc
+            raise
+
+    command._reports_interrupts = True  # type: ignore[attr-defined]
+    return command
+
+
+def _report_interrupts(typer_app: typer.Typer) -> None:
+    """Wrap every command of `typer_app` and of the groups added to it (lungct feedback ...)."""
+    for info in typer_app.registered_commands:
+        if info.callback is not None:
+            info.callback = _reporting_interrupts(info.callback)
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _report_interrupts(group.typer_instance)
+
+
 for _name, _function in COMMANDS.items():
     app.command(_name)(_function)
 app.add_typer(feedback.app, name="feedback")
+_report_interrupts(app)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,8 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         typer.echo(f"lungct: error: {' '.join(message.split())}", err=True)
         return getattr(exc, "exit_code", 2)
-    except (typer.Abort, KeyboardInterrupt):
-        typer.echo("lungct: interrupted; run the same command again to resume", err=True)
+    except (typer.Abort, KeyboardInterrupt, Interrupted):
+        if launch.reports_interrupts():
+            typer.echo(INTERRUPTED, err=True)
         return 130
     except LungCTError as exc:
         typer.echo(f"lungct: error: {exc}", err=True)
@@ -102,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         typer.echo(f"lungct: error: {missing}", err=True)
         return 1
+    if result == 130 and launch.reports_interrupts():  # typer's exit for a Ctrl-C outside any command (parsing)
+        typer.echo(INTERRUPTED, err=True)
     return result if isinstance(result, int) else 0
 
 

@@ -59,3 +59,13 @@ def quiet_dicom_warnings() -> None:
 
 def _errors_only(record: logging.LogRecord) -> bool:
     return record.levelno >= logging.ERROR
+
+
+def warn_if_unfinished(run: Path) -> None:
+    """One warning line when `run` is still training or was interrupted: its weights are an intermediate
+    checkpoint, and whatever a command derives from them (metrics, a calibration, an export) describes weights
+    that resuming the training will replace."""
+    from lungct.inference import unfinished_run
+
+    if (reason := unfinished_run(run)) is not None:
+        typer.echo(f"lungct: warning: {reason}", err=True)

@@ -12,10 +12,12 @@ lungct.inference.onnx_runtime checks before the graph is used.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +43,11 @@ from lungct.run import RunDir, load_model, model_version, write_json
 
 FORMATS = ("onnx",)
 DEFAULT_OPSET = 18
+# torch's dynamo exporter implements opset 18 and newer only. Asked for less, it writes opset 18 and tries to
+# convert the file down with onnx's version converter, which fails on these graphs (Reduce* ops whose axes are
+# inputs) and leaves it at 18 while printing a traceback. The TorchScript exporter (torch.onnx.export with
+# dynamo=False) writes opsets 13 to 17 natively, so those go to it (checked for every opset from 13 to 17).
+DYNAMO_MIN_OPSET = 18
 # float32 through different kernels: probabilities agree to ~1e-6; 1e-4 still catches any real mismatch.
 PROB_TOLERANCE = 1e-4
 FEATURE_RTOL = 1e-3  # features are unbounded, so their bound is relative to their largest magnitude
@@ -82,12 +89,32 @@ def sample_inputs(run: RunDir, preprocess, n: int, seed: int = 0) -> tuple[torch
     return torch.stack(tensors), f"{n_real} slices from the run's split + {n - n_real} random tensors"
 
 
+@contextlib.contextmanager
+def _quiet_exporter_logs() -> Iterator[None]:
+    """Keep the exporters' own warnings (torch.onnx's and onnxscript's, a version conversion's traceback among
+    them) off stderr: what they mean for the file (its opset, whether it runs) is checked and told in lungct's
+    words."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels, strict=True):
+                logger.setLevel(level)
+
+
 def _torch_export(graph: nn.Module, example: torch.Tensor, path: Path, opset: int) -> str:
-    """torch.onnx.export with the torch.export-based (dynamo) exporter; the TorchScript one if that fails."""
+    """torch.onnx.export with the torch.export-based (dynamo) exporter; the TorchScript one if that fails or for
+    an opset below DYNAMO_MIN_OPSET, which the dynamo exporter cannot write."""
     common = {"input_names": [INPUT_NAME], "output_names": list(OUTPUT_NAMES), "opset_version": opset}
+    if opset < DYNAMO_MIN_OPSET:
+        return _torchscript_export(graph, example, path, common)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with _quiet_exporter_logs():
             torch.onnx.export(
                 graph,
                 (example,),
@@ -101,14 +128,25 @@ def _torch_export(graph: nn.Module, example: torch.Tensor, path: Path, opset: in
         return "torch.onnx (dynamo)"
     except Exception as exc:  # the exporter fails in many ways (unsupported op, guard, ...); try the older one
         log.warning("dynamo ONNX export failed (%s: %s); trying the TorchScript exporter", type(exc).__name__, exc)
+    return _torchscript_export(graph, example, path, common)
+
+
+def _torchscript_export(graph: nn.Module, example: torch.Tensor, path: Path, common: dict) -> str:
     axes = {name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)}
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # its deprecation notice is known and says nothing about this model
+        with _quiet_exporter_logs():  # its deprecation notice is known and says nothing about this model
             torch.onnx.export(graph, (example,), str(path), dynamo=False, dynamic_axes=axes, **common)
     except Exception as exc:
         raise LungCTError(f"ONNX export failed: {type(exc).__name__}: {str(exc)[:300]}") from exc
     return "torch.onnx (torchscript)"
+
+
+def graph_opset(path: Path) -> int | None:
+    """The default-domain (ai.onnx) opset a written ONNX file declares: what a runtime judges it by."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
 def _max_abs_diff(onnx_model: OnnxModel, graph: nn.Module, batch: torch.Tensor) -> dict[str, float]:
@@ -145,6 +183,12 @@ def export_onnx(run_dir: str | Path, fmt: str = "onnx", opset: int = DEFAULT_OPS
     start = time.perf_counter()
     try:
         exporter = _torch_export(graph, torch.zeros(2, 3, size, size), tmp, opset)
+        written = graph_opset(tmp)
+        if written != opset:  # an exporter may quietly write another opset than asked; a runtime would refuse it
+            raise LungCTError(
+                f"could not export at opset {opset}: the exporter ({exporter}) wrote opset {written}; "
+                f"{ONNX_FILE} was not changed"
+            )
         onnx_model = _check_graph(tmp)
         batch, described = sample_inputs(run, card.preprocess, max(2, samples))
         diffs = _max_abs_diff(onnx_model, graph, batch)
@@ -166,7 +210,7 @@ def export_onnx(run_dir: str | Path, fmt: str = "onnx", opset: int = DEFAULT_OPS
         "weights_hash": weights_hash(version),  # what staleness compares; independent of the run's folder name
         "arch": card.arch,
         "classes": list(card.classes),
-        "opset": opset,
+        "opset": written,  # read back from the file, not the option
         "exporter": exporter,
         "torch_version": torch.__version__,
         "input": {

@@ -183,9 +183,12 @@ def _test_items(run: RunDir) -> tuple[str, list[SplitItem]]:
     )
 
 
-def check_quantizable(run_dir: str | Path) -> None:
-    """Refuse, before the float export's minutes, a run that has no held-out part to check its INT8 model on."""
-    _test_items(RunDir(run_dir))
+def check_quantizable(run_dir: str | Path, calibration_folder: Path | None = None, n_calibration: int = 1) -> None:
+    """Refuse, before the float export's minutes (which rewrite model.onnx), a run that has no held-out part to check
+    its INT8 model on, or calibration images that cannot be had."""
+    run = RunDir(run_dir)
+    _test_items(run)
+    calibration_paths(run, n_calibration, folder=calibration_folder)
 
 
 def _predict(model: OnnxModel, batch: np.ndarray, temperature_in_graph: bool) -> np.ndarray:

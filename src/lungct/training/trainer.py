@@ -38,7 +38,10 @@ from lungct.data.splits import SplitItem, load_split, part_counts, save_split
 from lungct.data.transforms import eval_transform, train_transform
 from lungct.distributed import IGNORE_INDEX, PaddedDataset, ShardedBatches, current, restart_count
 from lungct.errors import LungCTError
-from lungct.files import atomic_csv, output_folder
+from lungct.files import atomic_csv, output_folder, sigint_deferred
+from lungct.inference.calibration import CALIBRATION_FILE
+from lungct.inference.familiarity import FAMILIARITY_FILE
+from lungct.inference.onnx_runtime import EXPORT_FILE, INT8_EXPORT_FILE, INT8_ONNX_FILE, ONNX_FILE
 from lungct.models.classifier import build_classifier
 from lungct.run import ModelCard, RunDir, load_weights, save_weights, write_json
 from lungct.training.freezing import count_trainable, freeze_batchnorm_stats, set_trainable, unfreeze_top
@@ -89,6 +92,28 @@ def _score(row: dict, monitor: str) -> float:
 
 
 EpochCallback = Callable[[dict], None]
+
+# What other commands derive from a run's weights and keep in the run folder: the calibration (lungct calibrate:
+# calibration.json and its calibration/ report), the familiarity and drift references, the ONNX exports, an
+# operating point written into the run (threshold --out RUN, which the DICOM node reads), the evaluation in RUN/eval
+# (which serve reports) and a retrain's promotion decision. Training that resumes or continues in the folder writes
+# new weights, which make every one of them wrong without a word (predict applied the old temperature to the new
+# weights), so it removes them as --overwrite does; what resuming needs (checkpoint, history, split, config,
+# model.json, the best weights so far) stays. The names not imported live in layers above training.
+WEIGHTS_DERIVED = (
+    CALIBRATION_FILE,
+    "calibration",
+    FAMILIARITY_FILE,
+    "drift_reference.npz",  # lungct.monitoring.drift_reference.REFERENCE_FILE
+    ONNX_FILE,
+    EXPORT_FILE,
+    INT8_ONNX_FILE,
+    INT8_EXPORT_FILE,
+    "operating_points.json",  # lungct.evaluation.operating_points
+    "coverage_accuracy.png",
+    "eval",
+    "promotion.json",  # lungct.retrain.challenger.PROMOTION_FILE
+)
 
 
 # A seam for crash-safety tests: called with the name of each place a kill could land (a batch, each file a
@@ -163,6 +188,25 @@ class Trainer:
                 "run it again with the same config to resume, or pass --overwrite to start afresh"
             )
         return True
+
+    def _drop_weights_derived(self) -> None:
+        """Remove what earlier weights of this run left behind (WEIGHTS_DERIVED), saying so in one line."""
+        found = [self.run.path / name for name in WEIGHTS_DERIVED if (self.run.path / name).exists()]
+        if not found:
+            return
+        names = [p.name + ("/" if p.is_dir() and not p.is_symlink() else "") for p in found]
+        for path, name in zip(found, names, strict=True):
+            if name.endswith("/"):
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        log.warning(
+            "%s: training goes on with new weights, so %s, made from the earlier weights, %s removed; "
+            "run the commands that made them again when training ends",
+            self.run.path,
+            ", ".join(names),
+            "was" if len(names) == 1 else "were",
+        )
 
     # -- data ---------------------------------------------------------------------------------------
     def _items(self) -> tuple[list[SplitItem], list[dict]]:
@@ -301,6 +345,8 @@ class Trainer:
             torch.set_num_threads(cfg.train.threads)
         started = time.time()
         items, skipped = self._items()
+        if self.dist.is_main:
+            self._drop_weights_derived()
         classes = sorted({i.label for i in items})
         self.class_index = {c: k for k, c in enumerate(classes)}
         by_part = {p: [i for i in items if i.part == p] for p in (SplitPart.train, SplitPart.val, SplitPart.test)}
@@ -646,15 +692,25 @@ def changed_fields(before: dict, now: dict, prefix: str = "") -> list[str]:
 
 
 def save_checkpoint(payload: dict, path: Path) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename: a kill never leaves half a checkpoint."""
+    """Write to a temporary file in the same folder, fsync, then rename: a kill never leaves half a checkpoint.
+
+    Ctrl-C waits until the checkpoint is in place (sigint_deferred): interrupted inside torch.save, the file was
+    left half-written as checkpoint_last.pt.tmp and torch's writer added a traceback of its own. A write that
+    fails (a full disk) removes its temporary file.
+    """
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as fh:
-        torch.save(payload, fh)
-        fh.flush()
-        KILL_POINT("checkpoint-half-written")
-        os.fsync(fh.fileno())
-    KILL_POINT("checkpoint-before-rename")
-    os.replace(tmp, path)
+    with sigint_deferred():
+        try:
+            with tmp.open("wb") as fh:
+                torch.save(payload, fh)
+                fh.flush()
+                KILL_POINT("checkpoint-half-written")
+                os.fsync(fh.fileno())
+            KILL_POINT("checkpoint-before-rename")
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 def train(

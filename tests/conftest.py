@@ -101,3 +101,16 @@ def tiny_config(data: Path, weights: Path | None = None, **train) -> ExperimentC
         },
     }
     return parse_config(raw)
+
+
+@pytest.fixture
+def python_sigint():
+    """SIGINT at Python's own handler (KeyboardInterrupt), as a terminal's Ctrl-C finds it, whatever the test runner
+    or a background shell set (an ignored SIGINT would never interrupt); restored afterwards."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,16 +27,6 @@ def plain_env(monkeypatch) -> None:
     for name in ("RANK", LAUNCHED_ENV, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"):
         monkeypatch.setenv(name, "")  # recorded, so that teardown restores it even if it was absent
         monkeypatch.delenv(name)
-
-
-@pytest.fixture
-def python_sigint() -> Iterator[None]:
-    """SIGINT at Python's own handler (KeyboardInterrupt), whatever the test runner set."""
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def _interrupt(*args, **kwargs):

@@ -14,18 +14,6 @@ import torch
 from lungct.cli import main
 from lungct.export import export_onnx
 from lungct.inference import Predictor
-from lungct.training import train
-from tests.conftest import tiny_config, write_dataset
-
-
-@pytest.fixture(scope="module")
-def cnn_run(tmp_path_factory) -> Path:
-    """The from-scratch small_cnn at 32 px, one epoch per phase."""
-    root = tmp_path_factory.mktemp("export")
-    cfg = tiny_config(write_dataset(root / "data", per_class=6))
-    cfg.model.arch = "small_cnn"
-    cfg.train.phase1.epochs = cfg.train.phase2.epochs = 1
-    return train(cfg, root / "run", progress=False).path
 
 
 def _copy(run: Path, tmp_path: Path, calibration: dict | None) -> Path:

@@ -18,18 +18,6 @@ import pytest
 from lungct.cli import main
 from lungct.export import onnx_export
 from lungct.inference import Predictor
-from lungct.training import train
-from tests.conftest import tiny_config, write_dataset
-
-
-@pytest.fixture(scope="module")
-def cnn_run(tmp_path_factory) -> Path:
-    """The from-scratch small_cnn at 32 px, one epoch per phase (as in test_export_onnx)."""
-    root = tmp_path_factory.mktemp("opset")
-    cfg = tiny_config(write_dataset(root / "data", per_class=6))
-    cfg.model.arch = "small_cnn"
-    cfg.train.phase1.epochs = cfg.train.phase2.epochs = 1
-    return train(cfg, root / "run", progress=False).path
 
 
 def _file_opset(path: Path) -> int:

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,15 +30,6 @@ CHILD = (
     "from lungct.cli.main import run; run()"
 )
 EPOCHS = 40  # small_cnn from scratch: one phase of 20 + 20 epochs, a fraction of a second each
-
-
-@pytest.fixture
-def python_sigint() -> Iterator[None]:
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def test_ctrl_c_inside_a_checkpoint_write_finishes_the_checkpoint(python_sigint, monkeypatch, tmp_path):

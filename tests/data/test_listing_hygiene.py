@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -214,3 +215,19 @@ def test_the_largest_seed_splits_and_one_set_in_code_out_of_range_is_one_clear_e
     labels = [c for c in "abc" for _ in range(12)]
     with pytest.raises(LungCTError, match=rf"^seed -1 is out of range: it must be between 0 and {SEED_MAX}$"):
         make_split(labels, [f"g{i}" for i in range(36)], 0.2, 0.2, seed=-1)  # as `train --seed -1` sets it
+
+
+def test_an_image_reached_twice_across_sources_or_by_a_link_is_refused(tmp_path):
+    """`--data D --data D`, overlapping sources or a symlink doubled images, and a split could then put one
+    image's two copies in two parts."""
+    data = write_dataset(tmp_path / "data", per_class=3)
+    twice = DataConfig(sources=[SourceConfig(path=str(data)), SourceConfig(path=str(data))])
+    with pytest.raises(LungCTError, match=r"is read twice \(data: data\): a source given twice"):
+        collect_samples(twice)
+    normal = data / "Normal cases"
+    target = sorted(normal.glob("*.png"))[0]
+    (data / "Bengin cases" / "linked.png").symlink_to(target)
+    with pytest.raises(LungCTError, match=re.escape(f"{target} is read twice")):
+        collect_samples(DataConfig(sources=[SourceConfig(path=str(data))]))
+    (data / "Bengin cases" / "linked.png").unlink()
+    assert len(collect_samples(DataConfig(sources=[SourceConfig(path=str(data))]))) == 9

@@ -77,12 +77,29 @@ def collect_samples(config: DataConfig, seed: int = 0) -> list[Sample]:
     samples: list[Sample] = []
     for source in config.sources:
         samples.extend(read_source(source))
+    _refuse_images_read_twice(samples)
     samples = [_map_label(s, config.label_map) for s in samples]
     if config.max_images_per_class:
         samples = _subsample(samples, config.max_images_per_class, seed)
     if not samples:
         raise LungCTError("the data sources hold no images")
     return samples
+
+
+def _refuse_images_read_twice(samples: list[Sample]) -> None:
+    """One image reached twice (a source given twice, overlapping sources, a symlink to another file of the data):
+    a split could put its two copies in two parts, so that it is trained on and scored as unseen. Paths are
+    resolved by every reader, so a repeat is one file. (A manifest's own repeats are refused with its line numbers
+    by read_manifest.)"""
+    first: dict[str, Sample] = {}
+    for sample in samples:
+        seen = first.setdefault(sample.path, sample)
+        if seen is not sample:
+            sources = seen.source if seen.source == sample.source else f"{seen.source} and {sample.source}"
+            raise LungCTError(
+                f"{sample.path} is read twice (data: {sources}): a source given twice, sources that overlap, or a "
+                "link to another file of the data; give each image once"
+            )
 
 
 def read_source(source: SourceConfig) -> list[Sample]:

@@ -196,3 +196,32 @@ def test_promote_with_a_damaged_promotion_json_is_one_line_and_registers_nothing
     from mlflow import MlflowClient
 
     assert len(MlflowClient(uri).search_model_versions("name='lungct'")) == 1  # the damaged run was not registered
+
+
+@pytest.mark.parametrize(
+    ("uri", "reason"),
+    [
+        ("bogus://x", "UnsupportedModelRegistryStoreURIException"),
+        ("sqlite:///{tmp}/notdb.sqlite", "DatabaseError"),
+        ("{tmp}/notes.yaml", "MlflowException"),  # a file path: MLflow's retired file store
+        ("sqlite:///{tmp}/other.sqlite", "ValueError: {tmp}/other.sqlite is another program's SQLite database"),
+    ],
+    ids=["scheme", "not-a-database", "file-path", "another-programs-database"],
+)
+def test_a_registry_uri_that_cannot_be_used_is_one_line(champion, tmp_path, capsys, monkeypatch, uri, reason):
+    """MLflow's traceback came through for each of these."""
+    monkeypatch.delenv("LUNGCT_TRACKING", raising=False)
+    (tmp_path / "notdb.sqlite").write_text("not a database")
+    (tmp_path / "notes.yaml").write_text("a: 1\n")
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "other.sqlite") as db:
+        db.execute("CREATE TABLE patients (id INTEGER)")
+    uri, reason = uri.format(tmp=tmp_path), reason.format(tmp=tmp_path)
+    code = main(["promote", "--run", str(champion), "--tracking-uri", uri])
+    err = capsys.readouterr().err
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith(f"lungct: error: the model registry at {uri} cannot be used: {reason}"), err
+    assert (tmp_path / "notdb.sqlite").read_text() == "not a database"
+    with sqlite3.connect(tmp_path / "other.sqlite") as db:  # MLflow added its tables to it before
+        assert [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")] == ["patients"]

@@ -16,12 +16,19 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 from lungct.errors import LungCTError
 from lungct.run import RunDir, model_version
-from lungct.tracking.tracker import experiment_id_for, resolve_tracking_uri, sqlite_path
+from lungct.tracking.tracker import (
+    HTTP_RETRIES_DEFAULT,
+    error_line,
+    experiment_id_for,
+    prepare_sqlite_store,
+    resolve_tracking_uri,
+)
 
 MODEL_NAME = "lungct"
 EXPERIMENT = "lungct-registry"
@@ -54,17 +61,21 @@ class Registry:
 
         for chatty in ("alembic", "mlflow.store.db.utils"):
             logging.getLogger(chatty).setLevel(logging.WARNING)
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", HTTP_RETRIES_DEFAULT)  # a server down: fail soon
         self.uri = resolve_tracking_uri(tracking_uri)
-        db = sqlite_path(self.uri)
-        if db is not None:
-            db.parent.mkdir(parents=True, exist_ok=True)
-        self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
         self.name = name
         self._missing = MlflowException
         try:
-            self.client.get_registered_model(name)
-        except MlflowException:
-            self.client.create_registered_model(name, description="lungct: lung CT slice classifiers")
+            prepare_sqlite_store(self.uri)
+            self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+            try:
+                self.client.get_registered_model(name)
+            except MlflowException as exc:
+                if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                    raise
+                self.client.create_registered_model(name, description="lungct: lung CT slice classifiers")
+        except Exception as exc:  # a bad scheme, a file that is no database, a server down: MLflow's own traceback
+            raise LungCTError(f"the model registry at {self.uri} cannot be used: {error_line(exc)}") from None
 
     # -- reading ----------------------------------------------------------------------------------------------
     def alias(self, alias: str) -> str | None:

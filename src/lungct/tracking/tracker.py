@@ -7,6 +7,7 @@ as always. mlflow is imported only when a run is actually tracked: it takes seco
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import json
@@ -33,7 +34,7 @@ STORE_DIR = "mlruns"  # the project's default store: mlruns/mlflow.db and mlruns
 _OFF = {"off", "0", "false", "no"}
 _BATCH = 100  # MLflow's per-request limit for params (metrics allow 1000)
 # MLflow retries an unreachable server for ~4 minutes by default; a tracking outage should cost seconds.
-_HTTP_RETRIES_DEFAULT = "2"
+HTTP_RETRIES_DEFAULT = "2"
 
 _active: ContextVar[tuple[Tracker, ...]] = ContextVar("lungct_tracking_runs", default=())
 
@@ -71,13 +72,31 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///") :].split("?", 1)[0]).expanduser()
 
 
+def prepare_sqlite_store(uri: str) -> None:
+    """Make a SQLite store's folder, and refuse a database that another program owns: MLflow would add its
+    tables to it without a word (the prediction log refuses such a file in the same way)."""
+    db = sqlite_path(uri)
+    if db is None:
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    if not db.is_file() or db.stat().st_size == 0:
+        return
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+        tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if tables and "experiments" not in tables:
+        raise ValueError(f"{db} is another program's SQLite database (no MLflow tables); choose another file")
+
+
 def artifact_root(uri: str) -> Path | None:
     """Artifacts of a SQLite store live beside its database (mlruns/artifacts); servers choose their own."""
     db = sqlite_path(uri)
     return db.resolve().parent / "artifacts" if db else None
 
 
-def _one_line(exc: BaseException) -> str:
+def error_line(exc: BaseException) -> str:
+    """An MLflow, database or network error as one line: its type, then the first line of its message."""
     return f"{type(exc).__name__}: {one_line(exc, 300) or type(exc).__name__}"
 
 
@@ -102,7 +121,7 @@ class Tracker:
         try:
             return getattr(self._client, method)(self.run_id, *args, **kwargs)
         except Exception as exc:  # any MLflow, network or disk error: warn once, then go on untracked
-            log.warning("tracking: %s failed (%s); the run goes on without MLflow tracking", what, _one_line(exc))
+            log.warning("tracking: %s failed (%s); the run goes on without MLflow tracking", what, error_line(exc))
             self.run_id = None
             return None
 
@@ -208,13 +227,11 @@ def _start(
     tags: Mapping[str, Any] | None,
     parent: Tracker | None,
 ) -> Tracker:
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", _HTTP_RETRIES_DEFAULT)
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", HTTP_RETRIES_DEFAULT)
     for chatty in ("alembic", "mlflow.store.db.utils"):  # the SQLite store's schema set-up, once per store
         logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
-        db = sqlite_path(uri)
-        if db is not None:
-            db.parent.mkdir(parents=True, exist_ok=True)
+        prepare_sqlite_store(uri)
         from mlflow import MlflowClient
 
         client = MlflowClient(tracking_uri=uri)
@@ -224,7 +241,7 @@ def _start(
             run_tags["mlflow.parentRunId"] = str(parent.run_id)
         run = client.create_run(exp_id, tags=_context_tags(run_tags), run_name=name)
     except Exception as exc:  # bad URI, server down, unwritable folder: train anyway
-        log.warning("tracking: cannot start an MLflow run at %s (%s); going on without tracking", uri, _one_line(exc))
+        log.warning("tracking: cannot start an MLflow run at %s (%s); going on without tracking", uri, error_line(exc))
         return Tracker()
     log.info("tracking: MLflow run %s (%s) in experiment %r at %s", run.info.run_id, name, experiment, uri)
     return Tracker(client, run.info.run_id, uri, exp_id)

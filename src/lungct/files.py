@@ -81,6 +81,28 @@ def sigint_deferred() -> Iterator[None]:
         previous(signal.SIGINT, None)
 
 
+def sqlite_tables(path: Path) -> set[str]:
+    """The tables of an SQLite file, opened read-only: checking whose database it is must not write to it.
+    sqlite3.Error for a file that is no database."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+        return {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def refuse_foreign_sqlite(path: Path, own_table: str, what: str) -> None:
+    """Refuse an existing SQLite database that holds tables but not `own_table`: MLflow and Optuna would add their
+    tables to another program's database without a word. A missing or empty file is fine (it is created)."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    try:
+        tables = sqlite_tables(path)
+    except Exception:  # not a database at all: the library's own error says so, named by the caller
+        return
+    if tables and own_table not in tables:
+        raise LungCTError(f"{path} is another program's SQLite database (no {what} tables); choose another file")
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Write `data` to `path` whole or not at all; Ctrl-C waits for the write (sigint_deferred)."""
     tmp = path.with_name(path.name + ".tmp")

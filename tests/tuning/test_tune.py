@@ -154,3 +154,43 @@ def test_a_study_db_that_cannot_be_opened_is_one_line(tiny_dataset, tmp_path, ca
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert "study.db cannot be opened as an Optuna study" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_another_programs_database_is_refused_untouched(tiny_dataset, tmp_path, capsys):
+    """Optuna added its tables to it, and a new study began there."""
+    import sqlite3
+
+    cfg = _quick(tiny_dataset)
+    save_config(cfg, tmp_path / "c.yaml")
+    db = tmp_path / "s" / "study.db"
+    db.parent.mkdir()
+    with sqlite3.connect(db) as con:
+        con.execute("CREATE TABLE patients (id INTEGER)")
+    argv = ["tune", "--config", str(tmp_path / "c.yaml"), "--study-dir", str(tmp_path / "s"), "--trials", "1", "-q"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == (
+        f"lungct: error: {db} is another program's SQLite database (no Optuna tables); choose another file"
+    )
+    with sqlite3.connect(db) as con:
+        assert [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")] == ["patients"]
+
+
+def test_a_trial_stopped_by_ctrl_c_is_logged_without_a_traceback():
+    import logging
+
+    from lungct.tuning.study import InterruptWithoutTraceback
+
+    def record(exc: BaseException) -> logging.LogRecord:
+        try:
+            raise exc
+        except BaseException:
+            import sys
+
+            return logging.LogRecord("optuna", logging.WARNING, __file__, 1, "Trial 0 failed", None, sys.exc_info())
+
+    stopped, failed = record(KeyboardInterrupt()), record(ValueError("a real failure"))
+    assert InterruptWithoutTraceback().filter(stopped) and InterruptWithoutTraceback().filter(failed)
+    formatter = logging.Formatter()
+    assert formatter.format(stopped) == "Trial 0 failed"
+    assert "Traceback" in formatter.format(failed) and "a real failure" in formatter.format(failed)

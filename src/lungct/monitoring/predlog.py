@@ -20,6 +20,7 @@ from pydantic import ConfigDict, Field
 
 from lungct.contracts import Prediction
 from lungct.errors import LungCTError
+from lungct.files import sqlite_tables
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (
@@ -306,11 +307,7 @@ def open_existing_log(path: str | Path) -> PredictionLog:
     if header != b"SQLite format 3\x00":
         raise LungCTError(f"{p} is not a lungct prediction log (not an SQLite database)")
     try:  # read-only: another program's database must not get lungct's tables written into it
-        db = sqlite3.connect(f"{p.resolve().as_uri()}?mode=ro", uri=True)
-        try:
-            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        finally:
-            db.close()
+        tables = sqlite_tables(p)
     except sqlite3.Error as exc:
         raise LungCTError(f"cannot open the prediction log {p}: {exc}") from exc
     if "predictions" not in tables:

@@ -74,6 +74,8 @@ class Registry:
                 if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
                     raise
                 self.client.create_registered_model(name, description="lungct: lung CT slice classifiers")
+        except LungCTError:
+            raise
         except Exception as exc:  # a bad scheme, a file that is no database, a server down: MLflow's own traceback
             raise LungCTError(f"the model registry at {self.uri} cannot be used: {error_line(exc)}") from None
 

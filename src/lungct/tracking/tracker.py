@@ -7,7 +7,6 @@ as always. mlflow is imported only when a run is actually tracked: it takes seco
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import importlib.util
 import json
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lungct.errors import one_line
+from lungct.files import refuse_foreign_sqlite
 from lungct.tracking.flatten import metric_items, param_items
 
 if TYPE_CHECKING:
@@ -73,20 +73,12 @@ def sqlite_path(uri: str) -> Path | None:
 
 
 def prepare_sqlite_store(uri: str) -> None:
-    """Make a SQLite store's folder, and refuse a database that another program owns: MLflow would add its
-    tables to it without a word (the prediction log refuses such a file in the same way)."""
+    """Make a SQLite store's folder, and refuse a database that another program owns (MLflow would add its tables
+    to it; the prediction log and tune's study refuse such a file in the same way)."""
     db = sqlite_path(uri)
-    if db is None:
-        return
-    db.parent.mkdir(parents=True, exist_ok=True)
-    if not db.is_file() or db.stat().st_size == 0:
-        return
-    import sqlite3
-
-    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
-        tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    if tables and "experiments" not in tables:
-        raise ValueError(f"{db} is another program's SQLite database (no MLflow tables); choose another file")
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        refuse_foreign_sqlite(db, "experiments", "MLflow")
 
 
 def artifact_root(uri: str) -> Path | None:

@@ -23,7 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from lungct.config import ExperimentConfig
 from lungct.errors import LungCTError
-from lungct.files import output_folder
+from lungct.files import output_folder, refuse_foreign_sqlite
 from lungct.run import RunDir
 from lungct.training import train_or_reuse
 from lungct.tuning.settings import TuneSettings
@@ -102,9 +102,24 @@ def _storage(db: Path) -> optuna.storages.RDBStorage:
         ) from None
 
 
+class InterruptWithoutTraceback(logging.Filter):
+    """Optuna logs a trial that raised with the exception's traceback. A Ctrl-C is no failure to debug: its record
+    keeps Optuna's one line ("Trial 0 failed ..."), and lungct then says "interrupted" and how to resume."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 def open_study(cfg: ExperimentConfig, settings: TuneSettings) -> optuna.Study:
     """Create STUDY/study.db or continue it; refuse one made from another config, metric or sampler."""
     output_folder(settings.study_dir, "study folder")
+    refuse_foreign_sqlite(settings.study_dir / "study.db", "studies", "Optuna")
+    optuna.logging.set_verbosity(optuna.logging.INFO if settings.progress else optuna.logging.WARNING)
+    for handler in logging.getLogger("optuna").handlers:  # optuna's own stderr handler, set up just above
+        if not any(isinstance(f, InterruptWithoutTraceback) for f in handler.filters):
+            handler.addFilter(InterruptWithoutTraceback())
     storage = _storage(settings.study_dir / "study.db")
     name = cfg.name
     try:
@@ -233,7 +248,6 @@ def tune(cfg: ExperimentConfig, settings: TuneSettings) -> dict[str, Any]:
             log.warning("the grid has %d points: the study stops after %d trials", size, size)
     if remaining > 0:
         log.info("study %s: %d finished trials, running %d more", study.study_name, done, remaining)
-        optuna.logging.set_verbosity(optuna.logging.INFO if settings.progress else optuna.logging.WARNING)
         study.optimize(Objective(cfg, settings, split_file), n_trials=remaining, catch=())
     else:
         log.info("study %s already has %d finished trials; writing the reports", study.study_name, done)

@@ -113,6 +113,17 @@ def test_an_ensemble_run_given_as_cv_folder_is_named_as_a_run(within, tmp_path):
         build_ensemble(ensemble, tmp_path / "again")
 
 
+@pytest.mark.parametrize("where", ["cv", "fold", "parent"])
+def test_out_never_overlaps_the_cv_folder_even_with_overwrite(within, where):
+    """--overwrite cleared --out before reading the members: the whole cv folder (or a fold) was deleted."""
+    _, cv, _ = within
+    out = {"cv": cv, "fold": cv / "fold_1", "parent": cv.parent}[where]
+    before = sorted(p.relative_to(cv) for p in cv.rglob("*"))
+    with pytest.raises(LungCTError, match="is, holds or lies inside the cv folder"):
+        build_ensemble(cv, out, overwrite=True)
+    assert sorted(p.relative_to(cv) for p in cv.rglob("*")) == before
+
+
 def test_an_ensemble_of_fine_tuned_members_refuses_a_familiarity_reference(within, capsys):
     _, _, ensemble = within
     assert main(["familiarity", "--run", str(ensemble), "-q"]) == 1

@@ -53,6 +53,10 @@ def finished_folds(cv_dir: Path) -> tuple[dict, list[RunDir]]:
 def build_ensemble(cv_dir: str | Path, out: str | Path, overwrite: bool = False) -> RunDir:
     """Write the ensemble of `cv_dir`'s fold models into `out` and return it."""
     cv_dir, target = Path(cv_dir), RunDir(out)
+    cv_at, out_at = cv_dir.resolve(), target.path.resolve()
+    if out_at == cv_at or cv_at in out_at.parents or out_at in cv_at.parents:
+        # --overwrite cleared --out first: the cv folder, or a fold, was deleted before its models were read
+        raise LungCTError(f"--out {target.path} is, holds or lies inside the cv folder {cv_dir}; write elsewhere")
     info, runs = finished_folds(cv_dir)
     if target.path.exists() and not target.path.is_dir():
         raise LungCTError(f"--out {target.path} exists and is not a folder")

@@ -194,3 +194,43 @@ def test_a_trial_stopped_by_ctrl_c_is_logged_without_a_traceback():
     formatter = logging.Formatter()
     assert formatter.format(stopped) == "Trial 0 failed"
     assert "Traceback" in formatter.format(failed) and "a real failure" in formatter.format(failed)
+
+
+def test_a_trial_cut_off_mid_way_resumes_from_its_last_epoch(tiny_dataset, fake_pretrained, tmp_path, monkeypatch):
+    """The retry, a new trial number, used to be named after that number: the trainer saw another config in the
+    run directory and trained it again from epoch 1, so the cut-off epochs were lost."""
+    from lungct.tuning import study as study_module
+
+    cfg = _quick(tiny_dataset, fake_pretrained)
+    cfg.train.phase1.epochs, cfg.train.phase2.epochs = 3, 0
+    settings = TuneSettings(trials=1, study_dir=tmp_path / "s", sampler="random", progress=False, track=False)
+    study = open_study(cfg, settings)
+    split_file = study_module._fixed_split(cfg, settings.study_dir, False)
+
+    def ctrl_c_after_two(trial, metric):
+        def on_epoch(row: dict) -> None:
+            if int(row["step"]) == 2:
+                raise KeyboardInterrupt
+
+        return on_epoch
+
+    monkeypatch.setattr(study_module, "pruning_callback", ctrl_c_after_two)
+    cut_off = study.ask()
+    with pytest.raises(KeyboardInterrupt):
+        study_module.Objective(cfg, settings, split_file)(cut_off)
+    run_dir = tmp_path / "s" / "trials" / "trial_000"
+    first_session = _rows(run_dir / "history.csv")
+    assert len(first_session) == 2 and (run_dir / "checkpoint_last.pt").is_file()
+
+    monkeypatch.undo()
+    study = open_study(cfg, settings)  # marks the cut-off trial failed and queues it again
+    retry = study.ask()
+    assert retry.number == 1 and retry.user_attrs["run_dir"] == str(run_dir)
+    study_module.Objective(cfg, settings, split_file)(retry)
+    history = _rows(run_dir / "history.csv")
+    # epoch 1 is kept as written, timing and all (a run trained afresh would time it again); epoch 2, cut off
+    # before its checkpoint, is trained again from epoch 1's, to the same figures
+    assert len(history) == 3 and history[0] == first_session[0]
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in history[:2]] == [
+        {k: v for k, v in r.items() if k != "seconds"} for r in first_session
+    ]

@@ -184,9 +184,11 @@ class Objective:
 
         params = suggest(trial, self.knobs)
         cfg = apply_params(self.cfg, params)
-        cfg.name = f"{self.cfg.name}-trial{trial.number:03d}"
         default_dir = self.settings.study_dir / "trials" / f"trial_{trial.number:03d}"
         run_dir = Path(trial.user_attrs.get("run_dir") or default_dir)
+        # named after its run directory, not the trial number: a cut-off trial is retried under a new number, and
+        # a name that changed with it made the trainer see another config and start the run afresh
+        cfg.name = f"{self.cfg.name}-{run_dir.name.replace('_', '')}"
         trial.set_user_attr("run_dir", str(run_dir))
         monitor = cfg.train.early_stopping.monitor
         started, pruned = time.time(), None

@@ -33,7 +33,7 @@ def test_openapi_out_writes_the_schema(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["serve"], "give --run RUN (a run directory) or --model-uri"),
+        (["serve"], "invalid serve settings: give exactly one of run (a run directory) and model_uri"),
         (["serve", "--run", "/nonexistent/run"], "run directory not found"),
         (["serve", "--run", ".", "--max-file-mb", "-1"], "invalid serve settings: max_file_mb"),
         (["serve", "--run", ".", "--explain-max-side", "10"], "invalid serve settings: explain_max_side"),
@@ -117,3 +117,25 @@ def test_a_keep_uploads_folder_that_cannot_be_made_is_one_line(onnx_run, tmp_pat
     err = capsys.readouterr().err
     assert f"keep_uploads folder {tmp_path / 'file'} cannot be used: exists and is not a folder" in err, err
     assert "Traceback" not in err
+
+
+def test_the_command_takes_port_host_run_and_log_from_the_environment(monkeypatch, tmp_path, capsys):
+    """The options' defaults were always passed on, so LUNGCT_SERVE_PORT, _HOST, _RUN and _LOG_PREDICTIONS were
+    ignored (even invalid ones) and a deployment got port 8000 and a prediction log."""
+    import lungct.cli.serve as serve_cli
+
+    started: list[ServeSettings] = []
+    monkeypatch.setattr(serve_cli, "serve", started.append)
+    monkeypatch.setenv("LUNGCT_SERVE_PORT", "18601")
+    monkeypatch.setenv("LUNGCT_SERVE_HOST", "0.0.0.0")
+    monkeypatch.setenv("LUNGCT_SERVE_RUN", str(tmp_path))
+    monkeypatch.setenv("LUNGCT_SERVE_LOG_PREDICTIONS", "false")
+    assert main(["serve"]) == 0
+    (s,) = started
+    assert (s.port, s.host, s.run, s.log_predictions) == (18601, "0.0.0.0", tmp_path, False)
+    assert main(["serve", "--port", "18602", "--host", "127.0.0.1"]) == 0  # options still win
+    assert (started[-1].port, started[-1].host) == (18602, "127.0.0.1")
+    monkeypatch.setenv("LUNGCT_SERVE_PORT", "abc")
+    assert main(["serve"]) == 1
+    err = capsys.readouterr().err
+    assert "invalid serve settings: port" in err and len(err.strip().splitlines()) == 1, err

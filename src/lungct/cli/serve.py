@@ -24,8 +24,12 @@ class Precision(StrEnum):  # lungct.inference.onnx_runtime.PRECISIONS
 
 def serve_command(
     run: Annotated[Path | None, typer.Option("--run", help="run directory (from lungct train)")] = None,
-    host: Annotated[str, typer.Option("--host", help="address to listen on (0.0.0.0: every interface)")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="port (0 picks a free one)")] = 8000,
+    host: Annotated[
+        str | None, typer.Option("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0: every interface)")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option("--port", min=0, max=65535, help="port (default 8000; 0 picks a free one)")
+    ] = None,
     backend: Annotated[Backend | None, typer.Option("--backend", help="ONNX Runtime, PyTorch, or auto")] = None,
     tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="average with the mirrored slice")] = None,
     hu_offset: HuOffset = None,
@@ -103,11 +107,16 @@ def serve_command(
     if openapi_out is not None:
         typer.echo(f"wrote {write_openapi(openapi_out)}")
         return
-    if (run is None) == (model_uri is None):
-        raise LungCTError("give --run RUN (a run directory) or --model-uri models:/NAME@ALIAS, one of them")
     from lungct.serve.settings import ServeSettings
 
+    # Only what was given goes in: an option's default passed on would hide the LUNGCT_SERVE_* variable of the same
+    # setting (the port, host, run and prediction log of a deployment's environment were ignored before).
     options = {
+        "run": run,
+        "model_uri": model_uri,
+        "host": host,
+        "port": port,
+        "log_predictions": False if no_log else None,
         "backend": backend.value if backend else None,
         "tta": tta,
         "hu_offset": hu_offset,
@@ -137,18 +146,18 @@ def serve_command(
         "reload_interval_s": reload_interval_s,
     }
     try:
-        settings = ServeSettings(
-            run=run,
-            model_uri=model_uri,
-            host=host,
-            port=port,
-            log_predictions=not no_log,
-            **{k: v for k, v in options.items() if v is not None},
-        )
+        settings = ServeSettings(**{k: v for k, v in options.items() if v is not None})
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(_problem(e) for e in exc.errors())
         raise LungCTError(f"invalid serve settings: {problems}") from None
     serve(settings)
+
+
+def _problem(error: dict) -> str:
+    """One validation error as `field: message`; a rule over several fields (run or model_uri) has no field."""
+    message = str(error["msg"]).removeprefix("Value error, ")
+    where = ".".join(map(str, error["loc"]))
+    return f"{where}: {message}" if where else message
 
 
 def serve(settings) -> None:

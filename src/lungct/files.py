@@ -81,6 +81,21 @@ def sigint_deferred() -> Iterator[None]:
         previous(signal.SIGINT, None)
 
 
+def refuse_foreign_output(out: Path, own: Sequence[str], shown: str, command: str) -> None:
+    """A command that writes a folder of its own and resumes one it wrote before (cv, compare) refuses an --out
+    that holds other files: a trained run, a dataset, someone's notes would get its folders mixed into them, as
+    `train` already refuses. `own`: globs of what only this command writes; `shown` names them in the message."""
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if (out / "model.json").is_file():
+        raise LungCTError(f"--out {out} is a trained run; give {command} a new or empty folder")
+    if not any(any(out.glob(pattern)) for pattern in own):
+        raise LungCTError(
+            f"--out {out} holds files but no lungct {command} ({shown}), which {command} would write into; "
+            "choose a new or empty folder"
+        )
+
+
 def sqlite_tables(path: Path) -> set[str]:
     """The tables of an SQLite file, opened read-only: checking whose database it is must not write to it.
     sqlite3.Error for a file that is no database."""

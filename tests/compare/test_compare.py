@@ -129,6 +129,16 @@ def test_compare_cli_errors_are_one_line(tiny_dataset, fake_pretrained, tmp_path
     assert main([*base, "--archs", "small_cnn,mnasnet_100", "--weights", str(fake_pretrained)]) == 1
     err = capsys.readouterr().err
     assert "--weights is for the config's backbone mobilenetv2_100" in err and len(err.strip().splitlines()) == 1
+    # an --out holding other files (a dataset, a run) got runs/, split.csv and leaderboard.* mixed into it
+    for name, message in (("notes.txt", "holds files but no lungct compare"), ("model.json", "is a trained run")):
+        other = tmp_path / f"other-{name}"
+        other.mkdir()
+        (other / name).write_text("keep")
+        argv = ["compare", "--config", str(tmp_path / "c.yaml"), "--out", str(other), "-q"]
+        assert main([*argv, "--archs", "small_cnn,mobilenetv2_100"]) == 1
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+        assert [p.name for p in other.iterdir()] == [name]
 
 
 @pytest.mark.parametrize(

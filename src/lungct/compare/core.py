@@ -18,7 +18,7 @@ from typing import Any
 from lungct.compare.settings import PROBE_SUFFIX, CompareSettings
 from lungct.config import ExperimentConfig
 from lungct.errors import LungCTError
-from lungct.files import output_folder
+from lungct.files import output_folder, refuse_foreign_output
 from lungct.run import RunDir, write_json
 
 log = logging.getLogger("lungct")
@@ -111,6 +111,9 @@ def compare(cfg: ExperimentConfig, settings: CompareSettings) -> dict[str, Any]:
     if settings.weights is not None and cfg.model.arch not in {a.removesuffix(PROBE_SUFFIX) for a in settings.archs}:
         raise LungCTError(f"--weights is for the config's backbone {cfg.model.arch}, which is not in --archs")
     started = time.time()
+    refuse_foreign_output(
+        Path(settings.out), ("split_config.json", "leaderboard.json", "runs"), "no split_config.json", "compare"
+    )
     out = output_folder(settings.out, "--out")
     split_file = shared_split(cfg, out, settings.progress)
     runs: dict[str, tuple[Path, dict[str, Any]]] = {}

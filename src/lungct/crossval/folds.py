@@ -35,7 +35,7 @@ from lungct.evaluation.calibrate import HeldOutCheck, plot_reliability, temperat
 from lungct.evaluation.metrics import calibration_metrics
 from lungct.evaluation.oof import write_oof
 from lungct.evaluation.study_level import study_metrics
-from lungct.files import atomic_write, output_folder
+from lungct.files import atomic_write, output_folder, refuse_foreign_output
 from lungct.inference.calibration import TemperatureScaling
 from lungct.run import RunDir, model_version, write_json
 from lungct.training.trainer import train_or_reuse
@@ -133,20 +133,6 @@ def summarise(rows: list[dict[str, float | None]]) -> dict[str, dict[str, float 
     return out
 
 
-def _refuse_foreign_folder(out: Path) -> None:
-    """cv writes fold_k/ runs and cv.* into --out and resumes a folder it wrote before; a folder holding other files
-    (a trained run, someone's notes) would get folds mixed into it, as `train` already refuses for its --out."""
-    if not out.is_dir() or not any(out.iterdir()):
-        return
-    if (out / "model.json").is_file():
-        raise LungCTError(f"--out {out} is a trained run; give cv a new or empty folder")
-    if not (out / "cv.json").is_file() and not any(out.glob("fold_[0-9]*")):
-        raise LungCTError(
-            f"--out {out} holds files but no lungct cv (no cv.json or fold_1), which cv would write into; "
-            "choose a new or empty folder"
-        )
-
-
 def cross_validate(
     cfg: ExperimentConfig,
     folds: int,
@@ -162,7 +148,7 @@ def cross_validate(
     `plan`: `plan_folds(cfg, folds, within=within)` when the caller drew it already (the CLI does, before tracking).
     """
     started = time.time()
-    _refuse_foreign_folder(Path(out))
+    refuse_foreign_output(Path(out), ("cv.json", "fold_[0-9]*"), "no cv.json or fold_1", "cv")
     plan = plan or plan_folds(cfg, folds, progress, within)
     if len(plan.splits) != folds:
         raise ValueError(f"the fold plan holds {len(plan.splits)} folds, not {folds}")

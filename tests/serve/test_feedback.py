@@ -49,14 +49,20 @@ def test_feedback_is_recorded_refused_when_wrong_exported_and_trains(onnx_run, s
         assert "benign, malignant, normal" in wrong.json()["error"]["message"]
         extra = client.post("/v1/feedback", json={"prediction_id": "x", "label": "benign", "user": "me"})
         assert extra.status_code == 422
+        out = tmp_path / "dataset"
+        assert main(["feedback", "export", "--log", str(log), "--out", str(out)]) == 0
+        first_label = normalise_label(slices[0].parent.name)
+        assert first_label != "normal" and (out / first_label / f"{answers[0]['sha256']}.png").is_file()
         # a second opinion on the first slice: the latest feedback is the one exported
         second = {"prediction_id": answers[0]["prediction_id"], "label": "normal", "reason": "second reading"}
         assert client.post("/v1/feedback", json=second).status_code == 201
     with sqlite3.connect(log) as db:
         assert db.execute("SELECT COUNT(*) FROM feedback").fetchone()[0] == len(slices) + 1
 
-    out = tmp_path / "dataset"
-    assert main(["feedback", "export", "--log", str(log), "--out", str(out)]) == 0
+    assert main(["feedback", "export", "--log", str(log), "--out", str(out)]) == 0  # the export again, replaced
+    # the relabelled slice is under its new label only (it stayed under the old one too, and a folder source
+    # trained on both labels)
+    assert sorted(p.parent.name for p in out.rglob(f"{answers[0]['sha256']}.png")) == ["normal"]
     with (out / "manifest.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == len({p.read_bytes() for p in slices})
@@ -70,6 +76,23 @@ def test_feedback_is_recorded_refused_when_wrong_exported_and_trains(onnx_run, s
     cfg.train.phase1.epochs, cfg.train.phase2.epochs = 1, 0
     run = train(cfg, tmp_path / "retrained", progress=False)
     assert run.read_summary().status == "complete"
+
+
+def test_an_export_never_writes_into_a_folder_of_other_files(onnx_run, slice_dir, tmp_path, capsys):
+    """It replaced a manifest.csv it had not written and mixed its class folders into a dataset."""
+    log, kept = tmp_path / "predictions.sqlite", tmp_path / "kept"
+    app = create_app(ServeSettings(run=onnx_run, log_path=log, keep_feedback_images=kept))
+    with TestClient(app) as client:
+        answer = predict(client, next(slice_dir.rglob("*.png")))
+        assert client.post("/v1/feedback", json={"prediction_id": answer["prediction_id"], "label": "normal"})
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "manifest.csv").write_text("path,label,group\n/data/important.png,benign,g1\n")
+    assert main(["feedback", "export", "--log", str(log), "--out", str(theirs)]) == 1
+    err = capsys.readouterr().err
+    assert "holds files but no feedback export" in err and len(err.strip().splitlines()) == 1, err
+    assert [p.name for p in theirs.iterdir()] == ["manifest.csv"]
+    assert "important.png" in (theirs / "manifest.csv").read_text()
 
 
 def test_without_kept_slices_feedback_is_for_monitoring_only(onnx_run, slice_dir, tmp_path):

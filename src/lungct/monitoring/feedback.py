@@ -14,6 +14,7 @@ never land in two parts of a split. Train on OUT (class folders) or OUT/manifest
 from __future__ import annotations
 
 import csv
+import re
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -40,6 +41,7 @@ def export_feedback(log_path: str | Path, out: str | Path) -> dict:
             f"{log_path} holds {len(rows)} feedback records but no kept slices: feedback was recorded for "
             "monitoring only (serve with --keep-feedback-images DIR to keep slices for retraining)"
         )
+    previous = _previous_export(Path(out))
     out = output_folder(out, "--out")
     lines = []
     for r in kept:
@@ -48,6 +50,10 @@ def export_feedback(log_path: str | Path, out: str | Path) -> dict:
         shutil.copyfile(r["image"], target)
         lines.append({"path": str(target.relative_to(out)), "label": r["label"], "group": f"upload-{r['sha256'][:16]}"})
     unique = list({line["path"]: line for line in lines}.values())  # one slice uploaded twice: once
+    for stale in previous - {line["path"] for line in unique}:  # a slice relabelled since: not under its old label
+        (out / stale).unlink(missing_ok=True)
+        if (out / stale).parent.is_dir() and not any((out / stale).parent.iterdir()):
+            (out / stale).parent.rmdir()  # an empty class folder would read as a class without slices
     with (out / MANIFEST).open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=["path", "label", "group"])
         writer.writeheader()
@@ -60,3 +66,29 @@ def export_feedback(log_path: str | Path, out: str | Path) -> dict:
         "per_class": dict(Counter(line["label"] for line in unique)),
         "manifest": str(out / MANIFEST),
     }
+
+
+EXPORTED = re.compile(r"[^/\\]+/[0-9a-f]{64}\.png")  # LABEL/<sha256>.png, as export_feedback names slices
+
+
+def _previous_export(out: Path) -> set[str]:
+    """The slices an earlier export wrote into `out` (its manifest's paths); empty for a new or empty folder.
+
+    A re-export replaces it: a slice relabelled since then would otherwise stay under its old label as well, and a
+    folder source would train on both. Any other non-empty folder is refused: the export replaced a manifest.csv
+    it did not write and mixed its class folders into whatever was there (a dataset).
+    """
+    if not out.is_dir() or not any(out.iterdir()):
+        return set()
+    try:
+        with (out / MANIFEST).open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            paths = [row.get("path") or "" for row in reader]
+            columns = reader.fieldnames or []
+    except (OSError, UnicodeDecodeError, csv.Error):
+        paths, columns = [], []
+    if columns != ["path", "label", "group"] or not all(EXPORTED.fullmatch(p) for p in paths):
+        raise LungCTError(
+            f"--out {out} holds files but no feedback export (no {MANIFEST} of one); choose a new or empty folder"
+        )
+    return set(paths)

@@ -165,3 +165,11 @@ def test_a_failed_atomic_write_leaves_no_temporary_file(monkeypatch, tmp_path):
     with pytest.raises(OSError, match="No space"):
         atomic_write(target, b"phase,epoch\n")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_stopping_a_server_says_stopped_not_resume(monkeypatch, capsys, tmp_path):
+    """Ctrl-C is how `serve` is meant to stop; 'run the same command again to resume' made no sense there."""
+    monkeypatch.setattr("lungct.cli.serve.serve", _interrupt)
+    assert main(["serve", "--run", str(tmp_path)]) == 130
+    out, err = capsys.readouterr()
+    assert out == "" and err == "lungct: stopped\n"

@@ -95,6 +95,12 @@ def test_a_calibration_folder_without_images_is_refused_before_the_float_export(
     assert (run / "model.onnx").read_bytes() == before
 
 
+def test_a_run_folder_is_no_calibration_folder(run):
+    """Its only images are the run's plots (curves.png): INT8 was calibrated on a training curve."""
+    with pytest.raises(LungCTError, match=f"the calibration folder {run} is a run; give a folder of CT slices"):
+        calibration_paths(RunDir(run), 8, folder=run)
+
+
 def test_a_broken_calibration_set_is_refused_and_nothing_is_written(run, tmp_path):
     flat = tmp_path / "flat"  # slices with almost no structure: every activation range collapses
     flat.mkdir()

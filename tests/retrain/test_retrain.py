@@ -226,3 +226,14 @@ def test_a_registry_uri_that_cannot_be_used_is_one_line(champion, tmp_path, caps
     assert (tmp_path / "notdb.sqlite").read_text() == "not a database"
     with sqlite3.connect(tmp_path / "other.sqlite") as db:  # MLflow added its tables to it before
         assert [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")] == ["patients"]
+
+
+def test_an_out_holding_a_finished_run_is_refused_without_suggesting_overwrite(champion, tmp_path, capsys):
+    """The trainer's refusal said 'use --overwrite', an option retrain does not have."""
+    feedback = feedback_dataset(tmp_path / "fb", 0)
+    argv = ["retrain", "--champion", str(champion), "--feedback", str(feedback), "--out", str(champion), "--no-track"]
+    assert main([*argv, "-q"]) == 1
+    err = capsys.readouterr().err
+    assert (
+        err.strip() == f"lungct: error: --out {champion} already holds a finished run; give the challenger a new folder"
+    )

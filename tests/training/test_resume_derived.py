@@ -128,7 +128,7 @@ def test_a_new_run_says_nothing_about_removing(tmp_path, caplog):
     assert not [r for r in caplog.records if "removed" in r.getMessage()]
 
 
-@pytest.mark.parametrize("command", ["evaluate", "calibrate", "export"])
+@pytest.mark.parametrize("command", ["evaluate", "calibrate", "export", "familiarity"])
 def test_commands_warn_about_an_unfinished_run(interrupted, tmp_path, capsys, command):
     run = _copy(interrupted[0], tmp_path)
     argv = [command, "--run", str(run)] + (["--out", str(tmp_path / "eval")] if command == "evaluate" else [])

@@ -20,7 +20,10 @@ def app_command(
         Path | None, typer.Option("--log", help="prediction log (SQLite); default RUN/predictions.sqlite")
     ] = None,
     eval_dir: Annotated[
-        Path | None, typer.Option("--eval", help="folder with metrics.json and plots; default RUN/eval")
+        Path | None,
+        typer.Option(
+            "--eval", exists=True, file_okay=False, help="folder with metrics.json and plots; default RUN/eval"
+        ),
     ] = None,
     port: Annotated[int, typer.Option("--port", min=1, max=65535, help="port to serve on")] = 8501,
     address: Annotated[

@@ -86,6 +86,7 @@ def familiarity_command(
     from lungct.evaluation.familiarity import familiarity_run
 
     setup_logging(quiet)
+    warn_if_unfinished(run)
     report = familiarity_run(run, percentile, progress=not quiet)
     shares = ", ".join(f"{part} {report['flagged'][part]:.1%} of {n}" for part, n in report["n"].items())
     typer.echo(f"unfamiliar at the {percentile:g}th validation percentile: {shares}")

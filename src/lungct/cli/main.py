@@ -71,6 +71,9 @@ COMMANDS = {
     "promote": promote.promote_command,
 }
 INTERRUPTED = "lungct: interrupted; run the same command again to resume"
+STOPPED = "lungct: stopped"
+# Ctrl-C is how these are meant to stop: there is nothing to resume
+SERVERS = frozenset({"serve", "app", "dicom-listen"})
 
 
 class Interrupted(Exception):
@@ -140,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         return getattr(exc, "exit_code", 2)
     except (typer.Abort, KeyboardInterrupt, Interrupted):
         if launch.reports_interrupts():
-            typer.echo(INTERRUPTED, err=True)
+            typer.echo(STOPPED if _command_name(argv) in SERVERS else INTERRUPTED, err=True)
         return 130
     except LungCTError as exc:
         typer.echo(f"lungct: error: {exc}", err=True)

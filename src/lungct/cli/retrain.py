@@ -8,7 +8,9 @@ from typing import Annotated
 import typer
 
 from lungct.cli.options import NoTrack, Quiet, TrackingUri, setup_logging
+from lungct.errors import LungCTError
 from lungct.files import output_folder
+from lungct.run import RunDir
 
 
 def retrain_command(
@@ -30,6 +32,8 @@ def retrain_command(
 
     setup_logging(quiet)
     inputs = retrain_inputs(champion, feedback)  # before tracking: bad inputs leave no MLflow run behind
+    if RunDir(out).read_summary().complete:  # the trainer's own refusal names --overwrite, which retrain has not
+        raise LungCTError(f"--out {out} already holds a finished run; give the challenger a new folder")
     output_folder(out, "--out")  # before tracking, like the inputs
     name = out.resolve().name
     with tracked_run(

@@ -65,6 +65,8 @@ def calibration_paths(run: RunDir, n: int, seed: int = 0, folder: Path | None = 
     if folder is not None:
         if not folder.is_dir():
             raise LungCTError(f"calibration folder not found: {folder}")
+        if (folder / "model.json").is_file():  # its images are the run's plots (curves.png), not slices
+            raise LungCTError(f"the calibration folder {folder} is a run; give a folder of CT slices")
         paths = sorted((str(p) for p in folder.rglob("*") if p.is_file() and is_image_file(p)), key=natural_key)
         if not paths:
             raise LungCTError(f"no images in the calibration folder {folder}")

@@ -237,3 +237,15 @@ def test_an_out_holding_a_finished_run_is_refused_without_suggesting_overwrite(c
     assert (
         err.strip() == f"lungct: error: --out {champion} already holds a finished run; give the challenger a new folder"
     )
+
+
+def test_a_rollback_on_a_mistyped_store_names_it_and_creates_nothing(tmp_path, capsys, monkeypatch):
+    """A reader of the registry made a new, empty 1 MB database at a mistyped path, then said there was nothing."""
+    monkeypatch.delenv("LUNGCT_TRACKING", raising=False)
+    uri = f"sqlite:///{tmp_path / 'mlrnus' / 'mlflow.db'}"
+    assert main(["promote", "--rollback", "--tracking-uri", uri]) == 1
+    err = capsys.readouterr().err
+    assert (
+        err.strip() == f"lungct: error: no model registry at {uri}: {tmp_path / 'mlrnus' / 'mlflow.db'} does not exist"
+    )
+    assert not (tmp_path / "mlrnus").exists()

@@ -77,5 +77,9 @@ def test_a_model_uri_that_is_not_an_alias_is_a_clear_error(uri):
 def test_an_alias_that_points_nowhere_stops_the_server_at_start(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     settings = ServeSettings(model_uri="models:/lungct@champion", tracking_uri=uri, model_cache=tmp_path / "c")
+    with pytest.raises(LungCTError, match=r"no model registry at .*mlflow\.db does not exist"):
+        create_app(settings)  # a mistyped store is named, and not created empty
+    assert not (tmp_path / "mlruns").exists()
+    Registry(uri)  # an empty registry: the model exists, no alias points anywhere
     with pytest.raises(LungCTError, match="no version with the alias 'champion'"):
         create_app(settings)

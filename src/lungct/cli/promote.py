@@ -26,7 +26,7 @@ def promote_command(
         raise LungCTError("give --run RUN to promote, or --rollback (not both)")
     if run is not None:
         RunDir(run).card()  # before the registry: a wrong --run or a damaged model.json creates no store
-    registry = Registry(tracking_uri, model)
+    registry = Registry(tracking_uri, model, create=not rollback)  # a rollback needs a registry that exists
     result = registry.rollback() if rollback else registry.promote(run)
     typer.echo(json.dumps({**result, "registry": registry.status()}))
     if not rollback and not result["promoted"] and result.get("challenger"):

@@ -26,7 +26,7 @@ class ModelFollower:
 
         self.settings = settings
         name, self.alias = parse_model_uri(settings.model_uri or "")
-        self.registry = Registry(settings.tracking_uri, name)
+        self.registry = Registry(settings.tracking_uri, name, create=False)
         self.version: str | None = None
 
     def resolve(self) -> ServeSettings:

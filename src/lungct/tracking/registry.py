@@ -28,6 +28,7 @@ from lungct.tracking.tracker import (
     experiment_id_for,
     prepare_sqlite_store,
     resolve_tracking_uri,
+    sqlite_path,
 )
 
 MODEL_NAME = "lungct"
@@ -55,7 +56,9 @@ log = logging.getLogger("lungct")
 
 
 class Registry:
-    def __init__(self, tracking_uri: str | None = None, name: str = MODEL_NAME):
+    def __init__(self, tracking_uri: str | None = None, name: str = MODEL_NAME, create: bool = True):
+        """`create=False` for readers (serving a registered model, a rollback): a store that does not exist yet is
+        an error naming it, not a new empty database at a mistyped path."""
         from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException
 
@@ -65,6 +68,9 @@ class Registry:
         self.uri = resolve_tracking_uri(tracking_uri)
         self.name = name
         self._missing = MlflowException
+        db = sqlite_path(self.uri)
+        if not create and db is not None and not db.is_file():
+            raise LungCTError(f"no model registry at {self.uri}: {db} does not exist")
         try:
             prepare_sqlite_store(self.uri)
             self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)

@@ -155,3 +155,18 @@ def test_calib_fraction_is_validated():
 
     with pytest.raises(LungCTError, match=r"split\.calib_fraction: .*below 0\.5"):
         parse_config({"data": {"sources": [{"path": "x"}]}, "split": {"calib_fraction": 0.7}})
+
+
+def test_a_class_smaller_than_the_folds_is_named_once_without_sklearns_warning(caplog, recwarn):
+    """scikit-learn warned 'the least populated class in y has only 3 members' per call, naming no class."""
+    import logging
+
+    from lungct.data.splits import stratified_group_folds
+
+    labels = np.array(["benign"] * 3 + ["normal"] * 20)
+    groups = np.array([f"g{i}" for i in range(len(labels))])
+    with caplog.at_level(logging.WARNING, logger="lungct"):
+        folds = list(stratified_group_folds(labels, groups, 5, 0, "the test split"))
+    assert len(folds) == 5 and [str(w.message) for w in recwarn] == []
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert message == "the test split: classes with fewer images than its 5 folds may miss some parts: benign (3)"

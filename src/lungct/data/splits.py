@@ -7,7 +7,9 @@ so the two modes differ only in what counts as a group, and their results can be
 from __future__ import annotations
 
 import csv
+import logging
 import os
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +36,9 @@ class SplitItem:
     part: str
 
 
+log = logging.getLogger("lungct")
+
+
 def derived_seed(seed: int, k: int) -> int:
     """The seed of the split's k-th further draw, kept within SEED_MAX so that the largest valid seed works too."""
     return (seed + k) % (SEED_MAX + 1)
@@ -54,8 +59,16 @@ def stratified_group_folds(labels: np.ndarray, groups: np.ndarray, n_splits: int
             f"every class has fewer than {n_splits} images (largest: {int(counts.max())}): too few for {purpose}; "
             "add images or lower the fractions / fold count"
         )
+    small = {
+        str(c): int(n) for c, n in zip(*np.unique(np.asarray(labels), return_counts=True), strict=True) if n < n_splits
+    }
+    if small:  # said once in lungct's words; scikit-learn's own warning names no class and repeats per call
+        shown = ", ".join(f"{c} ({n})" for c, n in small.items())
+        log.warning("%s: classes with fewer images than its %d folds may miss some parts: %s", purpose, n_splits, shown)
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    return splitter.split(np.zeros(len(labels)), labels, groups)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "The least populated class in y has only", UserWarning)
+        return iter(list(splitter.split(np.zeros(len(labels)), labels, groups)))  # drawn here, under the filter
 
 
 def hold_out_groups(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:

@@ -214,6 +214,7 @@ def test_a_folder_of_16bit_slices_is_a_series_in_file_name_order(capsys, dicom_r
         Image.fromarray((hu + 32768).astype(np.uint16)).save(folder / name)  # the lung window reaches -1350 HU
         write(ct_dataset(hu), twins / f"{name}.dcm")
     (folder / "3.png").write_bytes(b"")  # a damaged export of one slice
+    (folder / "notes.txt").write_text("not a slice")  # counted as skipped, as in a DICOM series
     Image.fromarray(np.full((48, 48), 31768, np.uint16)).save(folder / "4.png")  # air alone: one grey level
     code, out, err = _run(capsys, "predict-series", "--run", dicom_run, "--hu-offset", "32768", folder)
     assert code == 0, err
@@ -222,7 +223,7 @@ def test_a_folder_of_16bit_slices_is_a_series_in_file_name_order(capsys, dicom_r
     assert slices[2] == {"slice": 2, "id": "3.png", "error": "empty file"}
     assert slices[3]["slice"] == 3 and slices[3]["error"].startswith("blank image")
     assert study_line["order"] == "name" and study_line["window"] == "lung" and study_line["n_slices"] == 6
-    assert study_line["unreadable_slices"] == [2, 3]
+    assert study_line["unreadable_slices"] == [2, 3] and study_line["skipped_files"] == 1
     code, out, err = _run(capsys, "predict", "--run", dicom_run, *(twins / f"{n}.dcm" for n in names))
     assert code == 0, err
     twin = {json.loads(x)["file"]: json.loads(x)["probabilities"] for x in out.splitlines()}
@@ -252,3 +253,13 @@ def test_a_folder_of_16bit_slices_is_a_series_in_file_name_order(capsys, dicom_r
     (broken / "1.png").write_bytes(b"")
     code, _, err = _run(capsys, "predict-series", "--run", dicom_run, broken)
     assert code == 1 and err.strip() == "lungct: error: broken: no slice could be read (1.png: empty file)"
+
+
+def test_a_series_of_tiny_slices_is_refused_like_tiny_image_files(capsys, dicom_run, tmp_path):
+    """A series of 2x2 slices was scored, and its study called malignant; image files under 32 px are refused."""
+    from PIL import Image
+
+    write_study(tmp_path / "tiny", [Image.fromarray(np.array([[0, 80], [160, 240]], np.uint8))] * 3)
+    code, out, err = _run(capsys, "predict-series", "--run", dicom_run, tmp_path / "tiny")
+    assert code == 1 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert "tiny: slices of 2x2 pixels, too small for a CT slice (at least 32 a side)" in err

@@ -62,9 +62,9 @@ def test_window_values(tmp_path):
 
 
 def test_rgb_without_a_window_means_three_windows(tmp_path):
-    path = write(ct_dataset(HU), tmp_path / "a.dcm")
+    path = write(ct_dataset(np.tile(HU, (16, 8))), tmp_path / "a.dcm")  # 32 x 32: the smallest slice read
     rgb = np.asarray(load_image(path, "rgb"))
-    assert rgb.shape == (2, 4, 3)
+    assert rgb.shape == (32, 32, 3)
     assert rgb[0, 2].tolist() == [128, 0, 0]  # -600 HU: mid lung, below mediastinal and bone
     grey_rgb = np.asarray(load_image(path, "rgb", "lung"))
     assert (grey_rgb[..., 0] == grey_rgb[..., 2]).all()
@@ -77,10 +77,17 @@ def test_file_window_missing_is_a_clear_error(tmp_path):
 
 
 def test_extensionless_and_uploaded_dicom_are_recognised(tmp_path):
-    path = write(ct_dataset(HU), tmp_path / "IM0001")
+    path = write(ct_dataset(np.tile(HU, (16, 8))), tmp_path / "IM0001")
     assert load_image(path).mode == "L"
-    assert open_image(io.BytesIO(path.read_bytes()), "upload").size == (4, 2)
+    assert open_image(io.BytesIO(path.read_bytes()), "upload").size == (32, 32)
     assert is_image_file(tmp_path / "x.dcm")
+
+
+def test_a_dicom_slice_below_the_smallest_side_is_refused_like_an_image_file(tmp_path):
+    """Image files under 32 px a side were refused; a 4 x 2 DICOM slice was scored."""
+    path = write(ct_dataset(HU), tmp_path / "tiny.dcm")
+    with pytest.raises(ImageReadError, match=r"image too small \(4x2 pixels; a slice needs 32 a side\)"):
+        load_image(path)
 
 
 def test_slice_id_is_a_uid_hash_or_file_name(tmp_path):

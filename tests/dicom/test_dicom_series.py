@@ -57,6 +57,24 @@ def test_instance_number_is_the_fallback(tmp_path):
     assert _levels(series) == [-1000.0 + 100 * k for k in range(N)]
 
 
+@pytest.mark.parametrize("damage", [b"x\\y\\z", b"1\\2"], ids=["not-numbers", "two-values"])
+def test_a_damaged_slice_position_falls_back_to_instance_numbers(tmp_path, damage):
+    """A series with one unreadable ImagePositionPatient failed with a ValueError, and the DICOM node tried it
+    again at every start, for ever."""
+    import pydicom
+
+    folder = _shuffled_series(tmp_path / "s")
+    first = sorted(folder.iterdir())[0]
+    ds = pydicom.dcmread(first)
+    ds["ImagePositionPatient"] = pydicom.dataelem.RawDataElement(
+        pydicom.tag.Tag("ImagePositionPatient"), "DS", len(damage), damage, 0, False, True
+    )
+    ds.save_as(first)
+    series = load_series(folder)
+    assert series.order == "instance"
+    assert sorted(s.instance for s in series.slices) == [s.instance for s in series.slices]
+
+
 def test_zip_of_a_series(tmp_path):
     folder = _shuffled_series(tmp_path / "s")
     (folder / "README.txt").write_text("not dicom")

@@ -148,6 +148,9 @@ def _open_dicom(source, name: str | Path, color: str, dicom_window: str | None) 
         raise ImageReadError(name, exc.reason) from None
     except Exception as exc:  # the DICOM reader names what it knows; anything else is still an unreadable file
         raise ImageReadError(name, f"unreadable DICOM file ({type(exc).__name__})") from None
+    w, h = image.size
+    if min(w, h) < MIN_SIDE:  # as for image files (open_image): a 2x2 slice still got a confident label
+        raise ImageReadError(name, f"image too small ({w}x{h} pixels; a slice needs {MIN_SIDE} a side)")
     return _refuse_blank(image, name)
 
 

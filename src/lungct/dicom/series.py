@@ -102,25 +102,35 @@ def _check_consistent(path: Path, slices: list[SeriesSlice]) -> None:
     if len(sizes) > 1:
         shown = ", ".join(f"{r}x{c}" for r, c in sorted(sizes))
         raise DicomError(path, f"inconsistent series: slices have different sizes ({shown})")
-    orients = [s.dataset.get("ImageOrientationPatient") for s in slices]
+    orients = [_vector(s.dataset.get("ImageOrientationPatient"), 6) for s in slices]
     if all(o is not None for o in orients):
-        first = np.asarray(orients[0], dtype=float)
+        first = orients[0]
         for s, o in zip(slices, orients, strict=True):
-            if not np.allclose(np.asarray(o, dtype=float), first, atol=1e-3):
+            if not np.allclose(o, first, atol=1e-3):
                 raise DicomError(path, f"inconsistent series: {s.name} has a different orientation")
     uids = [s.id for s in slices if s.id.startswith("sop-")]
     if len(uids) != len(set(uids)):
         raise DicomError(path, "inconsistent series: the same SOPInstanceUID occurs twice")
 
 
+def _vector(value, n: int) -> np.ndarray | None:
+    """A DICOM multi-value of `n` finite numbers, or None when it is missing or malformed ("x\\y\\z", two values):
+    one damaged tag must not make a series fail for ever; the order then falls back to InstanceNumber."""
+    try:
+        out = np.asarray(value, dtype=float).reshape(-1)
+    except (TypeError, ValueError):
+        return None
+    return out if out.size == n and np.isfinite(out).all() else None
+
+
 def _sort(slices: list[SeriesSlice]) -> str:
     """Sort in place; return what the order is based on."""
-    ds0 = slices[0].dataset
-    if all("ImagePositionPatient" in s.dataset for s in slices) and "ImageOrientationPatient" in ds0:
-        iop = np.asarray(ds0.ImageOrientationPatient, dtype=float)
+    iop = _vector(slices[0].dataset.get("ImageOrientationPatient"), 6)
+    positions = [_vector(s.dataset.get("ImagePositionPatient"), 3) for s in slices]
+    if iop is not None and all(p is not None for p in positions):
         normal = np.cross(iop[:3], iop[3:])
-        for s in slices:
-            s.position = float(np.dot(np.asarray(s.dataset.ImagePositionPatient, dtype=float), normal))
+        for s, p in zip(slices, positions, strict=True):
+            s.position = float(np.dot(p, normal))
         slices.sort(key=lambda s: (s.position, s.instance or 0))
         return "position"
     if all(s.instance is not None for s in slices):

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from lungct.contracts import Prediction
-from lungct.data.images import ImageReadError, is_blank, is_dicom_file, load_image
+from lungct.data.images import MIN_SIDE, ImageReadError, is_blank, is_dicom_file, load_image
 from lungct.dicom.hounsfield import default_window
 from lungct.dicom.series import MAX_SLICES, Series
 from lungct.dicom.window import to_image
@@ -55,7 +55,13 @@ def image_series(folder: str | Path) -> ImageSeries | None:
         return None
     if len(files) > MAX_SLICES:
         raise LungCTError(f"{folder}: more than {MAX_SLICES} slices; is this one series?")
-    return ImageSeries(str(folder), files)
+    kept = set(files)
+    skipped = [  # a README, notes: counted in the study line, as a DICOM series counts its non-DICOM files
+        str(p.relative_to(folder))
+        for p in folder.rglob("*")
+        if p.is_file() and not p.name.startswith(".") and p not in kept
+    ]
+    return ImageSeries(str(folder), files, skipped=skipped)
 
 
 def aggregate(scores: np.ndarray, method: str = "max", top_k: int = 3) -> tuple[float, list[int]]:
@@ -92,7 +98,14 @@ def _slice_images(series: Series | ImageSeries, window: str | None, pre) -> Iter
     """
     if isinstance(series, Series):
         for s in series.slices:
-            yield s.id, to_image(s.dataset, window, pre.color, s.name)
+            image = to_image(s.dataset, window, pre.color, s.name)
+            if min(image.size) < MIN_SIDE:  # as for image files: a 2x2 series still got "malignant"
+                w, h = image.size
+                raise LungCTError(
+                    f"{Path(series.source).name}: slices of {w}x{h} pixels, too small for a CT slice "
+                    f"(at least {MIN_SIDE} a side)"
+                )
+            yield s.id, image
         return
     for path in series.paths:
         name = str(path.relative_to(series.source))

@@ -141,6 +141,13 @@ def atomic_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence]) -> N
     atomic_write(path, buffer.getvalue().encode())
 
 
+def repeats(keys: Iterable[str]) -> list[tuple[int, int]]:
+    """(index of a key's first occurrence, index of a later one) for every repeated key, in order: the one search
+    behind the refusals of an image listed twice (a manifest, a split file, the data sources together)."""
+    first: dict[str, int] = {}
+    return [(first[key], i) for i, key in enumerate(keys) if first.setdefault(key, i) != i]
+
+
 def natural_key(text: str) -> list:
     """Sort "case (2)" before "case (10)", as slice numbers are meant."""
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", text)]

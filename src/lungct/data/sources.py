@@ -18,7 +18,7 @@ from lungct.config import DataConfig, SourceConfig
 from lungct.data.images import is_image_file
 from lungct.data.labels import normalise_label
 from lungct.errors import LungCTError
-from lungct.files import natural_key
+from lungct.files import natural_key, repeats
 
 log = logging.getLogger("lungct")
 
@@ -91,15 +91,14 @@ def _refuse_images_read_twice(samples: list[Sample]) -> None:
     a split could put its two copies in two parts, so that it is trained on and scored as unseen. Paths are
     resolved by every reader, so a repeat is one file. (A manifest's own repeats are refused with its line numbers
     by read_manifest.)"""
-    first: dict[str, Sample] = {}
-    for sample in samples:
-        seen = first.setdefault(sample.path, sample)
-        if seen is not sample:
-            sources = seen.source if seen.source == sample.source else f"{seen.source} and {sample.source}"
-            raise LungCTError(
-                f"{sample.path} is read twice (data: {sources}): a source given twice, sources that overlap, or a "
-                "link to another file of the data; give each image once"
-            )
+    pairs = repeats(s.path for s in samples)
+    if pairs:
+        seen, sample = samples[pairs[0][0]], samples[pairs[0][1]]
+        sources = seen.source if seen.source == sample.source else f"{seen.source} and {sample.source}"
+        raise LungCTError(
+            f"{sample.path} is read twice (data: {sources}): a source given twice, sources that overlap, or a "
+            "link to another file of the data; give each image once"
+        )
 
 
 def read_source(source: SourceConfig) -> list[Sample]:
@@ -205,8 +204,6 @@ def read_manifest(path: Path, aliases: dict[str, str]) -> list[Sample]:
     if not rows:
         raise LungCTError(f"manifest {path} has no rows")
     samples = []
-    first_line: dict[str, int] = {}
-    repeats: list[tuple[int, int, str]] = []  # (first line, repeating line, path)
     for i, row in enumerate(rows, start=2):
         if not row.get("path") or not row.get("label"):
             raise LungCTError(f"manifest {path} line {i}: empty path or label")
@@ -214,34 +211,31 @@ def read_manifest(path: Path, aliases: dict[str, str]) -> list[Sample]:
         file = file if file.is_absolute() else path.parent / file
         group = (row.get("group") or "").strip() or None
         part = SPLIT_DIR_NAMES.get((row.get("split") or "").strip().lower())
-        sample = Sample(
-            str(file.resolve()),
-            normalise_label(row["label"], aliases),
-            f"{path.stem}:{group}" if group else None,
-            part,
-            path.stem,
+        samples.append(
+            Sample(
+                str(file.resolve()),
+                normalise_label(row["label"], aliases),
+                f"{path.stem}:{group}" if group else None,
+                part,
+                path.stem,
+            )
         )
-        if sample.path in first_line:
-            repeats.append((first_line[sample.path], i, sample.path))
-        else:
-            first_line[sample.path] = i
-        samples.append(sample)
-    if repeats:
-        raise LungCTError(_repeated_rows(path, rows, samples, repeats))
+    pairs = repeats(s.path for s in samples)
+    if pairs:
+        raise LungCTError(_repeated_rows(path, rows, samples, pairs))
     return samples
 
 
-def _repeated_rows(path: Path, rows: list[dict], samples: list[Sample], repeats: list[tuple[int, int, str]]) -> str:
+def _repeated_rows(path: Path, rows: list[dict], samples: list[Sample], pairs: list[tuple[int, int]]) -> str:
     """The refusal of a manifest that lists a file twice: a random split can put the two rows in two parts (the
     image is then trained on and scored as unseen), and two labels would score one image against two truths.
-    Labels are compared as lungct reads them (normalised) and named as the manifest writes them."""
-    a, b, file = repeats[0]
-    differ = samples[a - 2].label != samples[b - 2].label
-    labels = (
-        f" with two labels, {rows[a - 2]['label'].strip()!r} and {rows[b - 2]['label'].strip()!r}" if differ else ""
-    )
-    more = f" ({len(repeats) - 1} more repeated rows)" if len(repeats) > 1 else ""
-    return f"manifest {path} lines {a} and {b} list {file} twice{labels}{more}; list each image once"
+    Labels are compared as lungct reads them (normalised) and named as the manifest writes them. `pairs`: row
+    indices (files.repeats); a row's line is its index + 2, after the header."""
+    a, b = pairs[0]
+    differ = samples[a].label != samples[b].label
+    labels = f" with two labels, {rows[a]['label'].strip()!r} and {rows[b]['label'].strip()!r}" if differ else ""
+    more = f" ({len(pairs) - 1} more repeated rows)" if len(pairs) > 1 else ""
+    return f"manifest {path} lines {a + 2} and {b + 2} list {samples[a].path} twice{labels}{more}; list each image once"
 
 
 def csv_with_columns(fh: TextIO, columns: set[str]) -> csv.DictReader:

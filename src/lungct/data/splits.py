@@ -20,7 +20,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from lungct.config import SEED_MAX
 from lungct.contracts import SplitPart
 from lungct.errors import LungCTError
-from lungct.files import atomic_csv
+from lungct.files import atomic_csv, repeats
 
 # "calib" is optional: whole groups held out for calibration and operating points only. Validation also picks
 # the early-stopping epoch, so probabilities on it are optimistically fitted; a part no choice has touched
@@ -53,15 +53,13 @@ def stratified_group_folds(labels: np.ndarray, groups: np.ndarray, n_splits: int
     n_groups = len(set(np.asarray(groups).tolist()))
     if n_groups < n_splits:
         raise LungCTError(f"only {n_groups} groups: too few for {purpose} ({n_splits} group folds)")
-    _, counts = np.unique(np.asarray(labels), return_counts=True)
+    classes, counts = np.unique(np.asarray(labels), return_counts=True)
     if (counts < n_splits).all():
         raise LungCTError(
             f"every class has fewer than {n_splits} images (largest: {int(counts.max())}): too few for {purpose}; "
             "add images or lower the fractions / fold count"
         )
-    small = {
-        str(c): int(n) for c, n in zip(*np.unique(np.asarray(labels), return_counts=True), strict=True) if n < n_splits
-    }
+    small = {str(c): int(n) for c, n in zip(classes, counts, strict=True) if n < n_splits}
     if small:  # said once in lungct's words; scikit-learn's own warning names no class and repeats per call
         shown = ", ".join(f"{c} ({n})" for c, n in small.items())
         log.warning("%s: classes with fewer images than its %d folds may miss some parts: %s", purpose, n_splits, shown)
@@ -159,21 +157,13 @@ def check_listed_once(rows: list[tuple[int, SplitItem]], path: Path) -> None:
     """Refuse a split that lists one image twice: in two parts it is a leak (trained on, then scored as unseen);
     in one part it counts twice. rows: (line number, item) as read from `path`. Paths are compared made absolute
     (as training opens them), so a.png and ./a.png are one image."""
-    first: dict[str, tuple[int, SplitItem]] = {}
-    repeats: list[tuple[int, SplitItem, int, SplitItem]] = []
-    for line, item in rows:
-        if not item.path:  # an empty or short row: the split's readers report it in their terms
-            continue
-        key = os.path.abspath(item.path)
-        if key in first:
-            repeats.append((*first[key], line, item))
-        else:
-            first[key] = (line, item)
-    if not repeats:
+    listed = [(line, item) for line, item in rows if item.path]  # an empty row: the readers report it their way
+    pairs = repeats(os.path.abspath(item.path) for _, item in listed)
+    if not pairs:
         return
-    line_a, a, line_b, b = repeats[0]
+    (line_a, a), (line_b, b) = listed[pairs[0][0]], listed[pairs[0][1]]
     where = f"in both {a.part} and {b.part}" if a.part != b.part else f"twice in {a.part}"
-    more = f" ({len(repeats) - 1} more repeated rows)" if len(repeats) > 1 else ""
+    more = f" ({len(pairs) - 1} more repeated rows)" if len(pairs) > 1 else ""
     raise LungCTError(
         f"{path} lines {line_a} and {line_b} list {a.path} {where}{more}; each image belongs once in one part"
     )

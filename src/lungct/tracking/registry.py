@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 from lungct.errors import LungCTError
 from lungct.run import RunDir, model_version
 from lungct.tracking.tracker import (
-    HTTP_RETRIES_DEFAULT,
     error_line,
     experiment_id_for,
+    mlflow_defaults,
     prepare_sqlite_store,
     resolve_tracking_uri,
     sqlite_path,
@@ -62,9 +61,7 @@ class Registry:
         from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException
 
-        for chatty in ("alembic", "mlflow.store.db.utils"):
-            logging.getLogger(chatty).setLevel(logging.WARNING)
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", HTTP_RETRIES_DEFAULT)  # a server down: fail soon
+        mlflow_defaults()
         self.uri = resolve_tracking_uri(tracking_uri)
         self.name = name
         self._missing = MlflowException

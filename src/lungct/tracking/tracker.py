@@ -34,7 +34,7 @@ STORE_DIR = "mlruns"  # the project's default store: mlruns/mlflow.db and mlruns
 _OFF = {"off", "0", "false", "no"}
 _BATCH = 100  # MLflow's per-request limit for params (metrics allow 1000)
 # MLflow retries an unreachable server for ~4 minutes by default; a tracking outage should cost seconds.
-HTTP_RETRIES_DEFAULT = "2"
+_HTTP_RETRIES_DEFAULT = "2"
 
 _active: ContextVar[tuple[Tracker, ...]] = ContextVar("lungct_tracking_runs", default=())
 
@@ -70,6 +70,14 @@ def sqlite_path(uri: str) -> Path | None:
     if not uri.startswith("sqlite:///"):
         return None
     return Path(uri[len("sqlite:///") :].split("?", 1)[0]).expanduser()
+
+
+def mlflow_defaults() -> None:
+    """What every MLflow client here starts with: a server that is down costs two retries, not ~4 minutes, and the
+    SQLite store's schema set-up (alembic) logs nothing, once per store."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", _HTTP_RETRIES_DEFAULT)
+    for chatty in ("alembic", "mlflow.store.db.utils"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
 def prepare_sqlite_store(uri: str) -> None:
@@ -219,9 +227,7 @@ def _start(
     tags: Mapping[str, Any] | None,
     parent: Tracker | None,
 ) -> Tracker:
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", HTTP_RETRIES_DEFAULT)
-    for chatty in ("alembic", "mlflow.store.db.utils"):  # the SQLite store's schema set-up, once per store
-        logging.getLogger(chatty).setLevel(logging.WARNING)
+    mlflow_defaults()
     try:
         prepare_sqlite_store(uri)
         from mlflow import MlflowClient

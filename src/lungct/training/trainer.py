@@ -194,9 +194,10 @@ class Trainer:
         found = [self.run.path / name for name in WEIGHTS_DERIVED if (self.run.path / name).exists()]
         if not found:
             return
-        names = [p.name + ("/" if p.is_dir() and not p.is_symlink() else "") for p in found]
-        for path, name in zip(found, names, strict=True):
-            if name.endswith("/"):
+        folders = {p for p in found if p.is_dir() and not p.is_symlink()}
+        names = [p.name + ("/" if p in folders else "") for p in found]
+        for path in found:
+            if path in folders:
                 shutil.rmtree(path)
             else:
                 path.unlink()

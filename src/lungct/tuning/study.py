@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
 from lungct.config import ExperimentConfig
+from lungct.data.splits import derived_seed
 from lungct.errors import LungCTError
 from lungct.files import output_folder, refuse_foreign_sqlite
 from lungct.run import RunDir
@@ -68,7 +69,7 @@ def pruning_callback(trial: optuna.Trial, metric: str):
 
 def _sampler(settings: TuneSettings, cfg: ExperimentConfig, n_existing: int) -> optuna.samplers.BaseSampler:
     # The seed moves on with the study, so a resumed random or TPE search does not repeat its first draws.
-    seed = (cfg.seed + n_existing) % 2**32  # the samplers take numpy seeds, at most 2**32 - 1
+    seed = derived_seed(cfg.seed, n_existing)  # the samplers take numpy seeds, at most SEED_MAX
     if settings.sampler == "grid":
         return optuna.samplers.GridSampler(grid_space(cfg), seed=seed)
     if settings.sampler == "random":
